@@ -1,0 +1,394 @@
+"""The Python API: ``train``, ``evaluate``, ``predict``, ``load``; the CLI is a thin layer over it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from recog import __version__
+from recog.config import TrainConfig, make_config, save_yaml
+from recog.data import BatchAugment, MemoryLoader, Normalize, channel_stats, load_dataset, load_image
+from recog.data.datasets import Dataset, Split
+from recog.data.image import ImageReadError, is_image_file
+from recog.engine.checkpoint import load_into, load_state, read_weights
+from recog.engine.distributed import is_main
+from recog.engine.optim import make_optimizer
+from recog.engine.trainer import EpochHook, LoopState, restore_state, seed_everything, train_loop
+from recog.errors import ConfigError, DataError, WeightsError
+from recog.evaluate import classification_report, predict_logits, tta_views
+from recog.fileio import next_run_dir
+from recog.models import create_model, list_models
+from recog.report import plot_curves, write_metrics_csv, write_report, write_skipped
+
+__all__ = ["Classifier", "Run", "create_model", "evaluate", "list_models", "load", "predict", "train"]
+
+DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
+
+
+@dataclass
+class Run:
+    """A finished (or early-stopped) training run."""
+
+    path: Path
+    config: TrainConfig
+    metrics: list[dict[str, Any]]
+    model: nn.Module
+    classes: list[str]
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best_weights(self) -> Path:
+        return self.path / "weights" / "best.safetensors"
+
+
+@dataclass
+class Classifier:
+    """A model with what it needs to read images: classes, channels, size, mean/std."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    device: torch.device
+    source: Path | None = None
+    config: TrainConfig | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def normalize(self) -> Normalize:
+        return Normalize(self.meta["mean"], self.meta["std"], self.device)
+
+    def predict_images(self, images_u8: torch.Tensor, top_k: int = 5) -> list[list[dict[str, Any]]]:
+        """Top-k ``{class, prob}`` for a uint8 batch (N, C, H, W) already at the model's size."""
+        self.model.eval()
+        with torch.no_grad():
+            probs = self.model(self.normalize(images_u8.to(self.device))).float().softmax(1).cpu()
+        k = min(top_k, probs.shape[1])
+        values, index = probs.topk(k, dim=1)
+        return [
+            [{"class": self.classes[int(i)], "prob": float(p)} for p, i in zip(vs, ix)]
+            for vs, ix in zip(values, index)
+        ]
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available on this machine")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+
+
+@contextlib.contextmanager
+def deterministic_mode(enabled: bool) -> Iterator[None]:
+    """Deterministic kernels for the duration of a run; the previous setting is restored after."""
+    if not enabled:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled()
+    cudnn_before = torch.backends.cudnn.benchmark
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+        torch.backends.cudnn.benchmark = cudnn_before
+
+
+def _weights_file(source: str | os.PathLike) -> tuple[Path, Path | None]:
+    """(weights file, run folder or None) for a run folder or a weights file."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        for name in ("best.safetensors", "last.safetensors"):
+            if (path / "weights" / name).is_file():
+                return path / "weights" / name, path
+        raise WeightsError(f"{path} is not a run folder: no weights/best.safetensors in it")
+    if not path.exists():
+        raise WeightsError(f"no run folder or weights file at {path}")
+    return path, None
+
+
+def _loader(split: Split, batch_size: int, normalize: Normalize, device: torch.device, **kw: Any) -> MemoryLoader:
+    return MemoryLoader(split, batch_size, normalize, device, **kw)
+
+
+def _eval_on(
+    clf: Classifier, split: Split, split_name: str, precision: str, tta: bool, batch_size: int = 256
+) -> dict[str, Any]:
+    loader = _loader(split, batch_size, clf.normalize, clf.device)
+    views = tta_views(bool(clf.meta.get("flip")), int(clf.meta.get("translate", 0))) if tta else None
+    if tta and len(views) == 1 and is_main():
+        print("note: --tta has no views for this model (trained without flip or translate); plain evaluation",
+              file=sys.stderr)
+    logits, labels = predict_logits(clf.model, loader, clf.device, precision, views)
+    report = classification_report(logits, labels, clf.classes)
+    report.update(split=split_name, tta=bool(tta and views and len(views) > 1))
+    return report
+
+
+# ----------------------------------------------------------------------------------------------
+# train
+
+
+def train(
+    config: str | os.PathLike | None = None,
+    *,
+    resume: str | os.PathLike | None = None,
+    on_epoch_end: EpochHook | None = None,
+    **overrides: Any,
+) -> Run:
+    """Train a classifier. Keyword arguments are the config keys (``data``, ``model``, ``epochs``…);
+    ``config`` is a YAML file of them. ``resume`` continues a run folder from its last epoch.
+    ``on_epoch_end(row)`` is called with each epoch's metrics; returning True stops training."""
+    saved_state = None
+    if resume is not None:
+        run_dir = Path(resume).expanduser()
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"cannot resume {run_dir}: no config.yaml there (is it a run folder?)")
+        changed = {k for k, v in overrides.items() if v is not None and k != "verbose"}
+        if config is not None or changed:
+            raise ConfigError(f"cannot change {', '.join(sorted(changed)) or 'the config'} when resuming; "
+                              f"the run continues with its saved config.yaml")
+        cfg = make_config(run_dir / "config.yaml", verbose=overrides.get("verbose"))
+        saved_state = load_state(run_dir / "weights" / "state.pt")
+        if saved_state["loop"]["epoch"] >= cfg.epochs or saved_state["loop"]["stopped_early"]:
+            raise ConfigError(f"{run_dir} already finished ({saved_state['loop']['epoch']} of {cfg.epochs} epochs)")
+    else:
+        cfg = make_config(config, **overrides)
+        run_dir = None
+    if cfg.lr is None:
+        cfg.lr = DEFAULT_LR[cfg.optimizer]
+    device = resolve_device(cfg.device)
+    if cfg.precision == "bf16" and device.type == "cpu" and not _cpu_has_bf16() and cfg.verbose:
+        print("note: this CPU has no bf16 matrix units (AMX / AVX-512-BF16): bf16 autocast will be slow",
+              file=sys.stderr)
+
+    with deterministic_mode(cfg.deterministic):
+        # ---- data ------------------------------------------------------------------------
+        ds = load_dataset(cfg.data, cfg.data_root, cfg.val_fraction, cfg.split_seed, cfg.image_size, cfg.channels)
+        if cfg.mean is None:
+            cfg.mean, cfg.std = channel_stats(ds.train.images)
+        if cfg.verbose and is_main():
+            print(ds.summary(), file=sys.stderr)
+            for note in ds.notes:
+                print(f"note: {note}", file=sys.stderr)
+
+        # ---- model and optimizer ---------------------------------------------------------
+        seed_everything(cfg.seed)
+        model = create_model(cfg.model, len(ds.classes), ds.channels, ds.image_size, **cfg.model_args)
+        if cfg.weights and saved_state is None:
+            state, _ = read_weights(cfg.weights)
+            left_out = load_into(model, state, cfg.weights, strict=False)
+            if left_out and cfg.verbose:
+                print(f"note: {len(left_out)} tensors not taken from {cfg.weights} (new or other shape): "
+                      f"{', '.join(left_out[:4])}{' …' if len(left_out) > 4 else ''}", file=sys.stderr)
+        model.to(device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov)
+        loop = restore_state(saved_state, model, optimizer) if saved_state else LoopState()
+
+        normalize = Normalize(cfg.mean, cfg.std, device)
+        augment = BatchAugment(cfg.flip, cfg.translate, cfg.cutout)
+        train_loader = _loader(ds.train, cfg.batch_size, normalize, device, shuffle=True, augment=augment,
+                               seed=cfg.seed, drop_last=True, channels_last=cfg.channels_last)
+        val_loader = (_loader(ds.val, max(256, cfg.batch_size), normalize, device, channels_last=cfg.channels_last)
+                      if ds.val is not None and len(ds.val) else None)
+        net = torch.compile(model) if cfg.compile else model
+
+        # ---- run folder ------------------------------------------------------------------
+        if run_dir is None:
+            run_dir = next_run_dir(cfg.project, cfg.name) if is_main() else Path(cfg.project) / "_rank"
+        if is_main():
+            save_yaml(cfg, run_dir / "config.yaml")
+            if ds.skipped:
+                write_skipped(run_dir / "skipped.csv", ds.skipped)
+        meta = weights_meta(cfg, ds)
+        writer = _tensorboard(run_dir) if cfg.tensorboard and is_main() else None
+
+        # ---- train -----------------------------------------------------------------------
+        try:
+            loop = train_loop(net, model, optimizer, train_loader, val_loader, cfg, device, run_dir, meta, loop,
+                              on_epoch_end, writer, lambda h: write_metrics_csv(run_dir / "metrics.csv", h))
+        except KeyboardInterrupt:
+            if is_main():
+                print(f"\ninterrupted; continue with: recog train --resume {run_dir}", file=sys.stderr)
+            raise
+        finally:
+            if writer is not None:
+                writer.close()
+
+        # ---- final evaluation with the best weights --------------------------------------
+        best = run_dir / "weights" / "best.safetensors"
+        if best.is_file():
+            state, _ = read_weights(best)
+            load_into(model, state, str(best))
+        clf = Classifier(model, meta, device, best, cfg)
+        split_name, split = ds.eval_split
+        report = _eval_on(clf, split, split_name, cfg.precision, cfg.tta)
+        report["title"] = f"{run_dir.name} ({cfg.model} on {cfg.data})"
+        if is_main():
+            write_report(run_dir, report)
+            plot_curves(run_dir / "curves.png", loop.history)
+        if cfg.verbose and is_main():
+            top5 = f", top-5 {report['top5_accuracy']:.4f}" if report["top5_accuracy"] is not None else ""
+            print(f"{split_name} accuracy {report['accuracy']:.4f}{top5} on {report['num_images']} images "
+                  f"(best epoch {loop.best_epoch})")
+            print(f"run folder: {run_dir}")
+    return Run(run_dir, cfg, loop.history, model, ds.classes, report)
+
+
+def weights_meta(cfg: TrainConfig, ds: Dataset) -> dict[str, Any]:
+    """What travels with the weights: enough to rebuild the model and read an image the same way."""
+    return {
+        "model": cfg.model,
+        "model_args": cfg.model_args,
+        "classes": ds.classes,
+        "channels": ds.channels,
+        "image_size": ds.image_size,
+        "mean": cfg.mean,
+        "std": cfg.std,
+        "resize": "shorter-side, centre-crop",
+        "flip": cfg.flip,
+        "translate": cfg.translate,
+        "data": cfg.data,
+        "recog_version": __version__,
+    }
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # unknown: say nothing
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("--tensorboard needs the tensorboard package: pip install 'recog[tensorboard]'") from None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+# ----------------------------------------------------------------------------------------------
+# load, evaluate, predict
+
+
+def load(source: str | os.PathLike, device: str = "auto") -> Classifier:
+    """A run folder or a ``.safetensors`` file saved by recog, ready to predict."""
+    path, run_dir = _weights_file(source)
+    state, meta = read_weights(path)
+    if meta is None:
+        raise WeightsError(f"{path} carries no recog metadata (classes, preprocessing); "
+                           f"use weights saved by recog, or pass it to training with --weights")
+    dev = resolve_device(device)
+    model = create_model(meta["model"], len(meta["classes"]), meta["channels"], meta["image_size"],
+                         **meta.get("model_args", {}))
+    load_into(model, state, str(path))
+    model.to(dev).eval()
+    cfg = make_config(run_dir / "config.yaml", verbose=False) if run_dir else None
+    return Classifier(model, meta, dev, path, cfg)
+
+
+def evaluate(
+    source: str | os.PathLike,
+    data: str | None = None,
+    data_root: str | None = None,
+    tta: bool = False,
+    out: str | os.PathLike | None = None,
+    device: str = "auto",
+    batch_size: int = 256,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a run or weights file on ``data`` (default: the run's own data) and write a report."""
+    clf = load(source, device)
+    cfg = clf.config
+    if data is None:
+        if cfg is None:
+            raise ConfigError("which data? pass --data (a dataset name or image folder) for a bare weights file")
+        data = cfg.data
+        data_root = data_root or cfg.data_root
+    same = cfg is not None and data == cfg.data
+    ds = load_dataset(data, data_root, cfg.val_fraction if same else 0.0, cfg.split_seed if same else 0,
+                      clf.meta["image_size"], clf.meta["channels"])
+    if ds.classes != clf.classes:
+        raise DataError(f"the classes of {data} ({', '.join(ds.classes[:6])}…) are not the model's "
+                        f"({', '.join(clf.classes[:6])}…)")
+    if (ds.channels, ds.image_size) != (clf.meta["channels"], clf.meta["image_size"]):
+        raise DataError(f"{data} has {ds.channels}x{ds.image_size}px images; the model takes "
+                        f"{clf.meta['channels']}x{clf.meta['image_size']}px")
+    split_name, split = ds.eval_split
+    precision = cfg.precision if cfg else "fp32"
+    report = _eval_on(clf, split, split_name, precision, tta, batch_size)
+    report["title"] = f"{clf.source} on {data}"
+    out_dir = Path(out) if out else next_run_dir(cfg.project if cfg else "runs", "eval")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_report(out_dir, report)
+    report["out"] = str(out_dir)
+    if verbose:
+        print(f"report written to {out_dir}", file=sys.stderr)
+    return report
+
+
+def _expand(sources: Sequence[str | os.PathLike]) -> list[Path]:
+    files: list[Path] = []
+    for s in sources:
+        p = Path(s).expanduser()
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f)
+                                and not any(part.startswith(".") for part in f.relative_to(p).parts)))
+        elif p.exists():
+            files.append(p)
+        else:
+            raise DataError(f"no such file or folder: {p}")
+    return files
+
+
+def predict(
+    source: str | os.PathLike | Classifier,
+    images: str | os.PathLike | Sequence[str | os.PathLike],
+    top_k: int = 5,
+    device: str = "auto",
+    batch_size: int = 64,
+) -> list[dict[str, Any]]:
+    """Top-k classes per image: ``[{"path", "top": [{"class", "prob"}…]}]``; unreadable files get ``"error"``."""
+    clf = source if isinstance(source, Classifier) else load(source, device)
+    if top_k < 1:
+        raise ConfigError(f"top_k must be at least 1, got {top_k}")
+    paths = _expand([images] if isinstance(images, (str, os.PathLike)) else images)
+    results: list[dict[str, Any]] = []
+    c, s = clf.meta["channels"], clf.meta["image_size"]
+    for start in range(0, len(paths), batch_size):
+        batch, arrays = [], []
+        for p in paths[start:start + batch_size]:
+            try:
+                arrays.append(torch.from_numpy(load_image(p, c, s)))
+                batch.append({"path": str(p)})
+            except ImageReadError as exc:
+                results.append({"path": str(p), "error": str(exc)})
+        if arrays:
+            for entry, top in zip(batch, clf.predict_images(torch.stack(arrays), top_k)):
+                entry["top"] = top
+            results.extend(batch)
+    order = {str(p): i for i, p in enumerate(paths)}
+    return sorted(results, key=lambda r: order[r["path"]])

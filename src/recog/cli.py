@@ -1,0 +1,219 @@
+"""``recog`` on the command line: parse, call the API, print. No logic of its own.
+
+The ``train`` flags are generated from :class:`recog.config.TrainConfig`, so they are the same
+names as the YAML keys and the keyword arguments of :func:`recog.train` (``--batch-size`` is
+``batch_size``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+from recog.config import TrainConfig, closest_key
+from recog.errors import RecogError
+
+EXAMPLES = """examples:
+  recog train                                  # digits (bundled, offline), default model
+  recog train --data cifar10 --model resnet18 --epochs 30 --flip --translate 4
+  recog train --data path/to/images --image-size 64 --patience 5
+  recog train --config configs/seed-article.yaml --data-root ~/data
+  recog train --resume runs/train-3
+  recog eval runs/train --tta
+  recog predict runs/train photo.jpg more_photos/ --json
+  recog models --data cifar10
+"""
+
+
+def _parse_model_args(items: Sequence[str]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RecogError(f"--model-args takes key=value pairs, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        base = typing.get_origin(args[0]) or args[0]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = f"(default: {default})" if default is not None else None
+        if base is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+        elif base is list:
+            parser.add_argument(flag, dest=f.name, nargs="+", type=float, default=None, metavar="X")
+        elif base is dict:
+            parser.add_argument(flag, dest=f.name, nargs="+", default=None, metavar="KEY=VALUE",
+                                help="builder arguments, e.g. widths=[32,64,128]")
+        else:
+            parser.add_argument(flag, dest=f.name, type=base, default=None, metavar=f.name.upper(),
+                                help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from recog import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="recog", description="Fast, practical image recognition with PyTorch.", epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+    )
+    parser.add_argument("--version", action="version", version=f"recog {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a classifier (default: digits, bundled)", allow_abbrev=False)
+    p.add_argument("--config", metavar="FILE", help="YAML file of config keys; flags override it")
+    p.add_argument("--resume", metavar="RUN", help="continue a run folder from its last completed epoch")
+    _add_config_flags(p)
+
+    p = sub.add_parser("eval", help="evaluate a run or weights file and write a report", allow_abbrev=False)
+    p.add_argument("source", metavar="RUN_OR_WEIGHTS")
+    p.add_argument("--data", help="dataset name or image folder (default: the run's own data)")
+    p.add_argument("--data-root", help="folder with an existing copy of a torchvision dataset")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation (flip/translate as trained)")
+    p.add_argument("--out", metavar="DIR", help="report folder (default: runs/eval, auto-numbered)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=256)
+
+    p = sub.add_parser("predict", help="top-k classes for image files or folders", allow_abbrev=False)
+    p.add_argument("source", metavar="RUN_OR_WEIGHTS")
+    p.add_argument("images", nargs="+", metavar="FILE_OR_DIR")
+    p.add_argument("--top-k", type=int, default=5)
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="one JSON object per image")
+    fmt.add_argument("--csv", action="store_true", help="CSV: path, rank, class, prob")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("models", help="list models with parameters and multiply-adds", allow_abbrev=False)
+    p.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'air*' or 'tv:resnet*'")
+    p.add_argument("--data", default="digits", help="dataset whose input size the counts are for")
+    p.add_argument("--image-size", type=int, help="input side (image folders)")
+    return parser
+
+
+def _reject_unknown(unknown: list[str], parser: argparse.ArgumentParser) -> None:
+    flags = [u for u in unknown if u.startswith("--")]
+    if flags:
+        name = flags[0][2:].split("=")[0]
+        hint = closest_key(name)
+        suggestion = f"; did you mean --{hint.replace('_', '-')}?" if hint else ""
+        raise RecogError(f"unknown option {flags[0]}{suggestion}")
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    import recog
+
+    overrides = {f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig)}
+    if overrides["model_args"] is not None:
+        overrides["model_args"] = _parse_model_args(overrides["model_args"])
+    try:
+        recog.train(ns.config, resume=ns.resume, **overrides)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def cmd_eval(ns: argparse.Namespace) -> int:
+    import recog
+
+    report = recog.evaluate(ns.source, data=ns.data, data_root=ns.data_root, tta=ns.tta, out=ns.out,
+                            device=ns.device, batch_size=ns.batch_size)
+    from recog.report import report_markdown
+
+    print(report_markdown(report), end="")
+    return 0
+
+
+def cmd_predict(ns: argparse.Namespace) -> int:
+    import recog
+
+    results = recog.predict(ns.source, ns.images, top_k=ns.top_k, device=ns.device)
+    failed = 0
+    if ns.csv:
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["path", "rank", "class", "prob"])
+    for r in results:
+        if "error" in r:
+            failed += 1
+            print(f"warning: skipped {r['path']}: {r['error']}", file=sys.stderr)
+            continue
+        if ns.json:
+            print(json.dumps({"path": r["path"], "top": r["top"]}))
+        elif ns.csv:
+            for rank, t in enumerate(r["top"], 1):
+                writer.writerow([r["path"], rank, t["class"], f"{t['prob']:.6f}"])
+        else:
+            print(f"{r['path']}: " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"]))
+    return 1 if failed and failed == len(results) else 0
+
+
+def cmd_models(ns: argparse.Namespace) -> int:
+    from recog.data.datasets import BUILTIN_SHAPES
+    from recog.models import create_model, list_models, model_stats
+
+    if ns.data in BUILTIN_SHAPES:
+        channels, size, classes = BUILTIN_SHAPES[ns.data]
+    else:
+        from pathlib import Path
+
+        from recog.data.folder import _default_shape, scan_folder
+
+        names, files = scan_folder(Path(ns.data))
+        size, channels, _ = _default_shape([p for p, _ in files["train"]], ns.image_size, None)
+        classes = len(names)
+    size = ns.image_size or size
+    names = list_models(ns.pattern)
+    if not names:
+        raise RecogError(f"no model matches {ns.pattern!r}")
+    print(f"input {channels}x{size}x{size}, {classes} classes ({ns.data})")
+    print(f"{'model':<28}{'params':>12}{'MACs':>16}")
+    for name in names:
+        try:
+            params, macs = model_stats(create_model(name, classes, channels, size), channels, size)
+            print(f"{name:<28}{params:>12,}{macs:>16,}")
+        except Exception as exc:  # noqa: BLE001 - a torchvision model may not take this input size
+            print(f"{name:<28}  (not usable at {size}px: {str(exc).splitlines()[0][:60]})")
+    if ns.pattern == "*":
+        print("and any torchvision classifier as tv:<name> (recog models 'tv:*' lists them)")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "models": cmd_models}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        ns, unknown = parser.parse_known_args(argv)
+        if ns.command is None:
+            parser.print_help()
+            return 0
+        _reject_unknown(unknown, parser)
+        return COMMANDS[ns.command](ns)
+    except RecogError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

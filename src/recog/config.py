@@ -1,0 +1,210 @@
+"""The one schema for a training run: a dataclass, YAML files and ``--key value`` overrides.
+
+The CLI flags, the YAML keys and the keyword arguments of :func:`recog.train` are the field
+names of :class:`TrainConfig`, so there is one vocabulary. Unknown keys are rejected with the
+closest valid name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recog.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("onecycle", "cosine", "linear", "constant")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Saved as ``config.yaml`` in each run folder."""
+
+    # data
+    data: str = "digits"  # digits | cifar10 | cifar100 | mnist | fashion-mnist | PATH to an image folder
+    data_root: str | None = None  # an existing copy of a torchvision dataset (never downloads)
+    val_fraction: float = 0.1  # carved from train (stratified) when the data has no val split
+    split_seed: int = 0  # seed of that split: fixed, so seeds compare on the same images
+    image_size: int | None = None  # image folders: side of the square input (default: most common size)
+    channels: int | None = None  # image folders: 1 or 3 (default: 1 if every image is greyscale)
+    mean: list[float] | None = None  # normalisation (default: measured on the training split)
+    std: list[float] | None = None
+    # augmentation, batched on the training device
+    flip: bool = False  # random horizontal flip
+    translate: int = 0  # random translation by up to this many pixels (reflect padding)
+    cutout: int = 0  # zero a random square of this side
+    # model
+    model: str = "airnet"
+    model_args: dict[str, Any] = field(default_factory=dict)  # builder keyword arguments
+    weights: str | None = None  # initial weights: a .safetensors or a plain state dict file
+    # optimisation
+    epochs: int = 20
+    batch_size: int = 64
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float | None = None  # default: 0.05 for sgd, 0.001 for adamw
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    l1: float = 0.0  # L1 penalty on weights (conv and linear)
+    label_smoothing: float = 0.0
+    schedule: str = "onecycle"  # onecycle | cosine | linear | constant
+    warmup_epochs: float | None = None  # linear warm-up (default: 30% for onecycle, else 0)
+    final_lr: float = 0.0  # fraction of lr reached at the end of linear and cosine decay
+    grad_clip: float | None = None  # clip gradient norm to this
+    patience: int | None = None  # early stopping: epochs without val_acc improvement
+    # speed and reproducibility
+    precision: str = "fp32"  # fp32 | bf16 (autocast on CPU and CUDA)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    deterministic: bool = False
+    # output
+    project: str = "runs"  # parent folder of run folders
+    name: str | None = None  # run folder name (auto-numbered when taken or unset)
+    tensorboard: bool = False
+    tta: bool = False  # test-time augmentation in the final evaluation
+    verbose: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check values; raise :class:`ConfigError` naming the key and value."""
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("precision", self.precision, PRECISIONS)
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        for key in ("epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        for key in ("lr", "weight_decay", "l1", "momentum", "final_lr"):
+            if getattr(self, key) is not None and getattr(self, key) < 0:
+                raise ConfigError(f"{key} must not be negative, got {getattr(self, key)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.channels not in (None, 1, 3):
+            raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
+        if self.image_size is not None and self.image_size < 4:
+            raise ConfigError(f"image_size must be at least 4, got {self.image_size}")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"patience must be at least 1, got {self.patience}")
+        if self.translate < 0 or self.cutout < 0:
+            raise ConfigError("translate and cutout must not be negative")
+        if (self.mean is None) != (self.std is None):
+            raise ConfigError("give both mean and std, or neither")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ConfigError(f"std values must be positive, got {self.std}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def closest_key(key: str) -> str | None:
+    match = difflib.get_close_matches(key.replace("-", "_"), field_names(), n=1, cutoff=0.5)
+    return match[0] if match else None
+
+
+def check_keys(keys: typing.Iterable[str], where: str) -> None:
+    valid = set(field_names())
+    for key in keys:
+        if key not in valid:
+            hint = closest_key(key)
+            suggestion = f"; did you mean {hint!r}?" if hint else ""
+            raise ConfigError(f"unknown config key {key!r} in {where}{suggestion}")
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Convert a YAML or CLI value to the field's type, or raise naming the key."""
+    hint = _field_types()[key]
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    target = args[0] if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) else hint
+    target_origin = typing.get_origin(target) or target
+    try:
+        if target_origin is bool:
+            if isinstance(value, str):
+                low = value.lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if target_origin is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if target_origin is float:
+            return float(value)
+        if target_origin is str:
+            return str(value)
+        if target_origin is list:
+            if isinstance(value, str):
+                value = [v for v in value.replace(",", " ").split()]
+            return [float(v) for v in value]
+        if target_origin is dict:
+            if not isinstance(value, dict):
+                raise ValueError(value)
+            return dict(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: cannot use {value!r} as {getattr(target, '__name__', target)}") from None
+    return value
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, got {type(loaded).__name__}")
+    check_keys(loaded, str(path))
+    return loaded
+
+
+def make_config(config: str | os.PathLike | None = None, **overrides: Any) -> TrainConfig:
+    """Defaults, then the YAML file, then overrides (keys whose value is None are left out)."""
+    values: dict[str, Any] = {}
+    if config is not None:
+        values.update(load_yaml(config))
+    check_keys(overrides, "arguments")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**{k: coerce(k, v) for k, v in values.items()})
+
+
+def save_yaml(cfg: TrainConfig, path: Path) -> None:
+    import yaml
+
+    from recog.fileio import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,235 @@
+"""The training loop: one readable loop in commented stages, a handful of hooks, no callback zoo."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recog.config import TrainConfig
+from recog.engine.checkpoint import save_state, save_weights
+from recog.engine.distributed import is_main
+from recog.engine.optim import l1_penalty
+from recog.engine.schedule import lr_at
+from recog.errors import TrainingError
+
+EpochHook = Callable[[dict[str, Any]], "bool | None"]  # return True to stop after this epoch
+
+
+@dataclass
+class LoopState:
+    """What a resumed run needs besides the weights and optimizer: saved in ``weights/state.pt``."""
+
+    epoch: int = 0  # epochs completed
+    best_acc: float = -math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def collect_logits(
+    model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, precision: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp32 logits, labels) over a loader, in eval mode, on the CPU."""
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    with autocast(device, precision):
+        for x, y in loader:
+            logits.append(model(x).float().cpu())
+            labels.append(y.cpu())
+    model.train(was_training)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):  # noqa: ANN202
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, disable=not enabled, file=sys.stderr, leave=False,
+                dynamic_ncols=True, bar_format="{desc} {percentage:3.0f}%|{bar:20}| {n}/{total} "
+                "[{elapsed}<{remaining}{postfix}]")
+
+
+def train_loop(
+    model: nn.Module,
+    raw_model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_loader: Any,
+    val_loader: Any | None,
+    cfg: TrainConfig,
+    device: torch.device,
+    run_dir: Path,
+    meta: dict[str, Any],
+    state: LoopState,
+    on_epoch_end: EpochHook | None = None,
+    writer: Any | None = None,
+    write_metrics: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> LoopState:
+    """Train ``model`` (possibly compiled; ``raw_model`` is what gets saved) from ``state.epoch`` on.
+
+    After each epoch: the metrics row, ``last`` weights and the training state are written, then
+    ``best`` if val accuracy improved; then the hook runs. A NaN or infinite loss raises
+    :class:`TrainingError` before anything is written for that epoch.
+    """
+    steps_per_epoch = len(train_loader)
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup = None if cfg.warmup_epochs is None else round(cfg.warmup_epochs * steps_per_epoch)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    weights_dir = run_dir / "weights"
+    show = cfg.verbose and is_main()
+
+    for epoch in range(state.epoch, cfg.epochs):
+        # ---- train one epoch -------------------------------------------------------------
+        model.train()
+        train_loader.set_epoch(epoch)
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        bar = _progress(train_loader, steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", show)
+        for step, (x, y) in enumerate(bar):
+            lr = lr_at(epoch * steps_per_epoch + step, total_steps, cfg.lr, cfg.schedule, warmup, cfg.final_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast(device, cfg.precision):
+                out = model(x)
+                loss = criterion(out.float(), y)
+            if cfg.l1 > 0:
+                loss = loss + cfg.l1 * l1_penalty(raw_model)
+            if not torch.isfinite(loss):
+                bar.close()
+                raise TrainingError(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} (lr {lr:.3g}); "
+                    f"stopped without overwriting the saved weights in {weights_dir}. "
+                    f"Try a lower --lr, --grad-clip, or --precision fp32."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            # ---- running figures (kept on the device: no sync per step beyond the NaN check)
+            loss_sum += loss.detach() * len(y)
+            correct += (out.argmax(1) == y).sum()
+            seen += len(y)
+            if show and (step % 10 == 0 or step == steps_per_epoch - 1):
+                elapsed = time.perf_counter() - t0
+                bar.set_postfix_str(
+                    f"loss {loss_sum.item() / seen:.4f}, acc {correct.item() / seen:.3f}, "
+                    f"{seen / max(elapsed, 1e-9):.0f} img/s", refresh=False
+                )
+        bar.close()
+        train_seconds = time.perf_counter() - t0
+
+        # ---- validate ----------------------------------------------------------------------
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum.item() / seen,
+            "train_acc": correct.item() / seen,
+            "val_loss": float("nan"),
+            "val_acc": float("nan"),
+            "lr": lr,
+            "seconds": 0.0,
+        }
+        if val_loader is not None:
+            logits, labels = collect_logits(model, val_loader, device, cfg.precision)
+            row["val_loss"] = F.cross_entropy(logits, labels).item()
+            row["val_acc"] = (logits.argmax(1) == labels).float().mean().item()
+        row["seconds"] = time.perf_counter() - t0
+        row["train_seconds"] = train_seconds
+        state.history.append(row)
+        state.epoch = epoch + 1
+
+        # ---- save: last, state, best (each an atomic rename) -----------------------------
+        improved = val_loader is None or row["val_acc"] > state.best_acc
+        if improved:
+            state.best_acc, state.best_epoch, state.bad_epochs = row["val_acc"], epoch + 1, 0
+        else:
+            state.bad_epochs += 1
+        patience_spent = cfg.patience is not None and state.bad_epochs >= cfg.patience
+        state.stopped_early = patience_spent and epoch + 1 < cfg.epochs
+        if is_main():
+            epoch_meta = {**meta, "epoch": epoch + 1}
+            save_weights(weights_dir / "last.safetensors", raw_model, epoch_meta)
+            save_state(weights_dir / "state.pt", _state_dict(state, raw_model, optimizer))
+            if improved:
+                save_weights(weights_dir / "best.safetensors", raw_model, epoch_meta)
+            if write_metrics is not None:
+                write_metrics(state.history)
+            if writer is not None:
+                for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+                    writer.add_scalar(key, row[key], epoch + 1)
+                writer.flush()
+        if show:
+            val = f", val_loss {row['val_loss']:.4f}, val_acc {row['val_acc']:.4f}" if val_loader is not None else ""
+            print(
+                f"epoch {epoch + 1}/{cfg.epochs}: train_loss {row['train_loss']:.4f}, "
+                f"train_acc {row['train_acc']:.4f}{val}, {row['seconds']:.1f}s",
+                file=sys.stderr,
+            )
+
+        # ---- stop? -------------------------------------------------------------------------
+        if on_epoch_end is not None and on_epoch_end(dict(row)):
+            state.stopped_early = epoch + 1 < cfg.epochs
+            break
+        if state.stopped_early:
+            if show:
+                print(f"early stopping: no val_acc gain for {cfg.patience} epochs; best was epoch "
+                      f"{state.best_epoch}", file=sys.stderr)
+            break
+    return state
+
+
+def _state_dict(state: LoopState, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    return {
+        "loop": {k: getattr(state, k) for k in ("epoch", "best_acc", "best_epoch", "bad_epochs", "history",
+                                                 "stopped_early")},
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": _numpy_state(),
+        },
+    }
+
+
+def restore_state(saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> LoopState:
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["rng"]["torch"])
+    if saved["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    name, keys, pos, has_gauss, cached = saved["rng"]["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    return LoopState(**saved["loop"])
+
+
+def _numpy_state() -> list[Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
