@@ -85,7 +85,7 @@ def load_image(path: str | os.PathLike, channels: int, size: int) -> np.ndarray:
         raise ImageReadError(f"cannot decode: {exc}") from None
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    return np.array(arr.transpose(2, 0, 1), order="C")  # a writable copy in (C, H, W)
 
 
 def peek(path: Path) -> tuple[tuple[int, int], str] | None:

@@ -1,0 +1,54 @@
+"""Shared fixtures: a few hundred real CIFAR-10 images from ../shared/data, and digits runs."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(os.environ.get("RECOG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def extract_subset(archive: Path, dest: Path, per_class: dict[str, int]) -> Path:
+    """The first ``per_class[split]`` images of each class of each split, streamed out of the tarball."""
+    if not archive.is_file():
+        pytest.skip(f"shared CIFAR-10 copy not found at {archive}")
+    counts: dict[tuple[str, str], int] = {}
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar:
+            parts = Path(member.name).parts
+            if not member.isfile() or len(parts) != 3 or parts[0] not in per_class:
+                continue
+            key = (parts[0], parts[1])
+            if counts.get(key, 0) >= per_class[parts[0]]:
+                continue
+            counts[key] = counts.get(key, 0) + 1
+            target = dest / member.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(tar.extractfile(member).read())
+    return dest
+
+
+@pytest.fixture(scope="session")
+def cifar_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CIFAR-10 (lossless PNG copy) subset: train/<class>/ 30 each, test/<class>/ 10 each."""
+    return extract_subset(SHARED_DATA / "cifar10-png.tar.gz", tmp_path_factory.mktemp("cifar_png"),
+                          {"train": 30, "test": 10})
+
+
+@pytest.fixture(scope="session")
+def cifar_jpg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CIFAR-10 (JPEG copy) subset: train/<class>/ 20 each, test/<class>/ 5 each."""
+    return extract_subset(SHARED_DATA / "cifar10-jpg.tar.gz", tmp_path_factory.mktemp("cifar_jpg"),
+                          {"train": 20, "test": 5})
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory):
+    """One finished quick run on digits, shared by the eval/predict/load tests."""
+    import recog
+
+    project = tmp_path_factory.mktemp("runs")
+    return recog.train(data="digits", model="airnet_small", epochs=6, project=str(project), verbose=False)
