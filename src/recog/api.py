@@ -23,7 +23,7 @@ from recog.engine.distributed import is_main
 from recog.engine.optim import make_optimizer
 from recog.engine.trainer import EpochHook, LoopState, restore_state, seed_everything, train_loop
 from recog.errors import ConfigError, DataError, WeightsError
-from recog.evaluate import classification_report, predict_logits, tta_views
+from recog.metrics import classification_report, predict_logits, tta_views
 from recog.fileio import next_run_dir
 from recog.models import create_model, list_models
 from recog.report import plot_curves, write_metrics_csv, write_report, write_skipped

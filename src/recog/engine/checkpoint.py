@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -57,18 +58,28 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
         return state, (json.loads(meta[META_KEY]) if META_KEY in meta else None)
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - whatever the unpickler says, the file is refused
         raise WeightsError(
             f"refusing to load {path}: it is not a safetensors file and not a plain tensor state dict "
-            f"(torch.load with weights_only=True rejected it: {str(exc).splitlines()[0]}). "
-            f"recog never unpickles arbitrary objects; save weights with safetensors."
+            f"({_unpickler_reason(exc)}). recog never unpickles arbitrary objects; save weights with "
+            f"safetensors."
         ) from None
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise WeightsError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     return loaded, None
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    """torch's message, without its advice to retry with weights_only=False."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        return "the weights-only unpickler found " + text.split("WeightsUnpickler error:")[1].strip().split("\n")[0]
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, strict: bool = True) -> list[str]:
@@ -107,4 +118,4 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise WeightsError(f"refusing to load training state {path}: {str(exc).splitlines()[0]}") from None
+        raise WeightsError(f"refusing to load training state {path}: {_unpickler_reason(exc)}") from None
