@@ -15,7 +15,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from recog.config import TrainConfig, closest_key
+from recog.config import TrainConfig, closest_key, unwrap_optional
 from recog.errors import RecogError
 
 EXAMPLES = """examples:
@@ -46,9 +46,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        hint = hints[f.name]
-        args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-        base = typing.get_origin(args[0]) or args[0]
+        hint = unwrap_optional(hints[f.name])
+        base = typing.get_origin(hint) or hint
         default = f.default if f.default is not dataclasses.MISSING else None
         help_text = f"(default: {default})" if default is not None else None
         if base is bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,14 +135,18 @@ def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(TrainConfig)
 
 
+def unwrap_optional(hint: Any) -> Any:
+    """``X | None`` -> ``X``; other hints unchanged."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
 def coerce(key: str, value: Any) -> Any:
     """Convert a YAML or CLI value to the field's type, or raise naming the key."""
-    hint = _field_types()[key]
     if value is None:
         return None
-    origin = typing.get_origin(hint)
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    target = args[0] if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) else hint
+    target = unwrap_optional(_field_types()[key])
     target_origin = typing.get_origin(target) or target
     try:
         if target_origin is bool:

@@ -1,0 +1,51 @@
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from recog.cli import main
+
+
+def test_help_is_fast_and_does_not_import_torch() -> None:
+    code = "import sys, recog.cli; recog.cli.build_parser(); print('torch' in sys.modules)"
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    assert time.perf_counter() - start < 5
+    proc = subprocess.run([sys.executable, "-m", "recog.cli", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "train" in proc.stdout and "predict" in proc.stdout
+
+
+def test_unknown_option_names_the_closest_flag(capsys) -> None:
+    assert main(["train", "--batchsize", "3"]) == 2
+    assert "did you mean --batch-size?" in capsys.readouterr().err
+
+
+def test_bad_values_are_reported_without_traceback(capsys, tmp_path: Path) -> None:
+    assert main(["train", "--optimizer", "rmsprop", "--project", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: optimizer must be one of") and "Traceback" not in err
+    assert main(["train", "--data", str(tmp_path / "nowhere")]) == 2
+    assert "neither a dataset name" in capsys.readouterr().err
+    assert main(["train", "--model-args", "widths"]) == 2
+    assert "key=value" in capsys.readouterr().err
+
+
+def test_models_lists_parameters_and_macs_for_the_dataset(capsys) -> None:
+    assert main(["models", "--data", "cifar10"]) == 0
+    out = capsys.readouterr().out
+    assert "input 3x32x32, 10 classes" in out
+    line = next(x for x in out.splitlines() if x.startswith("seednet"))
+    assert line.split()[1:] == ["62,006", "651,720"]
+    assert main(["models", "tv:resnet1*", "--data", "digits"]) == 0
+    assert "tv:resnet18" in capsys.readouterr().out
+
+
+def test_config_file_and_model_args_from_the_cli(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: digits\nmodel: airnet\nepochs: 1\nverbose: false\n")
+    assert main(["train", "--config", str(cfg), "--model-args", "widths=[8,16,16]", "stem_width=8",
+                 "--project", str(tmp_path)]) == 0
+    saved = (tmp_path / "train" / "config.yaml").read_text()
+    assert "widths:\n  - 8\n  - 16\n  - 16" in saved or "widths: [8, 16, 16]" in saved
+    assert "epochs: 1" in saved
