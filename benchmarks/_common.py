@@ -1,0 +1,55 @@
+"""Shared by the benchmark scripts: the machine's description and the unpacked shared CIFAR-10 copies."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+import tarfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("RECOG_SHARED_DATA", ROOT.parent / "shared" / "data"))
+CACHE = Path(os.environ.get("RECOG_CACHE", Path.home() / ".cache" / "recog"))
+
+
+def machine() -> dict[str, object]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    flags = ""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), cpu)
+        flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "amx": "amx_bf16" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def command() -> str:
+    return "python " + " ".join(shlex.quote(a) for a in sys.argv)
+
+
+def cifar10_folder(kind: str = "png") -> Path:
+    """The shared CIFAR-10 copy unpacked once into the cache folder (never into the repository)."""
+    target = CACHE / f"cifar10-{kind}"
+    if not (target / "test").is_dir():
+        archive = SHARED_DATA / f"cifar10-{kind}.tar.gz"
+        if not archive.is_file():
+            sys.exit(f"shared CIFAR-10 copy not found: {archive} (set RECOG_SHARED_DATA)")
+        tmp = target.with_name(target.name + ".partial")
+        tmp.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        tmp.rename(target)
+    return target
