@@ -189,3 +189,11 @@ def test_tensorboard_logs_when_asked(tmp_path: Path) -> None:
 def test_initial_weights_from_a_file_with_a_new_head(tmp_path: Path, digits_run) -> None:
     run = recog.train(**QUICK, epochs=1, project=str(tmp_path), weights=str(digits_run.best_weights))
     assert run.report["accuracy"] > 0.9  # started from trained weights
+
+
+def test_compiled_model_trains_and_saves_plain_weights(tmp_path: Path) -> None:
+    run = recog.train(**QUICK, epochs=1, compile=True, project=str(tmp_path))
+    state, meta = read_weights(run.best_weights)
+    assert not any(k.startswith("_orig_mod") for k in state)
+    assert recog.load(run.path).classes == meta["classes"]
+    assert run.metrics[0]["train_loss"] < 2.3
