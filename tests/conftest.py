@@ -8,6 +8,12 @@ from pathlib import Path
 
 import pytest
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never read or fill the user's ~/.cache/recog."""
+    os.environ["RECOG_CACHE"] = str(tmp_path_factory.mktemp("recog_cache"))
+
+
 SHARED_DATA = Path(os.environ.get("RECOG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 

@@ -15,8 +15,9 @@ from torch import nn
 
 from recog import __version__
 from recog.config import TrainConfig, make_config, save_yaml
-from recog.data import BatchAugment, MemoryLoader, Normalize, channel_stats, load_dataset, load_image
-from recog.data.datasets import Dataset, Split
+from recog.data import BatchAugment, Normalize, channel_stats, load_dataset, load_image
+from recog.data.datasets import AnySplit, Dataset
+from recog.data.stream import SamplePolicy, make_loader
 from recog.data.image import ImageReadError, is_image_file
 from recog.engine.checkpoint import load_into, load_state, read_weights
 from recog.engine.distributed import is_main
@@ -126,14 +127,12 @@ def _weights_file(source: str | os.PathLike) -> tuple[Path, Path | None]:
     return path, None
 
 
-def _loader(split: Split, batch_size: int, normalize: Normalize, device: torch.device, **kw: Any) -> MemoryLoader:
-    return MemoryLoader(split, batch_size, normalize, device, **kw)
-
-
 def _eval_on(
-    clf: Classifier, split: Split, split_name: str, precision: str, tta: bool, batch_size: int = 256
+    clf: Classifier, split: AnySplit, split_name: str, precision: str, tta: bool, batch_size: int = 256,
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    loader = _loader(split, batch_size, clf.normalize, clf.device)
+    loader = make_loader(split, clf.meta["channels"], clf.meta["image_size"], batch_size, clf.normalize,
+                         clf.device, workers=workers)
     views = tta_views(bool(clf.meta.get("flip")), int(clf.meta.get("translate", 0))) if tta else None
     if tta and len(views) == 1 and is_main():
         print("note: --tta has no views for this model (trained without flip or translate); plain evaluation",
@@ -183,13 +182,19 @@ def train(
 
     with deterministic_mode(cfg.deterministic):
         # ---- data ------------------------------------------------------------------------
-        ds = load_dataset(cfg.data, cfg.data_root, cfg.val_fraction, cfg.split_seed, cfg.image_size, cfg.channels)
+        ds = _dataset(cfg, cfg.data, cfg.data_root, cfg.val_fraction, cfg.split_seed, cfg.image_size,
+                      cfg.channels, str(device))
         if cfg.mean is None:
-            cfg.mean, cfg.std = channel_stats(ds.train.images)
+            cfg.mean, cfg.std = _measure_stats(ds)
         if cfg.verbose and is_main():
             print(ds.summary(), file=sys.stderr)
             for note in ds.notes:
                 print(f"note: {note}", file=sys.stderr)
+        imbalance = ds.imbalance()
+        if imbalance and is_main() and cfg.class_weights is None and not cfg.balanced_sampling:
+            big, small, ratio = imbalance
+            print(f"warning: class imbalance: {ds.classes[big]!r} has {ratio:.1f}x the training images of "
+                  f"{ds.classes[small]!r}; consider --class-weights auto or --balanced-sampling", file=sys.stderr)
 
         # ---- model and optimizer ---------------------------------------------------------
         seed_everything(cfg.seed)
@@ -207,11 +212,18 @@ def train(
         loop = restore_state(saved_state, model, optimizer) if saved_state else LoopState()
 
         normalize = Normalize(cfg.mean, cfg.std, device)
-        augment = BatchAugment(cfg.flip, cfg.translate, cfg.cutout)
-        train_loader = _loader(ds.train, cfg.batch_size, normalize, device, shuffle=True, augment=augment,
-                               seed=cfg.seed, drop_last=True, channels_last=cfg.channels_last)
-        val_loader = (_loader(ds.val, max(256, cfg.batch_size), normalize, device, channels_last=cfg.channels_last)
-                      if ds.val is not None and len(ds.val) else None)
+        augment = BatchAugment(cfg.flip, cfg.translate, cfg.cutout, cfg.random_resized_crop, cfg.crop_scale,
+                               cfg.random_erasing)
+        policy = SamplePolicy(cfg.random_resized_crop, cfg.crop_scale, cfg.auto_augment, cfg.color_jitter)
+        force_stream = cfg.loader == "stream"
+        common = dict(channels_last=cfg.channels_last, workers=cfg.workers, force_stream=force_stream)
+        train_loader = make_loader(
+            ds.train, ds.channels, ds.image_size, cfg.batch_size, normalize, device, train=True, augment=augment,
+            policy=policy, seed=cfg.seed, sample_weights=_sample_weights(ds) if cfg.balanced_sampling else None,
+            **common)
+        val_loader = (make_loader(ds.val, ds.channels, ds.image_size, max(256, cfg.batch_size), normalize, device,
+                                  **common) if ds.val is not None and len(ds.val) else None)
+        loss_weights = _class_weights(ds).to(device) if cfg.class_weights == "auto" else None
         net = torch.compile(model) if cfg.compile else model
 
         # ---- run folder ------------------------------------------------------------------
@@ -227,7 +239,8 @@ def train(
         # ---- train -----------------------------------------------------------------------
         try:
             loop = train_loop(net, model, optimizer, train_loader, val_loader, cfg, device, run_dir, meta, loop,
-                              on_epoch_end, writer, lambda h: write_metrics_csv(run_dir / "metrics.csv", h))
+                              on_epoch_end, writer, lambda h: write_metrics_csv(run_dir / "metrics.csv", h),
+                              loss_weights)
         except KeyboardInterrupt:
             if is_main():
                 print(f"\ninterrupted; continue with: recog train --resume {run_dir}", file=sys.stderr)
@@ -235,6 +248,9 @@ def train(
         finally:
             if writer is not None:
                 writer.close()
+            late = [s for loader in (train_loader, val_loader) for s in getattr(loader, "skipped", [])]
+            if late and is_main():  # files that vanished or broke after the scan (streaming loader)
+                write_skipped(run_dir / "skipped.csv", sorted(set(ds.skipped) | set(late)))
 
         # ---- final evaluation with the best weights --------------------------------------
         best = run_dir / "weights" / "best.safetensors"
@@ -243,7 +259,7 @@ def train(
             load_into(model, state, str(best))
         clf = Classifier(model, meta, device, best, cfg)
         split_name, split = ds.eval_split
-        report = _eval_on(clf, split, split_name, cfg.precision, cfg.tta)
+        report = _eval_on(clf, split, split_name, cfg.precision, cfg.tta, workers=cfg.workers)
         report["title"] = f"{run_dir.name} ({cfg.model} on {cfg.data})"
         if is_main():
             write_report(run_dir, report)
@@ -254,6 +270,43 @@ def train(
                   f"(best epoch {loop.best_epoch})")
             print(f"run folder: {run_dir}")
     return Run(run_dir, cfg, loop.history, model, ds.classes, report)
+
+
+def _dataset(cfg: TrainConfig | None, data: str, data_root: str | None, val_fraction: float, split_seed: int,
+             image_size: int | None, channels: int | None, device: str) -> Dataset:
+    options: dict[str, Any] = {"device": device}
+    if cfg is not None:
+        options.update(loader=cfg.loader, memory_fraction=cfg.memory_fraction, cache=cfg.cache,
+                       max_image_pixels=cfg.max_image_pixels, allow_empty_classes=cfg.allow_empty_classes)
+    return load_dataset(data, data_root, val_fraction, split_seed, image_size, channels, **options)
+
+
+def _measure_stats(ds: Dataset) -> tuple[list[float], list[float]]:
+    """Channel mean/std of the training images (a sample of up to 2,000 decoded files when streaming)."""
+    if ds.in_memory:
+        return channel_stats(ds.train.images)
+    n = len(ds.train)
+    index = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:2000]
+    sample = ds.train.subset(index)
+    loader = make_loader(sample, ds.channels, ds.image_size, 256, Normalize([0.0] * ds.channels,
+                                                                           [1 / 255] * ds.channels))
+    images = torch.cat([x for x, _ in loader]).round().to(torch.uint8)  # the identity normalisation: raw pixels
+    return channel_stats(images)
+
+
+def _class_weights(ds: Dataset) -> torch.Tensor:
+    """Loss weights inverse to class frequency, mean 1 over the classes present."""
+    counts = torch.bincount(ds.train.labels, minlength=len(ds.classes)).float()
+    present = counts > 0
+    weights = torch.ones_like(counts)
+    weights[present] = counts[present].sum() / (present.sum() * counts[present])
+    return weights
+
+
+def _sample_weights(ds: Dataset) -> torch.Tensor:
+    """Per-image sampling weights giving every class the same share of each epoch."""
+    counts = torch.bincount(ds.train.labels, minlength=len(ds.classes)).double()
+    return (1.0 / counts)[ds.train.labels]
 
 
 def weights_meta(cfg: TrainConfig, ds: Dataset) -> dict[str, Any]:
@@ -329,8 +382,8 @@ def evaluate(
         data = cfg.data
         data_root = data_root or cfg.data_root
     same = cfg is not None and data == cfg.data
-    ds = load_dataset(data, data_root, cfg.val_fraction if same else 0.0, cfg.split_seed if same else 0,
-                      clf.meta["image_size"], clf.meta["channels"])
+    ds = _dataset(cfg, data, data_root, cfg.val_fraction if same else 0.0, cfg.split_seed if same else 0,
+                  clf.meta["image_size"], clf.meta["channels"], str(clf.device))
     if ds.classes != clf.classes:
         raise DataError(f"the classes of {data} ({', '.join(ds.classes[:6])}…) are not the model's "
                         f"({', '.join(clf.classes[:6])}…)")
@@ -339,7 +392,7 @@ def evaluate(
                         f"{clf.meta['channels']}x{clf.meta['image_size']}px")
     split_name, split = ds.eval_split
     precision = cfg.precision if cfg else "fp32"
-    report = _eval_on(clf, split, split_name, precision, tta, batch_size)
+    report = _eval_on(clf, split, split_name, precision, tta, batch_size, cfg.workers if cfg else None)
     report["title"] = f"{clf.source} on {data}"
     out_dir = Path(out) if out else next_run_dir(cfg.project if cfg else "runs", "eval")
     out_dir.mkdir(parents=True, exist_ok=True)

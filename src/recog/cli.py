@@ -172,11 +172,11 @@ def cmd_models(ns: argparse.Namespace) -> int:
     else:
         from pathlib import Path
 
-        from recog.data.folder import _default_shape, scan_folder
+        from recog.data.folder import default_shape, scan_folder
 
-        names, files = scan_folder(Path(ns.data))
-        size, channels, _ = _default_shape([p for p, _ in files["train"]], ns.image_size, None)
-        classes = len(names)
+        scan = scan_folder(Path(ns.data), allow_empty_classes=True)
+        size, channels, _ = default_shape(scan, ns.image_size, None)
+        classes = len(scan.classes)
     size = ns.image_size or size
     names = list_models(ns.pattern)
     if not names:

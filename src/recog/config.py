@@ -21,6 +21,8 @@ from recog.errors import ConfigError
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16")
+LOADERS = ("auto", "memory", "stream")
+AUTO_AUGMENTS = ("randaugment", "trivialaugment")
 
 
 @dataclass
@@ -36,10 +38,23 @@ class TrainConfig:
     channels: int | None = None  # image folders: 1 or 3 (default: 1 if every image is greyscale)
     mean: list[float] | None = None  # normalisation (default: measured on the training split)
     std: list[float] | None = None
+    loader: str = "auto"  # auto | memory | stream (memory when decoded data fits --memory-fraction of RAM)
+    memory_fraction: float = 0.25
+    workers: int | None = None  # streaming loader worker processes (default: the CPU count, up to 8)
+    cache: bool = True  # keep decoded image folders in the cache folder for the next run
+    max_image_pixels: int | None = None  # larger images are skipped as decompression bombs (Pillow's 89.5M)
+    allow_empty_classes: bool = False  # an empty class folder is a warning instead of an error
+    class_weights: str | None = None  # auto: loss weights inverse to class frequency
+    balanced_sampling: bool = False  # draw training images with equal probability per class
     # augmentation, batched on the training device
     flip: bool = False  # random horizontal flip
     translate: int = 0  # random translation by up to this many pixels (reflect padding)
     cutout: int = 0  # zero a random square of this side
+    random_resized_crop: bool = False  # random crop of --crop-scale..1 of the area, resized back
+    crop_scale: float = 0.35
+    random_erasing: float = 0.0  # probability of erasing a random rectangle per image
+    auto_augment: str | None = None  # randaugment | trivialaugment (per sample: streaming loader)
+    color_jitter: float = 0.0  # brightness/contrast/saturation strength (per sample: streaming loader)
     # model
     model: str = "airnet"
     model_args: dict[str, Any] = field(default_factory=dict)  # builder keyword arguments
@@ -81,6 +96,23 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("loader", self.loader, LOADERS)
+        if self.auto_augment is not None:
+            _choice("auto_augment", self.auto_augment, AUTO_AUGMENTS)
+        if self.class_weights is not None:
+            _choice("class_weights", self.class_weights, ("auto",))
+        if not 0.0 < self.memory_fraction <= 1.0:
+            raise ConfigError(f"memory_fraction must be in (0, 1], got {self.memory_fraction}")
+        if not 0.0 < self.crop_scale <= 1.0:
+            raise ConfigError(f"crop_scale must be in (0, 1], got {self.crop_scale}")
+        if not 0.0 <= self.random_erasing <= 1.0:
+            raise ConfigError(f"random_erasing is a probability in [0, 1], got {self.random_erasing}")
+        if self.color_jitter < 0:
+            raise ConfigError(f"color_jitter must not be negative, got {self.color_jitter}")
+        if self.max_image_pixels is not None and self.max_image_pixels < 1:
+            raise ConfigError(f"max_image_pixels must be positive, got {self.max_image_pixels}")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"workers must not be negative, got {self.workers}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         for key in ("epochs", "batch_size"):

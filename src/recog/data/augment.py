@@ -7,6 +7,7 @@ augmentation is a function of (seed, epoch) and a resumed run sees the same imag
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -43,13 +44,19 @@ def cutout(x: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, size: int) -> to
 
 @dataclass
 class BatchAugment:
+    """The batched policy: each image of a batch gets its own random parameters."""
+
     flip: bool = False
     translate: int = 0
     cutout: int = 0
+    random_resized_crop: bool = False
+    crop_scale: float = 0.35  # smallest crop area, as a fraction of the image
+    random_erasing: float = 0.0  # probability per image
 
     @property
     def active(self) -> bool:
-        return self.flip or self.translate > 0 or self.cutout > 0
+        return (self.flip or self.translate > 0 or self.cutout > 0 or self.random_resized_crop
+                or self.random_erasing > 0)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n, _, h, w = x.shape
@@ -57,6 +64,10 @@ class BatchAugment:
         def draw(low: int, high: int) -> torch.Tensor:
             return torch.randint(low, high, (n,), generator=generator).to(x.device)
 
+        if self.random_resized_crop:
+            top, left, bh, bw = _area_boxes(n, h, w, (self.crop_scale, 1.0), (3 / 4, 4 / 3), generator)
+            boxes = torch.stack([left, top, left + bw, top + bh], dim=1).float()
+            x = resized_crop(x, boxes.to(x.device))
         if self.flip:
             x = flip(x, draw(0, 2).bool())
         if self.translate:
@@ -64,4 +75,42 @@ class BatchAugment:
             x = translate(x, draw(-pad, pad + 1), draw(-pad, pad + 1), pad)
         if self.cutout:
             x = cutout(x, draw(0, h), draw(0, w), self.cutout)
+        if self.random_erasing > 0:
+            top, left, bh, bw = _area_boxes(n, h, w, (0.02, 0.33), (0.3, 3.3), generator)
+            chosen = (torch.rand(n, generator=generator) < self.random_erasing).long()
+            x = erase(x, top.to(x.device), left.to(x.device), (bh * chosen).to(x.device), (bw * chosen).to(x.device))
         return x
+
+
+def erase(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: torch.Tensor, width: torch.Tensor,
+          value: float = 0.0) -> torch.Tensor:
+    """Fill a rectangle per image (height/width 0: untouched) with ``value`` (0 = the mean once normalised)."""
+    n, _, h, w = x.shape
+    ys = torch.arange(h, device=x.device).view(1, h, 1)
+    xs = torch.arange(w, device=x.device).view(1, 1, w)
+    t, l_ = top.view(n, 1, 1), left.view(n, 1, 1)
+    inside = (ys >= t) & (ys < t + height.view(n, 1, 1)) & (xs >= l_) & (xs < l_ + width.view(n, 1, 1))
+    return x.masked_fill(inside.unsqueeze(1), value)
+
+
+def resized_crop(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Crop ``boxes`` (N, 4: x0, y0, x1, y1 in pixels) out of each image and resize to the input size
+    (bilinear, batched through torchvision's roi_align)."""
+    from torchvision.ops import roi_align
+
+    n, _, h, w = x.shape
+    rois = torch.cat([torch.arange(n, device=x.device, dtype=x.dtype).view(n, 1), boxes.to(x.dtype)], dim=1)
+    return roi_align(x, rois, output_size=(h, w), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+
+
+def _area_boxes(n: int, h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float],
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(top, left, height, width) of random rectangles of ``scale`` x the area and aspect ``ratio``."""
+    area = torch.empty(n).uniform_(*scale, generator=generator) * h * w
+    log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    aspect = log_r.exp()
+    bh = (area / aspect).sqrt().round().clamp(1, h).long()
+    bw = (area * aspect).sqrt().round().clamp(1, w).long()
+    top = (torch.rand(n, generator=generator) * (h - bh + 1)).long()
+    left = (torch.rand(n, generator=generator) * (w - bw + 1)).long()
+    return top, left, bh, bw

@@ -8,9 +8,11 @@
 
 from __future__ import annotations
 
+import collections
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,25 +44,54 @@ class Split:
 
 
 @dataclass
+class FileSplit:
+    """A split left on disk (larger than memory): decoded per sample by the streaming loader."""
+
+    paths: list[str]
+    labels: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: np.ndarray | torch.Tensor) -> FileSplit:
+        index = torch.as_tensor(index, dtype=torch.long)
+        return FileSplit([self.paths[i] for i in index.tolist()], self.labels[index])
+
+
+AnySplit = Split | FileSplit
+
+
+@dataclass
 class Dataset:
     name: str
     classes: list[str]
-    train: Split
-    val: Split | None = None
-    test: Split | None = None
+    channels: int
+    image_size: int
+    train: AnySplit
+    val: AnySplit | None = None
+    test: AnySplit | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     notes: list[str] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)  # original "WxH" -> count (image folders)
 
     @property
-    def channels(self) -> int:
-        return int(self.train.images.shape[1])
+    def in_memory(self) -> bool:
+        return isinstance(self.train, Split)
+
+    def class_counts(self) -> dict[str, list[int]]:
+        k = len(self.classes)
+        return {name: torch.bincount(s.labels, minlength=k).tolist()
+                for name, s in (("train", self.train), ("val", self.val), ("test", self.test)) if s is not None}
+
+    def imbalance(self) -> tuple[int, int, float] | None:
+        """(largest class, smallest class, ratio) of the training split when the ratio is 5 or more."""
+        counts = torch.bincount(self.train.labels, minlength=len(self.classes)).float()
+        big, small = int(counts.argmax()), int(counts.argmin())
+        ratio = float(counts[big] / counts[small]) if counts[small] > 0 else float("inf")
+        return (big, small, ratio) if ratio >= 5 else None
 
     @property
-    def image_size(self) -> int:
-        return int(self.train.images.shape[-1])
-
-    @property
-    def eval_split(self) -> tuple[str, Split]:
+    def eval_split(self) -> tuple[str, AnySplit]:
         """The split the final report is made on: test if there is one, else val."""
         if self.test is not None:
             return "test", self.test
@@ -68,12 +99,27 @@ class Dataset:
             return "val", self.val
         raise DataError(f"dataset {self.name!r} has neither a test nor a val split to evaluate on")
 
-    def summary(self) -> str:
-        parts = [f"{name} {len(s)}" for name, s in (("train", self.train), ("val", self.val), ("test", self.test)) if s]
-        return (
-            f"{self.name}: {len(self.classes)} classes, {self.channels}x{self.image_size}x{self.image_size}, "
-            + ", ".join(parts)
-        )
+    def summary(self, max_rows: int = 30) -> str:
+        """Classes, images per class and split, sizes seen, skipped files, imbalance."""
+        parts = [f"{name} {len(s)}" for name, s in (("train", self.train), ("val", self.val), ("test", self.test))
+                 if s is not None]
+        lines = [f"{self.name}: {len(self.classes)} classes, {self.channels}x{self.image_size}x{self.image_size} "
+                 f"({'in memory' if self.in_memory else 'streamed from disk'}), " + ", ".join(parts)]
+        if self.sizes:
+            seen = sorted(self.sizes.items(), key=lambda kv: -kv[1])
+            more = f" and {len(seen) - 5} more" if len(seen) > 5 else ""
+            lines.append("  sizes seen: " + ", ".join(f"{k} x{v}" for k, v in seen[:5]) + more)
+        counts = self.class_counts()
+        width = max(8, *(len(c) for c in self.classes[:max_rows]))
+        lines.append("  " + "class".ljust(width) + "".join(f"{name:>8}" for name in counts))
+        for i, c in enumerate(self.classes[:max_rows]):
+            lines.append("  " + c.ljust(width) + "".join(f"{counts[name][i]:>8}" for name in counts))
+        if len(self.classes) > max_rows:
+            lines.append(f"  … {len(self.classes) - max_rows} more classes")
+        if self.skipped:
+            reasons = collections.Counter(r.split(" (")[0].split(":")[0] for _, r in self.skipped)
+            lines.append(f"  skipped {len(self.skipped)} files: " + ", ".join(f"{n} {r}" for r, n in reasons.items()))
+        return "\n".join(lines)
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -108,8 +154,12 @@ def load_dataset(
     split_seed: int = 0,
     image_size: int | None = None,
     channels: int | None = None,
+    **folder_options: Any,
 ) -> Dataset:
-    """Load a built-in dataset by name or an image folder by path, with a val split carved when needed."""
+    """Load a built-in dataset by name or an image folder by path, with a val split carved when needed.
+
+    ``folder_options`` go to :func:`recog.data.folder.load_folder` (loader, memory_fraction,
+    max_image_pixels, allow_empty_classes, cache, device)."""
     if data == "digits":
         ds = _digits()
     elif data in BUILTIN:
@@ -117,7 +167,7 @@ def load_dataset(
     elif Path(data).expanduser().is_dir():
         from recog.data.folder import load_folder
 
-        ds = load_folder(Path(data).expanduser(), image_size=image_size, channels=channels)
+        ds = load_folder(Path(data).expanduser(), image_size=image_size, channels=channels, **folder_options)
     else:
         import difflib
 
@@ -142,7 +192,7 @@ def _digits() -> Dataset:
     full = Split(images, labels)
     # digits has no official test split: hold out a fixed, stratified 20% (seed 0, never changes)
     keep, held = stratified_split(labels, 0.2, seed=0)
-    return Dataset("digits", [str(i) for i in range(10)], full.subset(keep), test=full.subset(held))
+    return Dataset("digits", [str(i) for i in range(10)], 1, 8, full.subset(keep), test=full.subset(held))
 
 
 _TV_CLASSES = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
@@ -184,4 +234,5 @@ def _torchvision(name: str, data_root: str | None) -> Dataset:
         labels = torch.as_tensor(np.asarray(tv.targets), dtype=torch.long)
         splits.append(Split(images.contiguous(), labels))
         classes = list(tv.classes)
-    return Dataset(name, classes, splits[0], test=splits[1])
+    images = splits[0].images
+    return Dataset(name, classes, int(images.shape[1]), int(images.shape[-1]), splits[0], test=splits[1])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
 )
 GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default limit
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
 
 
@@ -29,7 +32,10 @@ def _to_mode(im, channels: int):  # noqa: ANN001, ANN202 (PIL types imported laz
     if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         # 16/32-bit greyscale: scale the value range to 8 bits instead of clipping (which turns it white)
         arr = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if im.mode == "F" and arr.max() <= 1.0:
+            top = 1.0  # float images in [0, 1]
+        else:
+            top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
         im = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -54,38 +60,69 @@ def _resize(im, size: int):  # noqa: ANN001, ANN202
     return im.crop((left, top, left + size, top + size))
 
 
-def load_image(path: str | os.PathLike, channels: int, size: int) -> np.ndarray:
-    """Decode ``path`` to a uint8 array (channels, size, size): EXIF rotation applied, first frame,
-    transparency composited, 16-bit scaled. Raises :class:`ImageReadError` saying why it failed."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+def set_max_image_pixels(limit: int | None) -> None:
+    """Images over ``limit`` pixels are refused as decompression bombs (None: Pillow's default)."""
+    from PIL import Image
 
-    path = Path(path)
+    Image.MAX_IMAGE_PIXELS = limit if limit is not None else DEFAULT_MAX_PIXELS
+
+
+@contextlib.contextmanager
+def _read_errors() -> Iterator[None]:
+    """Turn every way a file can fail to decode into :class:`ImageReadError` with a reason."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
-        if path.stat().st_size == 0:
-            raise ImageReadError("empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.seek(0)  # first frame of animations and multi-page files
-                im.load()
-                im = ImageOps.exif_transpose(im)
-                im = _resize(_to_mode(im, channels), size)
-                arr = np.asarray(im, dtype=np.uint8)
+            yield
     except ImageReadError:
         raise
     except FileNotFoundError:
         raise ImageReadError("file disappeared before it could be read") from None
     except PermissionError:
         raise ImageReadError("no permission to read the file") from None
+    except IsADirectoryError:
+        raise ImageReadError("a folder, not a file") from None
     except UnidentifiedImageError:
         raise ImageReadError("not an image (unrecognised content)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageReadError(f"too many pixels ({exc})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"too many pixels, refused as a decompression bomb ({exc}); see --max-image-pixels") \
+            from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageReadError(f"cannot decode: {exc}") from None
+
+
+def open_image(path: str | os.PathLike, channels: int):  # noqa: ANN201 - a PIL image
+    """Decode ``path`` at its own size in the model's channels: EXIF rotation applied, first frame
+    of animations and multi-page files, transparency composited, 16-bit scaled."""
+    from PIL import Image, ImageOps
+
+    path = Path(path)
+    with _read_errors():
+        if path.stat().st_size == 0:
+            raise ImageReadError("empty file (0 bytes)")
+        with Image.open(path) as im:
+            im.seek(0)
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return _to_mode(im, channels)
+
+
+def decode(path: str | os.PathLike, channels: int, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(uint8 array (channels, size, size), original (width, height)); raises :class:`ImageReadError`."""
+    im = open_image(path, channels)
+    original = im.size
+    with _read_errors():
+        arr = np.asarray(_resize(im, size), dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    return np.array(arr.transpose(2, 0, 1), order="C")  # a writable copy in (C, H, W)
+    return np.array(arr.transpose(2, 0, 1), order="C"), original  # a writable copy in (C, H, W)
+
+
+def load_image(path: str | os.PathLike, channels: int, size: int) -> np.ndarray:
+    """The eval preprocessing of one file, shared by training, evaluation and prediction."""
+    return decode(path, channels, size)[0]
 
 
 def peek(path: Path) -> tuple[tuple[int, int], str] | None:

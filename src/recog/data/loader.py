@@ -50,6 +50,7 @@ class MemoryLoader:
         seed: int = 0,
         drop_last: bool = False,
         channels_last: bool = False,
+        sample_weights: torch.Tensor | None = None,
     ) -> None:
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
@@ -61,6 +62,7 @@ class MemoryLoader:
         # dropping a ragged last batch keeps batch-norm away from tiny batches, but never empties an epoch
         self.drop_last = drop_last and len(self.labels) > batch_size
         self.channels_last = channels_last
+        self.sample_weights = sample_weights  # balanced sampling: draw with replacement by these weights
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -73,7 +75,13 @@ class MemoryLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         n = len(self.labels)
-        order = torch.randperm(n, generator=generator).to(self.images.device) if self.shuffle else None
+        if self.sample_weights is not None:
+            order = torch.multinomial(self.sample_weights, n, replacement=True, generator=generator)
+        elif self.shuffle:
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = None
+        order = order.to(self.images.device) if order is not None else None
         for i in range(len(self)):
             index = slice(i * self.batch_size, (i + 1) * self.batch_size)
             if order is not None:

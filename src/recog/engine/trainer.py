@@ -89,6 +89,7 @@ def train_loop(
     on_epoch_end: EpochHook | None = None,
     writer: Any | None = None,
     write_metrics: Callable[[list[dict[str, Any]]], None] | None = None,
+    loss_weights: torch.Tensor | None = None,
 ) -> LoopState:
     """Train ``model`` (possibly compiled; ``raw_model`` is what gets saved) from ``state.epoch`` on.
 
@@ -99,7 +100,7 @@ def train_loop(
     steps_per_epoch = len(train_loader)
     total_steps = cfg.epochs * steps_per_epoch
     warmup = None if cfg.warmup_epochs is None else round(cfg.warmup_epochs * steps_per_epoch)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    criterion = nn.CrossEntropyLoss(weight=loss_weights, label_smoothing=cfg.label_smoothing)
     weights_dir = run_dir / "weights"
     show = cfg.verbose and is_main()
 

@@ -1,0 +1,202 @@
+"""The streaming loader: a ``torch.utils.data.DataLoader`` with worker processes.
+
+For data larger than memory (decoded per sample from files, with the same decoding as the
+in-memory path) and for per-sample augmentation policies that cannot be batched (RandAugment,
+TrivialAugment, colour jitter; random-resized-crop at the file's own resolution). Workers return
+uint8 images; normalisation and the batched augmentations (flip, translate, cutout, erasing)
+happen in the main process on the training device, with the same code as the in-memory loader.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from recog.data.augment import BatchAugment
+from recog.data.datasets import FileSplit, Split
+from recog.data.image import ImageReadError, load_image, open_image
+from recog.data.loader import MemoryLoader, Normalize
+
+
+@dataclass
+class SamplePolicy:
+    """Per-sample augmentation, run in the loader's workers (torchvision transforms v2)."""
+
+    random_resized_crop: bool = False
+    crop_scale: float = 0.35
+    auto_augment: str | None = None  # randaugment | trivialaugment
+    color_jitter: float = 0.0  # brightness/contrast/saturation strength
+
+    @property
+    def active(self) -> bool:
+        return self.random_resized_crop or self.auto_augment is not None or self.color_jitter > 0
+
+    def build(self, size: int, channels: int):  # noqa: ANN201 - a v2 transform or None
+        from torchvision.transforms import v2
+
+        steps: list[Any] = []
+        if self.random_resized_crop:
+            steps.append(v2.RandomResizedCrop(size, scale=(self.crop_scale, 1.0), antialias=True))
+        if self.auto_augment == "randaugment":
+            steps.append(v2.RandAugment())
+        elif self.auto_augment == "trivialaugment":
+            steps.append(v2.TrivialAugmentWide())
+        if self.color_jitter > 0:
+            j = self.color_jitter
+            steps.append(v2.ColorJitter(j, j, j if channels == 3 else 0.0))
+        return v2.Compose(steps) if steps else None
+
+
+class SampleDataset(torch.utils.data.Dataset):
+    """One uint8 (C, H, W) image per index, from a file or from an in-memory split.
+
+    An unreadable file gives ``None`` and its reason instead of crashing the epoch."""
+
+    def __init__(self, split: Split | FileSplit, channels: int, size: int, policy: SamplePolicy | None = None) -> None:
+        self.split = split
+        self.channels = channels
+        self.size = size
+        self.policy = policy if policy is not None and policy.active else None
+        self.transform = self.policy.build(size, channels) if self.policy else None
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str, str]:
+        label = int(self.split.labels[i])
+        if isinstance(self.split, Split):
+            image, path = self.split.images[i], ""
+        else:
+            path = self.split.paths[i]
+            try:
+                if self.policy is not None and self.policy.random_resized_crop:
+                    from torchvision.transforms.v2.functional import pil_to_tensor
+
+                    image = pil_to_tensor(open_image(path, self.channels))  # crop from the full resolution
+                else:
+                    image = torch.from_numpy(load_image(path, self.channels, self.size))
+            except ImageReadError as exc:
+                return None, label, path, str(exc)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, label, path, ""
+
+
+def _collate(batch: list[tuple[torch.Tensor | None, int, str, str]]) -> tuple[torch.Tensor, torch.Tensor, list]:
+    good = [(x, y) for x, y, _, _ in batch if x is not None]
+    bad = [(p, why) for x, _, p, why in batch if x is None]
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), bad
+    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), bad
+
+
+def default_workers() -> int:
+    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+class StreamLoader:
+    """Same interface as :class:`MemoryLoader`: ``set_epoch``, ``len``, iterate ``(images, labels)``."""
+
+    def __init__(
+        self,
+        split: Split | FileSplit,
+        channels: int,
+        size: int,
+        batch_size: int,
+        normalize: Normalize,
+        device: torch.device | str = "cpu",
+        shuffle: bool = False,
+        augment: BatchAugment | None = None,
+        policy: SamplePolicy | None = None,
+        seed: int = 0,
+        drop_last: bool = False,
+        channels_last: bool = False,
+        workers: int | None = None,
+        sample_weights: torch.Tensor | None = None,
+    ) -> None:
+        self.dataset = SampleDataset(split, channels, size, policy)
+        self.batch_size = batch_size
+        self.normalize = normalize
+        self.device = torch.device(device)
+        self.shuffle = shuffle
+        self.augment = augment if augment is not None and augment.active else None
+        self.seed = seed
+        self.drop_last = drop_last and len(split) > batch_size
+        self.channels_last = channels_last
+        self.workers = default_workers() if workers is None else workers
+        self.sample_weights = sample_weights
+        self.epoch = 0
+        self.skipped: list[tuple[str, str]] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
+
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        sampler = None
+        if self.sample_weights is not None:
+            sampler = WeightedRandomSampler(self.sample_weights, len(self.dataset), True, generator=generator)
+        elif self.shuffle:
+            sampler = RandomSampler(self.dataset, generator=generator)
+        loader = DataLoader(
+            self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.workers,
+            collate_fn=_collate, pin_memory=self.device.type == "cuda", drop_last=self.drop_last,
+            generator=generator, prefetch_factor=4 if self.workers else None,
+        )
+        for images, labels, bad in loader:
+            for path, why in bad:
+                print(f"warning: skipped {path}: {why}", file=sys.stderr)
+            self.skipped.extend(bad)
+            if len(labels) == 0:
+                continue
+            x = self.normalize(images.to(self.device, non_blocking=True))
+            if self.augment is not None:
+                x = self.augment(x, generator)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, labels.to(self.device, non_blocking=True)
+
+
+def make_loader(
+    split: Split | FileSplit,
+    channels: int,
+    size: int,
+    batch_size: int,
+    normalize: Normalize,
+    device: torch.device | str = "cpu",
+    *,
+    train: bool = False,
+    augment: BatchAugment | None = None,
+    policy: SamplePolicy | None = None,
+    seed: int = 0,
+    channels_last: bool = False,
+    workers: int | None = None,
+    sample_weights: torch.Tensor | None = None,
+    force_stream: bool = False,
+) -> MemoryLoader | StreamLoader:
+    """The in-memory loader when the split is decoded and every augmentation can be batched;
+    the streaming loader for files on disk and per-sample policies (RandAugment, TrivialAugment,
+    colour jitter). A random-resized-crop is batched in memory and per sample when streaming."""
+    per_sample = train and policy is not None and (policy.auto_augment is not None or policy.color_jitter > 0)
+    if isinstance(split, FileSplit) or per_sample or force_stream:
+        if augment is not None and policy is not None and policy.random_resized_crop:
+            augment = BatchAugment(augment.flip, augment.translate, augment.cutout, False, augment.crop_scale,
+                                   augment.random_erasing)  # the crop happens per sample in the workers
+        return StreamLoader(split, channels, size, batch_size, normalize, device, shuffle=train,
+                            augment=augment if train else None, policy=policy if train else None, seed=seed,
+                            drop_last=train, channels_last=channels_last, workers=workers,
+                            sample_weights=sample_weights if train else None)
+    return MemoryLoader(split, batch_size, normalize, device, shuffle=train, augment=augment if train else None,
+                        seed=seed, drop_last=train, channels_last=channels_last,
+                        sample_weights=sample_weights if train else None)
