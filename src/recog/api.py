@@ -258,16 +258,22 @@ def train(
             state, _ = read_weights(best)
             load_into(model, state, str(best))
         clf = Classifier(model, meta, device, best, cfg)
-        split_name, split = ds.eval_split
-        report = _eval_on(clf, split, split_name, cfg.precision, cfg.tta, workers=cfg.workers)
-        report["title"] = f"{run_dir.name} ({cfg.model} on {cfg.data})"
+        report: dict[str, Any] = {}
+        if ds.eval_split is not None:
+            split_name, split = ds.eval_split
+            report = _eval_on(clf, split, split_name, cfg.precision, cfg.tta, workers=cfg.workers)
+            report["title"] = f"{run_dir.name} ({cfg.model} on {cfg.data})"
         if is_main():
-            write_report(run_dir, report)
+            if report:
+                write_report(run_dir, report)
             plot_curves(run_dir / "curves.png", loop.history)
         if cfg.verbose and is_main():
-            top5 = f", top-5 {report['top5_accuracy']:.4f}" if report["top5_accuracy"] is not None else ""
-            print(f"{split_name} accuracy {report['accuracy']:.4f}{top5} on {report['num_images']} images "
-                  f"(best epoch {loop.best_epoch})")
+            if report:
+                top5 = f", top-5 {report['top5_accuracy']:.4f}" if report["top5_accuracy"] is not None else ""
+                print(f"{split_name} accuracy {report['accuracy']:.4f}{top5} on {report['num_images']} images "
+                      f"(best epoch {loop.best_epoch})")
+            else:
+                print("no test or val split: no final report (give the folder a test/ split or --val-fraction)")
             print(f"run folder: {run_dir}")
     return Run(run_dir, cfg, loop.history, model, ds.classes, report)
 
@@ -390,6 +396,8 @@ def evaluate(
     if (ds.channels, ds.image_size) != (clf.meta["channels"], clf.meta["image_size"]):
         raise DataError(f"{data} has {ds.channels}x{ds.image_size}px images; the model takes "
                         f"{clf.meta['channels']}x{clf.meta['image_size']}px")
+    if ds.eval_split is None:
+        raise DataError(f"{data} has no test or val split to evaluate on")
     split_name, split = ds.eval_split
     precision = cfg.precision if cfg else "fp32"
     report = _eval_on(clf, split, split_name, precision, tta, batch_size, cfg.workers if cfg else None)

@@ -91,13 +91,13 @@ class Dataset:
         return (big, small, ratio) if ratio >= 5 else None
 
     @property
-    def eval_split(self) -> tuple[str, AnySplit]:
-        """The split the final report is made on: test if there is one, else val."""
-        if self.test is not None:
+    def eval_split(self) -> tuple[str, AnySplit] | None:
+        """The split the final report is made on: test if there is one, else val, else None."""
+        if self.test is not None and len(self.test):
             return "test", self.test
-        if self.val is not None:
+        if self.val is not None and len(self.val):
             return "val", self.val
-        raise DataError(f"dataset {self.name!r} has neither a test nor a val split to evaluate on")
+        return None
 
     def summary(self, max_rows: int = 30) -> str:
         """Classes, images per class and split, sizes seen, skipped files, imbalance."""
