@@ -377,8 +377,8 @@ def test_sample_policy_keeps_shape_and_dtype() -> None:
 
     split = Split(torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8), torch.arange(4))
     ds = SampleDataset(split, 3, 16, SamplePolicy(True, 0.3, "randaugment", 0.2))
-    image, label, _, _ = ds[2]
-    assert image.shape == (3, 16, 16) and image.dtype == torch.uint8 and label == 2
+    image, label, _, _, index = ds[2]
+    assert image.shape == (3, 16, 16) and image.dtype == torch.uint8 and label == index == 2
 
 
 def test_image_read_error_is_not_raised_for_good_files(tmp_path: Path) -> None:

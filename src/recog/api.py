@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,9 +177,7 @@ def train(
     if cfg.lr is None:
         cfg.lr = DEFAULT_LR[cfg.optimizer]
     device = resolve_device(cfg.device)
-    if cfg.precision == "bf16" and device.type == "cpu" and not _cpu_has_bf16() and cfg.verbose:
-        print("note: this CPU has no bf16 matrix units (AMX / AVX-512-BF16): bf16 autocast will be slow",
-              file=sys.stderr)
+    cfg.precision = _resolve_precision(cfg.precision, device, cfg.verbose)
 
     with deterministic_mode(cfg.deterministic):
         # ---- data ------------------------------------------------------------------------
@@ -197,6 +196,7 @@ def train(
                   f"{ds.classes[small]!r}; consider --class-weights auto or --balanced-sampling", file=sys.stderr)
 
         # ---- model and optimizer ---------------------------------------------------------
+        setup_started = time.perf_counter()
         seed_everything(cfg.seed)
         model = create_model(cfg.model, len(ds.classes), ds.channels, ds.image_size, **cfg.model_args)
         if cfg.weights and saved_state is None:
@@ -206,14 +206,17 @@ def train(
                 print(f"note: {len(left_out)} tensors not taken from {cfg.weights} (new or other shape): "
                       f"{', '.join(left_out[:4])}{' …' if len(left_out) > 4 else ''}", file=sys.stderr)
         model.to(device)
+        if hasattr(model, "data_init") and saved_state is None and not cfg.weights:
+            model.data_init(_init_sample(ds, cfg, device))  # e.g. airnet's patch-whitening stem
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
-        optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov)
+        optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov,
+                                   cfg.bias_lr_scale)
         loop = restore_state(saved_state, model, optimizer) if saved_state else LoopState()
 
         normalize = Normalize(cfg.mean, cfg.std, device)
-        augment = BatchAugment(cfg.flip, cfg.translate, cfg.cutout, cfg.random_resized_crop, cfg.crop_scale,
-                               cfg.random_erasing)
+        augment = BatchAugment(cfg.flip, cfg.translate, cfg.cutout, cfg.alternating_flip, cfg.random_resized_crop,
+                               cfg.crop_scale, cfg.random_erasing)
         policy = SamplePolicy(cfg.random_resized_crop, cfg.crop_scale, cfg.auto_augment, cfg.color_jitter)
         force_stream = cfg.loader == "stream"
         common = dict(channels_last=cfg.channels_last, workers=cfg.workers, force_stream=force_stream)
@@ -225,6 +228,9 @@ def train(
                                   **common) if ds.val is not None and len(ds.val) else None)
         loss_weights = _class_weights(ds).to(device) if cfg.class_weights == "auto" else None
         net = torch.compile(model) if cfg.compile else model
+        if cfg.time_budget and saved_state is None:
+            cfg.epochs = _plan_budget(cfg, ds, net, model, optimizer, train_loader, normalize, device,
+                                      loss_weights, setup_started)
 
         # ---- run folder ------------------------------------------------------------------
         if run_dir is None:
@@ -274,8 +280,60 @@ def train(
                       f"(best epoch {loop.best_epoch})")
             else:
                 print("no test or val split: no final report (give the folder a test/ split or --val-fraction)")
+            if cfg.time_budget:
+                from recog.engine.budget import format_duration
+
+                print(f"training and evaluation took {format_duration(time.perf_counter() - setup_started)} "
+                      f"of the {cfg.time_budget} budget")
             print(f"run folder: {run_dir}")
     return Run(run_dir, cfg, loop.history, model, ds.classes, report)
+
+
+def _resolve_precision(precision: str, device: torch.device, verbose: bool) -> str:
+    """``auto``: bf16 on CUDA GPUs that have it and CPUs with AMX / AVX-512-BF16, else fp32 (said once)."""
+    has_bf16 = (torch.cuda.is_bf16_supported() if device.type == "cuda" else _cpu_has_bf16())
+    if precision == "auto":
+        if not has_bf16 and verbose:
+            print(f"note: no bf16 matrix units on this {device.type}: training in fp32", file=sys.stderr)
+        return "bf16" if has_bf16 else "fp32"
+    if precision == "bf16" and not has_bf16 and verbose:
+        print("note: this CPU has no bf16 matrix units (AMX / AVX-512-BF16): bf16 autocast will be slow",
+              file=sys.stderr)
+    return precision
+
+
+def _init_sample(ds: Dataset, cfg: TrainConfig, device: torch.device, n: int = 5000) -> torch.Tensor:
+    """Up to ``n`` normalised training images, for data-dependent initialisation."""
+    index = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(cfg.seed))[:n]
+    loader = make_loader(ds.train.subset(index), ds.channels, ds.image_size, 1000,
+                         Normalize(cfg.mean, cfg.std, device), device, workers=cfg.workers)
+    return torch.cat([x for x, _ in loader])
+
+
+def _plan_budget(cfg: TrainConfig, ds: Dataset, net: nn.Module, model: nn.Module,
+                 optimizer: torch.optim.Optimizer, train_loader: Any, normalize: Normalize, device: torch.device,
+                 loss_weights: torch.Tensor | None, started: float) -> int:
+    from recog.engine.budget import parse_duration, plan
+    from recog.engine.trainer import Stepper, autocast
+
+    budget = parse_duration(cfg.time_budget)
+    stepper = Stepper(net, model, optimizer, cfg, device, loss_weights)
+    stepper.set_lr(0.0)  # the calibration steps are undone anyway; a zero step keeps them harmless
+    train_loader.set_epoch(0)
+    eval_name_split = ds.eval_split
+    eval_split = eval_name_split[1] if eval_name_split else ds.train
+    eval_batch = next(iter(make_loader(eval_split, ds.channels, ds.image_size, 256, normalize, device,
+                                       workers=cfg.workers, channels_last=cfg.channels_last)))[0]
+    views = len(tta_views(cfg.flip, cfg.translate)) if cfg.tta else 1
+    budget_plan, warnings = plan(
+        budget, started, stepper, net, optimizer, train_loader, len(train_loader), eval_batch,
+        len(ds.val) if ds.val is not None else 0, len(eval_split) if eval_name_split else 0, views,
+        lambda: autocast(device, cfg.precision))
+    if is_main() and cfg.verbose:
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        print(budget_plan.describe(budget), file=sys.stderr)
+    return budget_plan.epochs
 
 
 def _dataset(cfg: TrainConfig | None, data: str, data_root: str | None, val_fraction: float, split_seed: int,

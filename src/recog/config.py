@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from recog.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "linear", "constant")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 LOADERS = ("auto", "memory", "stream")
 AUTO_AUGMENTS = ("randaugment", "trivialaugment")
 
@@ -29,6 +30,7 @@ AUTO_AUGMENTS = ("randaugment", "trivialaugment")
 class TrainConfig:
     """Everything that defines a training run. Saved as ``config.yaml`` in each run folder."""
 
+    recipe: str | None = None  # a named set of defaults (recog/recipes/NAME.yaml) under the YAML and flags
     # data
     data: str = "digits"  # digits | cifar10 | cifar100 | mnist | fashion-mnist | PATH to an image folder
     data_root: str | None = None  # an existing copy of a torchvision dataset (never downloads)
@@ -48,6 +50,7 @@ class TrainConfig:
     balanced_sampling: bool = False  # draw training images with equal probability per class
     # augmentation, batched on the training device
     flip: bool = False  # random horizontal flip
+    alternating_flip: bool = False  # flip a fixed random half in even epochs and the other half in odd ones
     translate: int = 0  # random translation by up to this many pixels (reflect padding)
     cutout: int = 0  # zero a random square of this side
     random_resized_crop: bool = False  # random crop of --crop-scale..1 of the area, resized back
@@ -61,12 +64,14 @@ class TrainConfig:
     weights: str | None = None  # initial weights: a .safetensors or a plain state dict file
     # optimisation
     epochs: int = 20
+    time_budget: str | None = None  # e.g. 5m: measure the first steps and choose the epochs to fit
     batch_size: int = 64
     optimizer: str = "sgd"  # sgd | adamw
     lr: float | None = None  # default: 0.05 for sgd, 0.001 for adamw
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
+    bias_lr_scale: float = 1.0  # learning-rate multiplier for biases and normalisation parameters
     l1: float = 0.0  # L1 penalty on weights (conv and linear)
     label_smoothing: float = 0.0
     schedule: str = "onecycle"  # onecycle | cosine | linear | constant
@@ -75,7 +80,7 @@ class TrainConfig:
     grad_clip: float | None = None  # clip gradient norm to this
     patience: int | None = None  # early stopping: epochs without val_acc improvement
     # speed and reproducibility
-    precision: str = "fp32"  # fp32 | bf16 (autocast on CPU and CUDA)
+    precision: str = "fp32"  # fp32 | bf16 (autocast on CPU and CUDA) | auto (bf16 where the hardware has it)
     channels_last: bool = False
     compile: bool = False  # torch.compile the model
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -111,6 +116,12 @@ class TrainConfig:
             raise ConfigError(f"color_jitter must not be negative, got {self.color_jitter}")
         if self.max_image_pixels is not None and self.max_image_pixels < 1:
             raise ConfigError(f"max_image_pixels must be positive, got {self.max_image_pixels}")
+        if self.bias_lr_scale <= 0:
+            raise ConfigError(f"bias_lr_scale must be positive, got {self.bias_lr_scale}")
+        if self.alternating_flip and not self.flip:
+            raise ConfigError("alternating_flip needs flip: true")
+        if self.time_budget is not None:
+            parse_duration(self.time_budget)
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"workers must not be negative, got {self.workers}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -138,6 +149,22 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds from ``90``, ``90s``, ``5m``, ``1.5h`` or ``1h30m``; raises naming the value."""
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        parts = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*(?:(\d+(?:\.\d+)?)\s*s?)?\s*",
+                             text.lower())
+        if not parts or not any(parts.groups()):
+            raise ConfigError(f"time_budget: cannot read {text!r} as a duration (examples: 90s, 5m, 1h30m)")
+        h, m, s = (float(g) if g else 0.0 for g in parts.groups())
+        seconds = h * 3600 + m * 60 + s
+    if seconds <= 0:
+        raise ConfigError(f"time_budget must be positive, got {text!r}")
+    return seconds
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -229,13 +256,32 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return loaded
 
 
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def recipe_values(name: str) -> dict[str, Any]:
+    path = RECIPES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        close = difflib.get_close_matches(name, list_recipes(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown recipe {name!r}{hint} (known: {', '.join(list_recipes())})")
+    return load_yaml(path)
+
+
 def make_config(config: str | os.PathLike | None = None, **overrides: Any) -> TrainConfig:
-    """Defaults, then the YAML file, then overrides (keys whose value is None are left out)."""
-    values: dict[str, Any] = {}
-    if config is not None:
-        values.update(load_yaml(config))
+    """Defaults, then the recipe, then the YAML file, then overrides (keys whose value is None are
+    left out)."""
+    from_file = load_yaml(config) if config is not None else {}
     check_keys(overrides, "arguments")
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    recipe = given.get("recipe", from_file.get("recipe"))
+    values = recipe_values(recipe) if recipe else {}
+    values.update(from_file)
+    values.update(given)
     return TrainConfig(**{k: coerce(k, v) for k, v in values.items()})
 
 

@@ -19,6 +19,14 @@ def flip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
+def alternating_flip_mask(index: torch.Tensor, epoch: int, seed: int = 0) -> torch.Tensor:
+    """airbench's alternating flip: a fixed pseudo-random half of the images (by dataset index) is
+    flipped in even epochs and the other half in odd ones, so every image is seen both ways every
+    two epochs instead of by chance."""
+    bits = ((index.long() * 2654435761 + seed * 40503) >> 11) & 1
+    return (bits ^ (epoch & 1)).bool()
+
+
 def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int) -> torch.Tensor:
     """Shift each image by (dy, dx) pixels in [-pad, pad], filling with reflected pixels."""
     if pad == 0:
@@ -49,6 +57,7 @@ class BatchAugment:
     flip: bool = False
     translate: int = 0
     cutout: int = 0
+    alternating_flip: bool = False  # needs the images' dataset indices (both loaders pass them)
     random_resized_crop: bool = False
     crop_scale: float = 0.35  # smallest crop area, as a fraction of the image
     random_erasing: float = 0.0  # probability per image
@@ -58,7 +67,8 @@ class BatchAugment:
         return (self.flip or self.translate > 0 or self.cutout > 0 or self.random_resized_crop
                 or self.random_erasing > 0)
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, index: torch.Tensor | None = None,
+                 epoch: int = 0, seed: int = 0) -> torch.Tensor:
         n, _, h, w = x.shape
 
         def draw(low: int, high: int) -> torch.Tensor:
@@ -68,7 +78,9 @@ class BatchAugment:
             top, left, bh, bw = _area_boxes(n, h, w, (self.crop_scale, 1.0), (3 / 4, 4 / 3), generator)
             boxes = torch.stack([left, top, left + bw, top + bh], dim=1).float()
             x = resized_crop(x, boxes.to(x.device))
-        if self.flip:
+        if self.flip and self.alternating_flip and index is not None:
+            x = flip(x, alternating_flip_mask(index, epoch, seed).to(x.device))
+        elif self.flip:
             x = flip(x, draw(0, 2).bool())
         if self.translate:
             pad = min(self.translate, h - 1, w - 1)

@@ -84,14 +84,11 @@ class MemoryLoader:
         order = order.to(self.images.device) if order is not None else None
         for i in range(len(self)):
             index = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            if order is not None:
-                rows = order[index]
-                x, y = self.images[rows], self.labels[rows]
-            else:
-                x, y = self.images[index], self.labels[index]
+            rows = order[index] if order is not None else torch.arange(n, device=self.images.device)[index]
+            x, y = self.images[rows], self.labels[rows]
             x = self.normalize(x)
             if self.augment is not None:
-                x = self.augment(x, generator)
+                x = self.augment(x, generator, rows, self.epoch, self.seed)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y

@@ -9,6 +9,7 @@ happen in the main process on the training device, with the same code as the in-
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Iterator
@@ -67,7 +68,7 @@ class SampleDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str, str]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str, str, int]:
         label = int(self.split.labels[i])
         if isinstance(self.split, Split):
             image, path = self.split.images[i], ""
@@ -81,18 +82,19 @@ class SampleDataset(torch.utils.data.Dataset):
                 else:
                     image = torch.from_numpy(load_image(path, self.channels, self.size))
             except ImageReadError as exc:
-                return None, label, path, str(exc)
+                return None, label, path, str(exc), i
         if self.transform is not None:
             image = self.transform(image)
-        return image, label, path, ""
+        return image, label, path, "", i
 
 
-def _collate(batch: list[tuple[torch.Tensor | None, int, str, str]]) -> tuple[torch.Tensor, torch.Tensor, list]:
-    good = [(x, y) for x, y, _, _ in batch if x is not None]
-    bad = [(p, why) for x, _, p, why in batch if x is None]
+def _collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
+    good = [(x, y, i) for x, y, _, _, i in batch if x is not None]
+    bad = [(p, why) for x, _, p, why, _ in batch if x is None]
     if not good:
-        return torch.empty(0), torch.empty(0, dtype=torch.long), bad
-    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), bad
+        return torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), bad
+    return (torch.stack([x for x, _, _ in good]), torch.tensor([y for _, y, _ in good]),
+            torch.tensor([i for _, _, i in good]), bad)
 
 
 def default_workers() -> int:
@@ -154,7 +156,7 @@ class StreamLoader:
             collate_fn=_collate, pin_memory=self.device.type == "cuda", drop_last=self.drop_last,
             generator=generator, prefetch_factor=4 if self.workers else None,
         )
-        for images, labels, bad in loader:
+        for images, labels, index, bad in loader:
             for path, why in bad:
                 print(f"warning: skipped {path}: {why}", file=sys.stderr)
             self.skipped.extend(bad)
@@ -162,7 +164,7 @@ class StreamLoader:
                 continue
             x = self.normalize(images.to(self.device, non_blocking=True))
             if self.augment is not None:
-                x = self.augment(x, generator)
+                x = self.augment(x, generator, index, self.epoch, self.seed)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, labels.to(self.device, non_blocking=True)
@@ -191,8 +193,7 @@ def make_loader(
     per_sample = train and policy is not None and (policy.auto_augment is not None or policy.color_jitter > 0)
     if isinstance(split, FileSplit) or per_sample or force_stream:
         if augment is not None and policy is not None and policy.random_resized_crop:
-            augment = BatchAugment(augment.flip, augment.translate, augment.cutout, False, augment.crop_scale,
-                                   augment.random_erasing)  # the crop happens per sample in the workers
+            augment = dataclasses.replace(augment, random_resized_crop=False)  # cropped per sample in the workers
         return StreamLoader(split, channels, size, batch_size, normalize, device, shuffle=train,
                             augment=augment if train else None, policy=policy if train else None, seed=seed,
                             drop_last=train, channels_last=channels_last, workers=workers,

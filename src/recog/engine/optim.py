@@ -22,9 +22,13 @@ def make_optimizer(
     weight_decay: float = 0.0,
     momentum: float = 0.9,
     nesterov: bool = True,
+    bias_lr_scale: float = 1.0,
 ) -> torch.optim.Optimizer:
+    """Two groups: conv/linear weights with weight decay; biases and norms without, their learning
+    rate scaled by ``bias_lr_scale`` (the loop sets ``lr * group["lr_scale"]``)."""
     decay, no_decay = decayed_parameters(model)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
+              {"params": no_decay, "weight_decay": 0.0, "lr_scale": bias_lr_scale}]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
     if name == "adamw":

@@ -24,7 +24,8 @@ from recog.engine.optim import l1_penalty
 from recog.engine.schedule import lr_at
 from recog.errors import TrainingError
 
-EpochHook = Callable[[dict[str, Any]], "bool | None"]  # return True to stop after this epoch
+# called with the epoch's metrics row plus "model" (the module being trained); True stops training
+EpochHook = Callable[[dict[str, Any]], "bool | None"]
 
 
 @dataclass
@@ -75,6 +76,42 @@ def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):  # noqa
                 "[{elapsed}<{remaining}{postfix}]")
 
 
+class NonFiniteLoss(Exception):
+    def __init__(self, value: float) -> None:
+        super().__init__(value)
+        self.value = value
+
+
+class Stepper:
+    """One optimisation step: forward under autocast, loss (+ L1), NaN check, backward, clip, step.
+
+    Shared by the loop and by the time-budget calibration, so both measure the same work."""
+
+    def __init__(self, model: nn.Module, raw_model: nn.Module, optimizer: torch.optim.Optimizer,
+                 cfg: TrainConfig, device: torch.device, loss_weights: torch.Tensor | None = None) -> None:
+        self.model, self.raw_model, self.optimizer, self.cfg, self.device = model, raw_model, optimizer, cfg, device
+        self.criterion = nn.CrossEntropyLoss(weight=loss_weights, label_smoothing=cfg.label_smoothing)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast(self.device, self.cfg.precision):
+            out = self.model(x)
+            loss = self.criterion(out.float(), y)
+        if self.cfg.l1 > 0:
+            loss = loss + self.cfg.l1 * l1_penalty(self.raw_model)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(loss.item())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip:
+            nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        return loss, out
+
+
 def train_loop(
     model: nn.Module,
     raw_model: nn.Module,
@@ -100,7 +137,7 @@ def train_loop(
     steps_per_epoch = len(train_loader)
     total_steps = cfg.epochs * steps_per_epoch
     warmup = None if cfg.warmup_epochs is None else round(cfg.warmup_epochs * steps_per_epoch)
-    criterion = nn.CrossEntropyLoss(weight=loss_weights, label_smoothing=cfg.label_smoothing)
+    stepper = Stepper(model, raw_model, optimizer, cfg, device, loss_weights)
     weights_dir = run_dir / "weights"
     show = cfg.verbose and is_main()
 
@@ -115,25 +152,16 @@ def train_loop(
         bar = _progress(train_loader, steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", show)
         for step, (x, y) in enumerate(bar):
             lr = lr_at(epoch * steps_per_epoch + step, total_steps, cfg.lr, cfg.schedule, warmup, cfg.final_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with autocast(device, cfg.precision):
-                out = model(x)
-                loss = criterion(out.float(), y)
-            if cfg.l1 > 0:
-                loss = loss + cfg.l1 * l1_penalty(raw_model)
-            if not torch.isfinite(loss):
+            stepper.set_lr(lr)
+            try:
+                loss, out = stepper(x, y)
+            except NonFiniteLoss as exc:
                 bar.close()
                 raise TrainingError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} (lr {lr:.3g}); "
+                    f"loss became {exc.value} at epoch {epoch + 1}, step {step + 1} (lr {lr:.3g}); "
                     f"stopped without overwriting the saved weights in {weights_dir}. "
                     f"Try a lower --lr, --grad-clip, or --precision fp32."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-            optimizer.step()
+                ) from None
             # ---- running figures (kept on the device: no sync per step beyond the NaN check)
             loss_sum += loss.detach() * len(y)
             correct += (out.argmax(1) == y).sum()
@@ -195,7 +223,7 @@ def train_loop(
             )
 
         # ---- stop? -------------------------------------------------------------------------
-        if on_epoch_end is not None and on_epoch_end(dict(row)):
+        if on_epoch_end is not None and on_epoch_end(dict(row, model=raw_model)):
             state.stopped_early = epoch + 1 < cfg.epochs
             break
         if state.stopped_early:

@@ -15,14 +15,29 @@ from torch import nn
 from recog.models.registry import register_model
 
 
+def _norm(channels: int, momentum: float, learn_scale: bool) -> nn.BatchNorm2d:
+    norm = nn.BatchNorm2d(channels, momentum=momentum, eps=1e-12 if not learn_scale else 1e-5)
+    norm.weight.requires_grad = learn_scale  # airbench: a fixed scale of 1, only the bias learns
+    return norm
+
+
+def _conv(c_in: int, c_out: int, dirac: bool) -> nn.Conv2d:
+    conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+    if dirac:  # the first c_in filters start as identities: the block starts close to a skip connection
+        with torch.no_grad():
+            nn.init.dirac_(conv.weight[: min(c_in, c_out)])
+    return conv
+
+
 class ConvGroup(nn.Module):
-    def __init__(self, c_in: int, c_out: int, pool: bool = True) -> None:
+    def __init__(self, c_in: int, c_out: int, pool: bool = True, bn_momentum: float = 0.1,
+                 learn_scale: bool = True, dirac: bool = False) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.conv1 = _conv(c_in, c_out, dirac)
         self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
-        self.norm1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
-        self.norm2 = nn.BatchNorm2d(c_out)
+        self.norm1 = _norm(c_out, bn_momentum, learn_scale)
+        self.conv2 = _conv(c_out, c_out, dirac)
+        self.norm2 = _norm(c_out, bn_momentum, learn_scale)
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -31,6 +46,9 @@ class ConvGroup(nn.Module):
 
 
 class AirNet(nn.Module):
+    """``stem="whiten"`` is airbench's: a frozen 2x2 convolution (no padding) whose filters whiten
+    image patches, initialised from the training images by :meth:`data_init`."""
+
     def __init__(
         self,
         num_classes: int,
@@ -39,17 +57,31 @@ class AirNet(nn.Module):
         widths: Sequence[int] = (64, 256, 256),
         stem_width: int = 24,
         scale: float = 1 / 9,
+        stem: str = "conv",
+        bn_momentum: float = 0.1,
+        learn_scale: bool = True,
+        dirac: bool = False,
     ) -> None:
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, stem_width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(stem_width),
-            nn.GELU(),
-        )
-        groups, c_in, side = [], stem_width, image_size
+        if stem == "whiten":
+            stem_width = 2 * in_channels * 4  # each whitening direction with both signs
+            self.whiten = nn.Conv2d(in_channels, stem_width, 2, padding=0, bias=True)
+            self.whiten.weight.requires_grad = False
+            self.stem = nn.Sequential(self.whiten, nn.GELU())
+            side = image_size - 1
+        elif stem == "conv":
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, stem_width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(stem_width),
+                nn.GELU(),
+            )
+            side = image_size
+        else:
+            raise ValueError(f"stem must be 'conv' or 'whiten', got {stem!r}")
+        groups, c_in = [], stem_width
         for width in widths:
             pool = side >= 2  # never pool a 1x1 map (small inputs such as 8x8 digits)
-            groups.append(ConvGroup(c_in, width, pool))
+            groups.append(ConvGroup(c_in, width, pool, bn_momentum, learn_scale, dirac))
             c_in, side = width, side // 2 if pool else side
         self.groups = nn.Sequential(*groups)
         self.pool = nn.AdaptiveMaxPool2d(1)
@@ -61,6 +93,19 @@ class AirNet(nn.Module):
         x = self.groups(self.stem(x))
         return self.head(torch.flatten(self.pool(x), 1)) * self.scale
 
+    @torch.no_grad()
+    def data_init(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Whitening stem: filters are the eigenvectors of the 2x2 patch covariance of (normalised)
+        training images, scaled by 1/sqrt(eigenvalue), with both signs. No-op for the conv stem."""
+        if not hasattr(self, "whiten"):
+            return
+        c, (h, w) = images.shape[1], self.whiten.weight.shape[2:]
+        patches = images.float().unfold(2, h, 1).unfold(3, w, 1).transpose(1, 3).reshape(-1, c * h * w)
+        covariance = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        filters = eigenvectors.T.reshape(-1, c, h, w) / torch.sqrt(eigenvalues.view(-1, 1, 1, 1) + eps)
+        self.whiten.weight.copy_(torch.cat([filters, -filters]).to(self.whiten.weight))
+
 
 @register_model
 def airnet(
@@ -69,9 +114,15 @@ def airnet(
     image_size: int = 32,
     widths: Sequence[int] = (64, 256, 256),
     stem_width: int = 24,
+    stem: str = "conv",
+    bn_momentum: float = 0.1,
+    learn_scale: bool = True,
+    dirac: bool = False,
 ) -> nn.Module:
-    """airbench-style conv-pool-BN-GELU net; ``widths`` sets the channels of each group."""
-    return AirNet(num_classes, in_channels, image_size, tuple(int(w) for w in widths), int(stem_width))
+    """airbench-style conv-pool-BN-GELU net; ``widths`` sets the channels of each group.
+    ``stem="whiten", bn_momentum=0.4, learn_scale=False, dirac=True`` is airbench94's net."""
+    return AirNet(num_classes, in_channels, image_size, tuple(int(w) for w in widths), int(stem_width),
+                  stem=stem, bn_momentum=float(bn_momentum), learn_scale=bool(learn_scale), dirac=bool(dirac))
 
 
 @register_model

@@ -1,0 +1,110 @@
+"""The fast recipe (configs/cifar10-fast.yaml) on the shared lossless PNG copy of CIFAR-10, n seeds.
+
+    python benchmarks/cifar10_speed.py [--seeds 3] [--epochs N | --time-budget 4m] [--set key=value ...]
+
+Per seed: test accuracy (plain and with TTA), training time, final-evaluation time and their total.
+The one-time image decode is reported separately and not counted. Test accuracy after each epoch
+(plain, no TTA) is measured only to report time-to-90% and time-to-93%; that evaluation is not
+counted, and the test set is never used for training or selection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from typing import Any
+
+import yaml
+from _common import ROOT, cifar10_folder, command, machine
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    parser.add_argument("--time-budget", help="size the epochs to this budget instead (e.g. 4m)")
+    parser.add_argument("--kind", default="png", choices=["png", "jpg"], help="which shared copy")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other config overrides")
+    args = parser.parse_args()
+
+    import torch
+
+    import recog
+    from recog.api import _dataset, _resolve_precision
+    from recog.config import make_config
+    from recog.data import Normalize, channel_stats
+    from recog.data.stream import make_loader
+    from recog.metrics import predict_logits
+
+    data = str(cifar10_folder(args.kind))
+    overrides: dict[str, Any] = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    config = ROOT / "configs" / "cifar10-fast.yaml"
+    cfg = make_config(config, data=data, **overrides)
+    start = time.perf_counter()
+    ds = _dataset(cfg, data, None, 0.0, 0, None, None, "cpu")  # decode once (or read the cache)
+    decode_s = time.perf_counter() - start
+    cpu = torch.device("cpu")
+    mean, std = (cfg.mean, cfg.std) if cfg.mean else channel_stats(ds.train.images)  # as training measures them
+    test_loader = make_loader(ds.test, ds.channels, ds.image_size, 1000, Normalize(mean, std))
+    precision = _resolve_precision(cfg.precision, cpu, verbose=False)
+
+    runs = []
+    for seed in range(args.seeds):
+        curve: list[tuple[float, float]] = []  # (cumulative training seconds, plain test accuracy)
+        hook_s = 0.0
+        trained = 0.0
+
+        def track(row: dict[str, Any]) -> None:
+            nonlocal hook_s, trained
+            t = time.perf_counter()
+            logits, labels = predict_logits(row["model"], test_loader, cpu, precision)
+            trained += row["seconds"]
+            curve.append((trained, (logits.argmax(1) == labels).float().mean().item()))
+            hook_s += time.perf_counter() - t
+
+        with tempfile.TemporaryDirectory() as project:
+            t0 = time.perf_counter()
+            run = recog.train(config, data=data, seed=seed, project=project, verbose=False, epochs=args.epochs,
+                              time_budget=args.time_budget, on_epoch_end=track, **overrides)
+            wall = time.perf_counter() - t0 - hook_s
+        train_s = sum(r["seconds"] for r in run.metrics)
+        plain = curve[-1][1]
+        runs.append({"seed": seed, "acc": plain, "tta_acc": run.report["accuracy"], "epochs": len(run.metrics),
+                     "train_s": round(train_s, 2), "eval_s": round(wall - train_s, 2), "total_s": round(wall, 2),
+                     "curve": [(round(s, 1), round(a, 4)) for s, a in curve]})
+        print(f"seed {seed}: plain {plain:.4f}, TTA {run.report['accuracy']:.4f}, {len(run.metrics)} epochs, "
+              f"train {train_s:.1f}s, total {wall:.1f}s", flush=True)
+
+    def time_to(target: float) -> float | None:
+        times = [next((s for s, a in r["curve"] if a >= target), None) for r in runs]
+        return None if any(t is None for t in times) else round(statistics.median(times), 1)
+
+    info = machine()
+    accs, ttas = [r["acc"] for r in runs], [r["tta_acc"] for r in runs]
+    spread = statistics.stdev if len(runs) > 1 else (lambda _: 0.0)
+    print(f"\nCIFAR-10 fast recipe, {args.kind.upper()} copy, {len(runs)} seeds "
+          f"({info['cpu']}, {info['cores']} cores, AMX {'yes' if info['amx'] else 'no'}, "
+          f"AVX-512-BF16 {'yes' if info['avx512_bf16'] else 'no'}, torch {info['torch']})")
+    print(f"{'seed':>4} {'epochs':>6} {'acc':>7} {'tta_acc':>8} {'train_s':>8} {'eval_s':>7} {'total_s':>8}")
+    for r in runs:
+        print(f"{r['seed']:>4} {r['epochs']:>6} {r['acc']:>7.4f} {r['tta_acc']:>8.4f} {r['train_s']:>8.1f} "
+              f"{r['eval_s']:>7.1f} {r['total_s']:>8.1f}")
+    print(f"mean acc {statistics.mean(accs):.4f} ± {spread(accs):.4f}, mean TTA acc {statistics.mean(ttas):.4f} "
+          f"± {spread(ttas):.4f}, median total {statistics.median(r['total_s'] for r in runs):.1f}s")
+    print(f"time to 90% (plain, median): {time_to(0.90)} s; to 93%: {time_to(0.93)} s; "
+          f"one-time decode {decode_s:.1f}s (not counted)")
+    print(f"command: {command()}")
+    print(json.dumps({
+        "benchmark": "cifar10_speed", "mean_acc": statistics.mean(accs), "mean_tta_acc": statistics.mean(ttas),
+        "std_tta_acc": spread(ttas), "median_total_s": statistics.median(r["total_s"] for r in runs),
+        "runs": runs, "time_to_90_s": time_to(0.90), "time_to_93_s": time_to(0.93), "decode_s": round(decode_s, 2),
+        "device": info["cpu"], "cores": info["cores"], "amx": info["amx"], "torch": info["torch"],
+        "command": command(),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""``--time-budget``: measure the first steps, then size the epochs so training and the final
+evaluation end within the budget (the LR schedule is laid over exactly those epochs)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from recog.config import parse_duration  # noqa: F401  (re-exported)
+
+def format_duration(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+@dataclass
+class BudgetPlan:
+    epochs: int
+    step_s: float  # seconds per training step
+    eval_image_s: float  # seconds per image of evaluation
+    epoch_s: float  # one epoch: its steps and its validation
+    final_eval_s: float
+    setup_s: float  # already spent (model set-up, calibration, compilation)
+
+    def describe(self, budget_s: float) -> str:
+        return (f"time budget {format_duration(budget_s)}: {self.step_s * 1000:.0f} ms/step, "
+                f"{self.eval_image_s * 1e6:.0f} us/image in evaluation, {self.epoch_s:.1f} s/epoch -> "
+                f"{self.epochs} epochs (~{self.epochs * self.epoch_s:.0f} s training + "
+                f"{self.final_eval_s:.0f} s final evaluation + {self.setup_s:.0f} s set-up)")
+
+
+@torch.no_grad()
+def _time_eval(model: nn.Module, x: torch.Tensor, autocast: Callable[[], object], repeats: int = 2) -> float:
+    was_training = model.training
+    model.eval()
+    with autocast():
+        model(x)  # warm-up (and compilation of the eval graph)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model(x)
+    model.train(was_training)
+    return (time.perf_counter() - start) / (repeats * len(x))
+
+
+def plan(
+    budget_s: float,
+    started: float,
+    step: Callable[[torch.Tensor, torch.Tensor], object],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    steps_per_epoch: int,
+    eval_batch: torch.Tensor,
+    val_images: int,
+    final_images: int,
+    final_views: int,
+    autocast: Callable[[], object],
+    max_steps: int = 8,
+) -> tuple[BudgetPlan, list[str]]:
+    """Time a few real steps (then undo them: weights, optimizer and RNG are restored) and the
+    evaluation of one batch; return the plan and any warnings."""
+    saved_model = copy.deepcopy(model.state_dict())
+    saved_opt = copy.deepcopy(optimizer.state_dict())
+    rng = torch.get_rng_state()
+    timed, start = 0, 0.0
+    warmup = 2
+    for i, (x, y) in enumerate(train_batches):
+        if i == warmup:
+            start = time.perf_counter()
+        step(x, y)
+        if i >= warmup:
+            timed += 1
+        if timed >= max_steps or i + 1 >= steps_per_epoch:
+            break
+    step_s = (time.perf_counter() - start) / timed if timed else float("nan")
+    eval_image_s = _time_eval(model, eval_batch, autocast)
+    model.load_state_dict(saved_model)
+    optimizer.load_state_dict(saved_opt)
+    torch.set_rng_state(rng)
+    if not timed:  # an epoch of 1-2 steps: the warm-up steps are all there is to time
+        step_s = (time.perf_counter() - started) / max(1, steps_per_epoch)
+    setup_s = time.perf_counter() - started
+    epoch_s = steps_per_epoch * step_s + val_images * eval_image_s
+    final_eval_s = final_images * final_views * eval_image_s + 3.0  # + report and plots
+    margin = 0.03 * budget_s
+    epochs = math.floor((budget_s - setup_s - final_eval_s - margin) / epoch_s)
+    warnings = []
+    if epochs < 1:
+        warnings.append(f"the time budget {format_duration(budget_s)} is less than one epoch "
+                        f"(~{epoch_s:.0f} s plus {final_eval_s:.0f} s evaluation); training 1 epoch")
+        epochs = 1
+    return BudgetPlan(epochs, step_s, eval_image_s, epoch_s, final_eval_s, setup_s), warnings

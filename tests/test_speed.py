@@ -1,0 +1,93 @@
+"""The fast recipe's pieces: alternating flip, patch whitening, recipes, the time budget."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import recog
+from recog.config import make_config, parse_duration
+from recog.data.augment import BatchAugment, alternating_flip_mask
+from recog.errors import ConfigError
+
+
+def test_alternating_flip_flips_each_image_every_other_epoch() -> None:
+    index = torch.arange(10_000)
+    even, odd = alternating_flip_mask(index, 0), alternating_flip_mask(index, 1)
+    assert torch.equal(even, ~odd)  # the other half in odd epochs
+    assert torch.equal(even, alternating_flip_mask(index, 2))  # the same half again
+    assert 0.47 < even.float().mean().item() < 0.53
+    assert not torch.equal(even, alternating_flip_mask(index, 0, seed=1))
+
+
+def test_alternating_flip_in_the_batch_augment_uses_dataset_indices() -> None:
+    x = torch.arange(4 * 2 * 3, dtype=torch.float32).view(4, 1, 2, 3)
+    aug = BatchAugment(flip=True, alternating_flip=True)
+    index = torch.tensor([0, 1, 2, 3])
+    y0 = aug(x, torch.Generator().manual_seed(0), index, epoch=0)
+    y1 = aug(x, torch.Generator().manual_seed(5), index, epoch=1)
+    mask = alternating_flip_mask(index, 0)
+    for i in range(4):
+        flipped, plain = x[i].flip(-1), x[i]
+        assert torch.equal(y0[i], flipped if mask[i] else plain)
+        assert torch.equal(y1[i], plain if mask[i] else flipped)
+
+
+def test_whitening_stem_whitens_patches() -> None:
+    torch.manual_seed(0)
+    base = torch.randn(200, 3, 16, 16)
+    images = base + 0.8 * base.roll(1, dims=1) + 0.5 * base.roll(1, dims=3)  # correlated channels and pixels
+    model = recog.create_model("airnet", 10, 3, 16, stem="whiten", learn_scale=False, dirac=True)
+    model.data_init(images)
+    assert not model.whiten.weight.requires_grad
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(images, model.whiten.weight)[:, :12]  # one sign of each direction
+    flat = out.permute(1, 0, 2, 3).reshape(12, -1)
+    cov = flat @ flat.T / flat.shape[1]
+    assert torch.allclose(cov, torch.eye(12), atol=0.05)
+
+
+def test_recipe_defaults_sit_under_yaml_and_flags(tmp_path: Path) -> None:
+    cfg = make_config(recipe="fast")
+    assert (cfg.model, cfg.label_smoothing, cfg.alternating_flip, cfg.tta) == ("airnet", 0.2, True, True)
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("recipe: fast\nepochs: 3\n")
+    cfg = make_config(yaml_file, batch_size=128)
+    assert (cfg.epochs, cfg.batch_size, cfg.lr) == (3, 128, 1.5)
+    with pytest.raises(ConfigError, match="did you mean 'fast'"):
+        make_config(recipe="fsat")
+    assert make_config(Path(__file__).parents[1] / "configs" / "cifar10-fast.yaml").recipe == "fast"
+
+
+def test_fast_recipe_runs_end_to_end_on_a_small_subset_in_seconds(cifar_png: Path, tmp_path: Path) -> None:
+    start = time.perf_counter()
+    run = recog.train(recipe="fast", data=str(cifar_png), epochs=3, batch_size=100, project=str(tmp_path),
+                      verbose=False)
+    assert time.perf_counter() - start < 60
+    assert run.report["tta"] is True and run.report["num_images"] == 100
+    assert run.report["accuracy"] > 0.2  # 300 images, 3 epochs: well above chance (0.1)
+    assert run.metrics[-1]["train_loss"] < run.metrics[0]["train_loss"]
+    assert run.config.precision in ("bf16", "fp32")  # auto resolved for this machine
+
+
+def test_parse_duration() -> None:
+    assert [parse_duration(t) for t in ("90", "90s", "5m", "1h30m", "2.5m")] == [90, 90, 300, 5400, 150]
+    for bad in ("soon", "-5m", "0"):
+        with pytest.raises(ConfigError, match="time_budget"):
+            parse_duration(bad)
+
+
+def test_time_budget_chooses_epochs_that_fit(tmp_path: Path, capsys) -> None:
+    start = time.perf_counter()
+    run = recog.train(data="digits", model="airnet_small", epochs=500, time_budget="12s", project=str(tmp_path))
+    elapsed = time.perf_counter() - start
+    err = capsys.readouterr().err
+    assert "time budget 12s" in err and "epochs" in err
+    assert 2 <= len(run.metrics) < 500
+    assert run.config.epochs == len(run.metrics)
+    assert run.metrics[-1]["lr"] < 0.05 * run.config.lr  # the schedule ended with the budget
+    assert elapsed < 12 * 1.5 + 5  # data loading is outside the budget; generous for a shared machine
+    assert "time_budget: 12s" in (run.path / "config.yaml").read_text()
