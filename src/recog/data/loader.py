@@ -9,6 +9,7 @@ resumed run replays exactly the batches an uninterrupted one would have seen.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -36,15 +37,15 @@ class Normalize:
         return torch.addcmul(self.shift, images_u8.float(), self.scale)
 
 
-class MemoryLoader:
-    """Yields ``(images, labels)`` on ``device``: float, normalised, augmented when training."""
+class BatchLoader:
+    """What both loaders share: epochs seed the shuffling and augmentation; batches leave as
+    normalised floats, augmented when training, in the chosen memory format."""
 
     def __init__(
         self,
-        split: Split,
+        size: int,
         batch_size: int,
         normalize: Normalize,
-        device: torch.device | str = "cpu",
         shuffle: bool = False,
         augment: BatchAugment | None = None,
         seed: int = 0,
@@ -52,15 +53,14 @@ class MemoryLoader:
         channels_last: bool = False,
         sample_weights: torch.Tensor | None = None,
     ) -> None:
-        self.images = split.images.to(device)
-        self.labels = split.labels.to(device)
+        self.size = size
         self.batch_size = batch_size
         self.normalize = normalize
         self.shuffle = shuffle
         self.augment = augment if augment is not None and augment.active else None
         self.seed = seed
         # dropping a ragged last batch keeps batch-norm away from tiny batches, but never empties an epoch
-        self.drop_last = drop_last and len(self.labels) > batch_size
+        self.drop_last = drop_last and size > batch_size
         self.channels_last = channels_last
         self.sample_weights = sample_weights  # balanced sampling: draw with replacement by these weights
         self.epoch = 0
@@ -69,26 +69,38 @@ class MemoryLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return self.size // self.batch_size if self.drop_last else -(-self.size // self.batch_size)
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+
+    def finish(self, images_u8: torch.Tensor, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        x = self.normalize(images_u8)
+        if self.augment is not None:
+            x = self.augment(x, generator, index, self.epoch, self.seed)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+class MemoryLoader(BatchLoader):
+    """Yields ``(images, labels)`` on ``device``: float, normalised, augmented when training."""
+
+    def __init__(self, split: Split, batch_size: int, normalize: Normalize, device: torch.device | str = "cpu",
+                 **options: Any) -> None:
+        super().__init__(len(split), batch_size, normalize, **options)
+        self.images = split.images.to(device)
+        self.labels = split.labels.to(device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        n = len(self.labels)
+        generator = self.generator()
         if self.sample_weights is not None:
-            order = torch.multinomial(self.sample_weights, n, replacement=True, generator=generator)
+            order = torch.multinomial(self.sample_weights, self.size, replacement=True, generator=generator)
         elif self.shuffle:
-            order = torch.randperm(n, generator=generator)
+            order = torch.randperm(self.size, generator=generator)
         else:
-            order = None
-        order = order.to(self.images.device) if order is not None else None
+            order = torch.arange(self.size)
+        order = order.to(self.images.device)
         for i in range(len(self)):
-            index = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            rows = order[index] if order is not None else torch.arange(n, device=self.images.device)[index]
-            x, y = self.images[rows], self.labels[rows]
-            x = self.normalize(x)
-            if self.augment is not None:
-                x = self.augment(x, generator, rows, self.epoch, self.seed)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y
+            rows = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield self.finish(self.images[rows], rows, generator), self.labels[rows]

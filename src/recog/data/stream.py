@@ -21,7 +21,7 @@ import torch
 from recog.data.augment import BatchAugment
 from recog.data.datasets import FileSplit, Split
 from recog.data.image import ImageReadError, load_image, open_image
-from recog.data.loader import MemoryLoader, Normalize
+from recog.data.loader import BatchLoader, MemoryLoader, Normalize
 
 
 @dataclass
@@ -101,54 +101,25 @@ def default_workers() -> int:
     return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-class StreamLoader:
-    """Same interface as :class:`MemoryLoader`: ``set_epoch``, ``len``, iterate ``(images, labels)``."""
+class StreamLoader(BatchLoader):
+    """Same interface as :class:`MemoryLoader`; images come from ``workers`` processes."""
 
-    def __init__(
-        self,
-        split: Split | FileSplit,
-        channels: int,
-        size: int,
-        batch_size: int,
-        normalize: Normalize,
-        device: torch.device | str = "cpu",
-        shuffle: bool = False,
-        augment: BatchAugment | None = None,
-        policy: SamplePolicy | None = None,
-        seed: int = 0,
-        drop_last: bool = False,
-        channels_last: bool = False,
-        workers: int | None = None,
-        sample_weights: torch.Tensor | None = None,
-    ) -> None:
-        self.dataset = SampleDataset(split, channels, size, policy)
-        self.batch_size = batch_size
-        self.normalize = normalize
+    def __init__(self, split: Split | FileSplit, channels: int, image_size: int, batch_size: int,
+                 normalize: Normalize, device: torch.device | str = "cpu", policy: SamplePolicy | None = None,
+                 workers: int | None = None, **options: Any) -> None:
+        super().__init__(len(split), batch_size, normalize, **options)
+        self.dataset = SampleDataset(split, channels, image_size, policy)
         self.device = torch.device(device)
-        self.shuffle = shuffle
-        self.augment = augment if augment is not None and augment.active else None
-        self.seed = seed
-        self.drop_last = drop_last and len(split) > batch_size
-        self.channels_last = channels_last
         self.workers = default_workers() if workers is None else workers
-        self.sample_weights = sample_weights
-        self.epoch = 0
         self.skipped: list[tuple[str, str]] = []
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        n = len(self.dataset)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        generator = self.generator()
         sampler = None
         if self.sample_weights is not None:
-            sampler = WeightedRandomSampler(self.sample_weights, len(self.dataset), True, generator=generator)
+            sampler = WeightedRandomSampler(self.sample_weights, self.size, True, generator=generator)
         elif self.shuffle:
             sampler = RandomSampler(self.dataset, generator=generator)
         loader = DataLoader(
@@ -162,11 +133,7 @@ class StreamLoader:
             self.skipped.extend(bad)
             if len(labels) == 0:
                 continue
-            x = self.normalize(images.to(self.device, non_blocking=True))
-            if self.augment is not None:
-                x = self.augment(x, generator, index, self.epoch, self.seed)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = self.finish(images.to(self.device, non_blocking=True), index, generator)
             yield x, labels.to(self.device, non_blocking=True)
 
 
@@ -191,13 +158,11 @@ def make_loader(
     the streaming loader for files on disk and per-sample policies (RandAugment, TrivialAugment,
     colour jitter). A random-resized-crop is batched in memory and per sample when streaming."""
     per_sample = train and policy is not None and (policy.auto_augment is not None or policy.color_jitter > 0)
+    options = dict(shuffle=train, augment=augment if train else None, seed=seed, drop_last=train,
+                   channels_last=channels_last, sample_weights=sample_weights if train else None)
     if isinstance(split, FileSplit) or per_sample or force_stream:
         if augment is not None and policy is not None and policy.random_resized_crop:
-            augment = dataclasses.replace(augment, random_resized_crop=False)  # cropped per sample in the workers
-        return StreamLoader(split, channels, size, batch_size, normalize, device, shuffle=train,
-                            augment=augment if train else None, policy=policy if train else None, seed=seed,
-                            drop_last=train, channels_last=channels_last, workers=workers,
-                            sample_weights=sample_weights if train else None)
-    return MemoryLoader(split, batch_size, normalize, device, shuffle=train, augment=augment if train else None,
-                        seed=seed, drop_last=train, channels_last=channels_last,
-                        sample_weights=sample_weights if train else None)
+            options["augment"] = dataclasses.replace(augment, random_resized_crop=False)  # per sample instead
+        return StreamLoader(split, channels, size, batch_size, normalize, device,
+                            policy=policy if train else None, workers=workers, **options)
+    return MemoryLoader(split, batch_size, normalize, device, **options)
