@@ -68,8 +68,10 @@ def test_eval_of_a_weights_file_needs_data_and_checks_classes(digits_run, cifar_
 
 
 def test_tta_averages_the_trained_views(tmp_path: Path, cifar_png: Path) -> None:
-    assert tta_views(False, 0) == [(False, 0, 0)]
-    assert len(tta_views(True, 0)) == 2 and len(tta_views(True, 2)) == 10
+    assert tta_views(False, 0) == [(False, 0, 0, 1.0)]
+    assert len(tta_views(True, 0)) == 2 and len(tta_views(True, 2)) == 6 and len(tta_views(False, 2)) == 3
+    for flip_, shift in ((True, 0), (True, 2), (False, 2)):
+        assert sum(w for *_, w in tta_views(flip_, shift)) == pytest.approx(1.0)
     run = recog.train(data=str(cifar_png), model="airnet_small", epochs=2, flip=True, translate=2,
                       project=str(tmp_path), verbose=False)
     plain = recog.evaluate(run.path, out=tmp_path / "plain", verbose=False)
@@ -90,10 +92,10 @@ def test_tta_logits_are_the_mean_of_the_views_probabilities() -> None:
     logits, _ = predict_logits(model, loader, torch.device("cpu"), views=views)
     with torch.no_grad():
         expected = 0
-        for f, dy, dx in views:
+        for f, dy, dx, weight in views:
             v = x.flip(-1) if f else x
             v = translate(v, torch.full((6,), dy), torch.full((6,), dx), 1)
-            expected = expected + model(v).softmax(1)
-    assert torch.allclose(logits.exp(), expected / len(views), atol=1e-5)
+            expected = expected + weight * model(v).softmax(1)
+    assert torch.allclose(logits.exp(), expected, atol=1e-5)
     plain, _ = predict_logits(model, loader, torch.device("cpu"))
     assert not torch.equal(plain.softmax(1), logits.exp())

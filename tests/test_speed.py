@@ -91,3 +91,25 @@ def test_time_budget_chooses_epochs_that_fit(tmp_path: Path, capsys) -> None:
     assert run.metrics[-1]["lr"] < 0.05 * run.config.lr  # the schedule ended with the budget
     assert elapsed < 12 * 1.5 + 5  # data loading is outside the budget; generous for a shared machine
     assert "time_budget: 12s" in (run.path / "config.yaml").read_text()
+
+
+def test_lookahead_pulls_weights_to_a_trailing_average_and_ends_on_it() -> None:
+    from torch import nn
+
+    from recog.engine.optim import Lookahead
+
+    model = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    la = Lookahead(model, every=5)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    la.update(model, decay=0.75)  # average = 0.75 * 0 + 0.25 * 1, and the weights jump there
+    assert torch.allclose(model.weight, torch.full((1, 2), 0.25))
+    assert Lookahead.decay_at(0, 100) == 0 and Lookahead.decay_at(100, 100) == pytest.approx(0.95**5)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    la.step(model, 3, 100)  # not a multiple of 5: untouched
+    assert torch.allclose(model.weight, torch.full((1, 2), 2.0))
+    la.finish(model)  # decay 1: the weights become the average
+    assert torch.allclose(model.weight, torch.full((1, 2), 0.25))

@@ -71,7 +71,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_interrupt_and_resume_gives_the_same_weights_as_straight_training(tmp_path: Path) -> None:
-    opts = dict(QUICK, epochs=4, deterministic=True, flip=True, translate=1, cutout=2, seed=3,
+    opts = dict(QUICK, epochs=4, deterministic=True, flip=True, translate=1, cutout=2, seed=3, lookahead=True,
                 project=str(tmp_path))
     straight = recog.train(**opts, name="straight")
 

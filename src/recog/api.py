@@ -22,7 +22,7 @@ from recog.data.stream import SamplePolicy, make_loader
 from recog.data.image import ImageReadError, is_image_file
 from recog.engine.checkpoint import load_into, load_state, read_weights
 from recog.engine.distributed import is_main
-from recog.engine.optim import make_optimizer
+from recog.engine.optim import Lookahead, make_optimizer
 from recog.engine.trainer import EpochHook, LoopState, restore_state, seed_everything, train_loop
 from recog.errors import ConfigError, DataError, WeightsError
 from recog.metrics import classification_report, predict_logits, tta_views
@@ -212,7 +212,8 @@ def train(
             model.to(memory_format=torch.channels_last)
         optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov,
                                    cfg.bias_lr_scale)
-        loop = restore_state(saved_state, model, optimizer) if saved_state else LoopState()
+        lookahead = Lookahead(model) if cfg.lookahead else None
+        loop = restore_state(saved_state, model, optimizer, lookahead) if saved_state else LoopState()
 
         normalize = Normalize(cfg.mean, cfg.std, device)
         augment = BatchAugment(cfg.flip, cfg.translate, cfg.cutout, cfg.alternating_flip, cfg.random_resized_crop,
@@ -246,7 +247,7 @@ def train(
         try:
             loop = train_loop(net, model, optimizer, train_loader, val_loader, cfg, device, run_dir, meta, loop,
                               on_epoch_end, writer, lambda h: write_metrics_csv(run_dir / "metrics.csv", h),
-                              loss_weights)
+                              loss_weights, lookahead)
         except KeyboardInterrupt:
             if is_main():
                 print(f"\ninterrupted; continue with: recog train --resume {run_dir}", file=sys.stderr)

@@ -78,6 +78,7 @@ class TrainConfig:
     warmup_epochs: float | None = None  # linear warm-up (default: 30% for onecycle, else 0)
     final_lr: float = 0.0  # fraction of lr reached at the end of linear and cosine decay
     grad_clip: float | None = None  # clip gradient norm to this
+    lookahead: bool = False  # airbench's lookahead: pull weights to a trailing average every 5 steps
     patience: int | None = None  # early stopping: epochs without val_acc improvement
     # speed and reproducibility
     precision: str = "fp32"  # fp32 | bf16 (autocast on CPU and CUDA) | auto (bf16 where the hardware has it)

@@ -11,15 +11,19 @@ from recog.data.augment import flip, translate
 from recog.engine.trainer import autocast
 
 
-def tta_views(use_flip: bool, shift: int) -> list[tuple[bool, int, int]]:
-    """The (flip, dy, dx) views averaged by TTA: those augmentations the model was trained with."""
-    views = [(False, 0, 0)]
-    if use_flip:
-        views.append((True, 0, 0))
-    if shift:
-        views += [(f, dy, dx) for f in ([False, True] if use_flip else [False])
-                  for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1))]
-    return views
+View = tuple[bool, int, int, float]  # (flip, dy, dx, weight)
+
+
+def tta_views(use_flip: bool, shift: int) -> list[View]:
+    """The weighted views TTA averages, from the augmentations the model was trained with
+    (airbench's scheme): half the weight on the image as it is (and mirrored), half on one-pixel
+    diagonal shifts up-left and down-right (and mirrored)."""
+    flips = [False, True] if use_flip else [False]
+    centre = [(f, 0, 0) for f in flips]
+    shifted = [(f, d, d) for d in (-1, 1) for f in flips] if shift else []
+    if not shifted:
+        return [(*v, 1.0 / len(centre)) for v in centre]
+    return [(*v, 0.5 / len(centre)) for v in centre] + [(*v, 0.5 / len(shifted)) for v in shifted]
 
 
 @torch.no_grad()
@@ -28,26 +32,27 @@ def predict_logits(
     loader: Any,
     device: torch.device,
     precision: str = "fp32",
-    views: list[tuple[bool, int, int]] | None = None,
+    views: list[View] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, labels) on the CPU; with ``views``, the mean of the views' softmax as log-probabilities."""
+    """(logits, labels) on the CPU; with ``views``, the weighted mean of the views' softmax as
+    log-probabilities."""
     was_training = model.training
     model.eval()
-    views = views or [(False, 0, 0)]
+    views = views or [(False, 0, 0, 1.0)]
     outs, labels = [], []
     with autocast(device, precision):
         for x, y in loader:
-            if len(views) == 1 and views[0] == (False, 0, 0):
+            if len(views) == 1 and views[0][:3] == (False, 0, 0):
                 outs.append(model(x).float().cpu())
             else:
                 probs = 0.0
-                for f, dy, dx in views:
+                for f, dy, dx, weight in views:
                     v = flip(x, torch.ones(len(x), dtype=torch.bool, device=x.device)) if f else x
                     if dy or dx:
                         n = len(v)
                         v = translate(v, torch.full((n,), dy, device=v.device), torch.full((n,), dx, device=v.device), 1)
-                    probs = probs + model(v).float().softmax(1)
-                outs.append((probs / len(views)).log().cpu())
+                    probs = probs + weight * model(v).float().softmax(1)
+                outs.append(probs.log().cpu())
             labels.append(y.cpu())
     model.train(was_training)
     return torch.cat(outs), torch.cat(labels)

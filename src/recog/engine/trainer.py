@@ -20,7 +20,7 @@ from torch import nn
 from recog.config import TrainConfig
 from recog.engine.checkpoint import save_state, save_weights
 from recog.engine.distributed import is_main
-from recog.engine.optim import l1_penalty
+from recog.engine.optim import Lookahead, l1_penalty
 from recog.engine.schedule import lr_at
 from recog.errors import TrainingError
 
@@ -127,6 +127,7 @@ def train_loop(
     writer: Any | None = None,
     write_metrics: Callable[[list[dict[str, Any]]], None] | None = None,
     loss_weights: torch.Tensor | None = None,
+    lookahead: Lookahead | None = None,
 ) -> LoopState:
     """Train ``model`` (possibly compiled; ``raw_model`` is what gets saved) from ``state.epoch`` on.
 
@@ -162,6 +163,8 @@ def train_loop(
                     f"stopped without overwriting the saved weights in {weights_dir}. "
                     f"Try a lower --lr, --grad-clip, or --precision fp32."
                 ) from None
+            if lookahead is not None:
+                lookahead.step(raw_model, epoch * steps_per_epoch + step, total_steps)
             # ---- running figures (kept on the device: no sync per step beyond the NaN check)
             loss_sum += loss.detach() * len(y)
             correct += (out.argmax(1) == y).sum()
@@ -173,6 +176,8 @@ def train_loop(
                     f"{seen / max(elapsed, 1e-9):.0f} img/s", refresh=False
                 )
         bar.close()
+        if lookahead is not None and epoch + 1 == cfg.epochs:
+            lookahead.finish(raw_model)  # the final weights are the average
         train_seconds = time.perf_counter() - t0
 
         # ---- validate ----------------------------------------------------------------------
@@ -205,7 +210,7 @@ def train_loop(
         if is_main():
             epoch_meta = {**meta, "epoch": epoch + 1}
             save_weights(weights_dir / "last.safetensors", raw_model, epoch_meta)
-            save_state(weights_dir / "state.pt", _state_dict(state, raw_model, optimizer))
+            save_state(weights_dir / "state.pt", _state_dict(state, raw_model, optimizer, lookahead))
             if improved:
                 save_weights(weights_dir / "best.safetensors", raw_model, epoch_meta)
             if write_metrics is not None:
@@ -234,8 +239,10 @@ def train_loop(
     return state
 
 
-def _state_dict(state: LoopState, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def _state_dict(state: LoopState, model: nn.Module, optimizer: torch.optim.Optimizer,
+                lookahead: Lookahead | None = None) -> dict[str, Any]:
     return {
+        "lookahead": lookahead.state_dict() if lookahead is not None else {},
         "loop": {k: getattr(state, k) for k in ("epoch", "best_acc", "best_epoch", "bad_epochs", "history",
                                                  "stopped_early")},
         "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
@@ -248,9 +255,12 @@ def _state_dict(state: LoopState, model: nn.Module, optimizer: torch.optim.Optim
     }
 
 
-def restore_state(saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> LoopState:
+def restore_state(saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+                  lookahead: Lookahead | None = None) -> LoopState:
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
+    if lookahead is not None and saved.get("lookahead"):
+        lookahead.load_state_dict(saved["lookahead"])
     torch.set_rng_state(saved["rng"]["torch"])
     if saved["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
