@@ -88,6 +88,7 @@ def test_time_budget_chooses_epochs_that_fit(tmp_path: Path, capsys) -> None:
     assert "time budget 12s" in err and "epochs" in err
     assert 2 <= len(run.metrics) < 500
     assert run.config.epochs == len(run.metrics)
+    assert (run.config.epochs - 1) * 20 < run.config.steps <= run.config.epochs * 20  # 20 steps per epoch
     assert run.metrics[-1]["lr"] < 0.05 * run.config.lr  # the schedule ended with the budget
     assert elapsed < 12 * 1.5 + 5  # data loading is outside the budget; generous for a shared machine
     assert "time_budget: 12s" in (run.path / "config.yaml").read_text()
@@ -113,3 +114,10 @@ def test_lookahead_pulls_weights_to_a_trailing_average_and_ends_on_it() -> None:
     assert torch.allclose(model.weight, torch.full((1, 2), 2.0))
     la.finish(model)  # decay 1: the weights become the average
     assert torch.allclose(model.weight, torch.full((1, 2), 0.25))
+
+
+def test_steps_end_training_and_the_schedule_inside_an_epoch(tmp_path: Path) -> None:
+    run = recog.train(data="digits", model="airnet_small", steps=30, project=str(tmp_path), verbose=False,
+                      schedule="linear", warmup_epochs=0)
+    assert run.config.epochs == 2 and len(run.metrics) == 2  # 20 steps per epoch: 1.5 epochs
+    assert run.metrics[-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # the linear decay reached its end

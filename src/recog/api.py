@@ -229,9 +229,11 @@ def train(
                                   **common) if ds.val is not None and len(ds.val) else None)
         loss_weights = _class_weights(ds).to(device) if cfg.class_weights == "auto" else None
         net = torch.compile(model) if cfg.compile else model
+        if cfg.steps and not cfg.time_budget:
+            cfg.epochs = -(-cfg.steps // len(train_loader))  # the epochs those steps need
         if cfg.time_budget and saved_state is None:
-            cfg.epochs = _plan_budget(cfg, ds, net, model, optimizer, train_loader, normalize, device,
-                                      loss_weights, setup_started)
+            cfg.steps, cfg.epochs = _plan_budget(cfg, ds, net, model, optimizer, train_loader, normalize, device,
+                                                 loss_weights, setup_started)
 
         # ---- run folder ------------------------------------------------------------------
         if run_dir is None:
@@ -313,7 +315,7 @@ def _init_sample(ds: Dataset, cfg: TrainConfig, device: torch.device, n: int = 5
 
 def _plan_budget(cfg: TrainConfig, ds: Dataset, net: nn.Module, model: nn.Module,
                  optimizer: torch.optim.Optimizer, train_loader: Any, normalize: Normalize, device: torch.device,
-                 loss_weights: torch.Tensor | None, started: float) -> int:
+                 loss_weights: torch.Tensor | None, started: float) -> tuple[int, int]:
     from recog.engine.budget import parse_duration, plan
     from recog.engine.trainer import Stepper, autocast
 
@@ -334,7 +336,7 @@ def _plan_budget(cfg: TrainConfig, ds: Dataset, net: nn.Module, model: nn.Module
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
         print(budget_plan.describe(budget), file=sys.stderr)
-    return budget_plan.epochs
+    return budget_plan.steps, budget_plan.epochs
 
 
 def _dataset(cfg: TrainConfig | None, data: str, data_root: str | None, val_fraction: float, split_seed: int,

@@ -65,6 +65,7 @@ class TrainConfig:
     # optimisation
     epochs: int = 20
     time_budget: str | None = None  # e.g. 5m: measure the first steps and choose the epochs to fit
+    steps: int | None = None  # stop after this many optimizer steps (a partial last epoch; the LR ends there)
     batch_size: int = 64
     optimizer: str = "sgd"  # sgd | adamw
     lr: float | None = None  # default: 0.05 for sgd, 0.001 for adamw
@@ -127,6 +128,8 @@ class TrainConfig:
             raise ConfigError(f"workers must not be negative, got {self.workers}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"steps must be at least 1, got {self.steps}")
         for key in ("epochs", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")

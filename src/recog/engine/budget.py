@@ -1,5 +1,6 @@
-"""``--time-budget``: measure the first steps, then size the epochs so training and the final
-evaluation end within the budget (the LR schedule is laid over exactly those epochs)."""
+"""``--time-budget``: measure the first steps, then size the training (whole epochs and a partial
+last one) so that training and the final evaluation end within the budget; the LR schedule is
+laid over exactly those steps."""
 
 from __future__ import annotations
 
@@ -21,17 +22,25 @@ def format_duration(seconds: float) -> str:
 
 @dataclass
 class BudgetPlan:
-    epochs: int
+    steps: int  # optimizer steps in all
+    epochs: int  # epochs started (the last may be partial)
     step_s: float  # seconds per training step
     eval_image_s: float  # seconds per image of evaluation
     epoch_s: float  # one epoch: its steps and its validation
     final_eval_s: float
     setup_s: float  # already spent (model set-up, calibration, compilation)
 
+    steps_per_epoch: int = 1
+
+    @property
+    def epochs_exact(self) -> float:
+        return self.steps / self.steps_per_epoch
+
     def describe(self, budget_s: float) -> str:
         return (f"time budget {format_duration(budget_s)}: {self.step_s * 1000:.0f} ms/step, "
                 f"{self.eval_image_s * 1e6:.0f} us/image in evaluation, {self.epoch_s:.1f} s/epoch -> "
-                f"{self.epochs} epochs (~{self.epochs * self.epoch_s:.0f} s training + "
+                f"{self.steps} steps = {self.epochs_exact:.2f} epochs "
+                f"(~{self.epochs_exact * self.epoch_s:.0f} s training + "
                 f"{self.final_eval_s:.0f} s final evaluation + {self.setup_s:.0f} s set-up)")
 
 
@@ -89,10 +98,13 @@ def plan(
     epoch_s = steps_per_epoch * step_s + val_images * eval_image_s
     final_eval_s = final_images * final_views * eval_image_s + 3.0  # + report and plots
     margin = 0.03 * budget_s
-    epochs = math.floor((budget_s - setup_s - final_eval_s - margin) / epoch_s)
+    # each step costs its own time and its share of the validation at the end of its epoch
+    steps = math.floor((budget_s - setup_s - final_eval_s - margin) / (epoch_s / steps_per_epoch))
     warnings = []
-    if epochs < 1:
-        warnings.append(f"the time budget {format_duration(budget_s)} is less than one epoch "
-                        f"(~{epoch_s:.0f} s plus {final_eval_s:.0f} s evaluation); training 1 epoch")
-        epochs = 1
-    return BudgetPlan(epochs, step_s, eval_image_s, epoch_s, final_eval_s, setup_s), warnings
+    if steps < min(steps_per_epoch, 10):
+        steps = min(steps_per_epoch, 10)
+        warnings.append(f"the time budget {format_duration(budget_s)} is too small for this data and model "
+                        f"(one epoch ~{epoch_s:.0f} s plus {final_eval_s:.0f} s evaluation); "
+                        f"training {steps} steps")
+    epochs = math.ceil(steps / steps_per_epoch)
+    return BudgetPlan(steps, epochs, step_s, eval_image_s, epoch_s, final_eval_s, setup_s, steps_per_epoch), warnings

@@ -136,7 +136,7 @@ def train_loop(
     :class:`TrainingError` before anything is written for that epoch.
     """
     steps_per_epoch = len(train_loader)
-    total_steps = cfg.epochs * steps_per_epoch
+    total_steps = min(cfg.steps or cfg.epochs * steps_per_epoch, cfg.epochs * steps_per_epoch)
     warmup = None if cfg.warmup_epochs is None else round(cfg.warmup_epochs * steps_per_epoch)
     stepper = Stepper(model, raw_model, optimizer, cfg, device, loss_weights)
     weights_dir = run_dir / "weights"
@@ -152,6 +152,8 @@ def train_loop(
         seen = 0
         bar = _progress(train_loader, steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", show)
         for step, (x, y) in enumerate(bar):
+            if epoch * steps_per_epoch + step >= total_steps:
+                break  # a partial last epoch (--steps, or sized by --time-budget)
             lr = lr_at(epoch * steps_per_epoch + step, total_steps, cfg.lr, cfg.schedule, warmup, cfg.final_lr)
             stepper.set_lr(lr)
             try:
