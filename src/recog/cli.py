@@ -42,22 +42,33 @@ def _parse_model_args(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _field_help() -> dict[str, str]:
+    """Each field's trailing comment in :class:`TrainConfig`: the dataclass is the one place documented."""
+    import inspect
+    import re
+
+    source = inspect.getsource(TrainConfig)
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+):[^#\n]*#\s*(.+)$", source, re.M)}
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(TrainConfig)
+    docs = _field_help()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         hint = unwrap_optional(hints[f.name])
         base = typing.get_origin(hint) or hint
         default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = f"(default: {default})" if default is not None else None
+        help_text = " ".join(filter(None, [docs.get(f.name), f"(default: {default})" if default is not None else ""]))
+        help_text = help_text.replace("%", "%%") or None
         if base is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
         elif base is list:
-            parser.add_argument(flag, dest=f.name, nargs="+", type=float, default=None, metavar="X")
+            parser.add_argument(flag, dest=f.name, nargs="+", type=float, default=None, metavar="X", help=help_text)
         elif base is dict:
             parser.add_argument(flag, dest=f.name, nargs="+", default=None, metavar="KEY=VALUE",
-                                help="builder arguments, e.g. widths=[32,64,128]")
+                                help="model builder arguments, e.g. widths=[32,64,128]")
         else:
             parser.add_argument(flag, dest=f.name, type=base, default=None, metavar=f.name.upper(),
                                 help=help_text)
