@@ -363,7 +363,7 @@ def _measure_stats(ds: Dataset) -> tuple[list[float], list[float]]:
 
 def _class_weights(ds: Dataset) -> torch.Tensor:
     """Loss weights inverse to class frequency, mean 1 over the classes present."""
-    counts = torch.bincount(ds.train.labels, minlength=len(ds.classes)).float()
+    counts = ds.counts(ds.train).float()
     present = counts > 0
     weights = torch.ones_like(counts)
     weights[present] = counts[present].sum() / (present.sum() * counts[present])
@@ -372,8 +372,7 @@ def _class_weights(ds: Dataset) -> torch.Tensor:
 
 def _sample_weights(ds: Dataset) -> torch.Tensor:
     """Per-image sampling weights giving every class the same share of each epoch."""
-    counts = torch.bincount(ds.train.labels, minlength=len(ds.classes)).double()
-    return (1.0 / counts)[ds.train.labels]
+    return (1.0 / ds.counts(ds.train).double())[ds.train.labels]
 
 
 def weights_meta(cfg: TrainConfig, ds: Dataset) -> dict[str, Any]:

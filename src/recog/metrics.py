@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 from torch import nn
 
 from recog.data.augment import flip, translate
-from recog.engine.trainer import autocast
+from recog.engine.trainer import collect_logits
 
 
 View = tuple[bool, int, int, float]  # (flip, dy, dx, weight)
@@ -26,7 +27,18 @@ def tta_views(use_flip: bool, shift: int) -> list[View]:
     return [(*v, 0.5 / len(centre)) for v in centre] + [(*v, 0.5 / len(shifted)) for v in shifted]
 
 
-@torch.no_grad()
+def _tta_forward(model: nn.Module, x: torch.Tensor, views: list[View]) -> torch.Tensor:
+    """Log of the weighted mean of the views' softmax."""
+    probs = 0.0
+    for f, dy, dx, weight in views:
+        v = flip(x, torch.ones(len(x), dtype=torch.bool, device=x.device)) if f else x
+        if dy or dx:
+            n = len(v)
+            v = translate(v, torch.full((n,), dy, device=v.device), torch.full((n,), dx, device=v.device), 1)
+        probs = probs + weight * model(v).float().softmax(1)
+    return probs.log()
+
+
 def predict_logits(
     model: nn.Module,
     loader: Any,
@@ -36,26 +48,10 @@ def predict_logits(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, labels) on the CPU; with ``views``, the weighted mean of the views' softmax as
     log-probabilities."""
-    was_training = model.training
-    model.eval()
-    views = views or [(False, 0, 0, 1.0)]
-    outs, labels = [], []
-    with autocast(device, precision):
-        for x, y in loader:
-            if len(views) == 1 and views[0][:3] == (False, 0, 0):
-                outs.append(model(x).float().cpu())
-            else:
-                probs = 0.0
-                for f, dy, dx, weight in views:
-                    v = flip(x, torch.ones(len(x), dtype=torch.bool, device=x.device)) if f else x
-                    if dy or dx:
-                        n = len(v)
-                        v = translate(v, torch.full((n,), dy, device=v.device), torch.full((n,), dx, device=v.device), 1)
-                    probs = probs + weight * model(v).float().softmax(1)
-                outs.append(probs.log().cpu())
-            labels.append(y.cpu())
-    model.train(was_training)
-    return torch.cat(outs), torch.cat(labels)
+    if not views or (len(views) == 1 and views[0][:3] == (False, 0, 0)):
+        return collect_logits(model, loader, device, precision)
+    return collect_logits(model, loader, device, precision, forward=functools.partial(_tta_forward, model,
+                                                                                        views=views))
 
 
 def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:

@@ -78,14 +78,17 @@ class Dataset:
     def in_memory(self) -> bool:
         return isinstance(self.train, Split)
 
+    def counts(self, split: AnySplit) -> torch.Tensor:
+        """Images per class in ``split`` (int64, one entry per class)."""
+        return torch.bincount(split.labels, minlength=len(self.classes))
+
     def class_counts(self) -> dict[str, list[int]]:
-        k = len(self.classes)
-        return {name: torch.bincount(s.labels, minlength=k).tolist()
+        return {name: self.counts(s).tolist()
                 for name, s in (("train", self.train), ("val", self.val), ("test", self.test)) if s is not None}
 
     def imbalance(self) -> tuple[int, int, float] | None:
         """(largest class, smallest class, ratio) of the training split when the ratio is 5 or more."""
-        counts = torch.bincount(self.train.labels, minlength=len(self.classes)).float()
+        counts = self.counts(self.train).float()
         big, small = int(counts.argmax()), int(counts.argmin())
         ratio = float(counts[big] / counts[small]) if counts[small] > 0 else float("inf")
         return (big, small, ratio) if ratio >= 5 else None

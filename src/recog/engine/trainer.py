@@ -54,18 +54,24 @@ def seed_everything(seed: int) -> None:
 
 @torch.no_grad()
 def collect_logits(
-    model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, precision: str
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    precision: str,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(fp32 logits, labels) over a loader, in eval mode, on the CPU."""
+    """(fp32 outputs, labels) over a loader with ``model`` in eval mode, on the CPU. ``forward``
+    replaces ``model(x)`` (test-time augmentation averages several views through it)."""
+    forward = forward or model
     was_training = model.training
     model.eval()
-    logits, labels = [], []
+    outs, labels = [], []
     with autocast(device, precision):
         for x, y in loader:
-            logits.append(model(x).float().cpu())
+            outs.append(forward(x).float().cpu())
             labels.append(y.cpu())
     model.train(was_training)
-    return torch.cat(logits), torch.cat(labels)
+    return torch.cat(outs), torch.cat(labels)
 
 
 def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):  # noqa: ANN202
