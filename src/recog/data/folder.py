@@ -257,9 +257,10 @@ def load_folder(
             _write_cache(folder, splits, skipped, sizes)
     if len(splits["train"]) == 0:
         raise DataError(f"no readable training images in {path}")
-    counts = torch.bincount(splits["train"].labels, minlength=len(scan.classes))
-    now_empty = [str(path / c) for c, n in zip(scan.classes, counts.tolist()) if n == 0 and str(path / c) not in
-                 scan.empty and str(path / "train" / c) not in scan.empty]
+    counts = torch.bincount(splits["train"].labels, minlength=len(scan.classes)).tolist()
+    train_root = path / "train" if (path / "train").is_dir() else path
+    now_empty = [str(train_root / c) for c, n in zip(scan.classes, counts)
+                 if n == 0 and str(train_root / c) not in scan.empty]  # emptied by skipped files
     _check_empty(now_empty, allow_empty_classes, "has no readable images left after skipping bad files")
     ds = Dataset(name, scan.classes, channels, size, splits["train"], splits.get("val"), splits.get("test"),
                  sorted(skipped), notes, sizes)
