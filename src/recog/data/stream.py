@@ -35,7 +35,12 @@ class SamplePolicy:
 
     @property
     def active(self) -> bool:
-        return self.random_resized_crop or self.auto_augment is not None or self.color_jitter > 0
+        return self.random_resized_crop or self.needs_workers
+
+    @property
+    def needs_workers(self) -> bool:
+        """Policies with no batched form (the random-resized-crop has one on the device)."""
+        return self.auto_augment is not None or self.color_jitter > 0
 
     def build(self, size: int, channels: int):  # noqa: ANN201 - a v2 transform or None
         from torchvision.transforms import v2
@@ -157,7 +162,7 @@ def make_loader(
     """The in-memory loader when the split is decoded and every augmentation can be batched;
     the streaming loader for files on disk and per-sample policies (RandAugment, TrivialAugment,
     colour jitter). A random-resized-crop is batched in memory and per sample when streaming."""
-    per_sample = train and policy is not None and (policy.auto_augment is not None or policy.color_jitter > 0)
+    per_sample = train and policy is not None and policy.needs_workers
     options = dict(shuffle=train, augment=augment if train else None, seed=seed, drop_last=train,
                    channels_last=channels_last, sample_weights=sample_weights if train else None)
     if isinstance(split, FileSplit) or per_sample or force_stream:
