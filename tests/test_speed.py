@@ -121,3 +121,70 @@ def test_steps_end_training_and_the_schedule_inside_an_epoch(tmp_path: Path) -> 
                       schedule="linear", warmup_epochs=0)
     assert run.config.epochs == 2 and len(run.metrics) == 2  # 20 steps per epoch: 1.5 epochs
     assert run.metrics[-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # the linear decay reached its end
+
+
+def test_orthogonalize_gives_near_orthogonal_rows_for_any_shape() -> None:
+    from recog.engine.optim import orthogonalize
+
+    torch.manual_seed(0)
+    for shape in ((64, 216), (256, 64)):  # wide (out < in*k*k) and tall
+        g = torch.randn(shape) * torch.logspace(-1.5, 0.5, shape[1])  # condition number ~100
+        x = orthogonalize(g, steps=5).float()
+        small = min(shape)
+        gram = x @ x.T if shape[0] <= shape[1] else x.T @ x
+        singular = torch.linalg.svdvals(x)
+        assert gram.shape == (small, small)
+        # Newton-Schulz in bf16 squashes the singular values into about [0.68, 1.2], not exactly 1
+        assert singular.max() < 1.25 and singular.min() > 0.6, (shape, singular.min(), singular.max())
+        assert torch.sign(torch.trace(x.T @ g)) > 0  # a descent direction: aligned with g
+
+
+def test_muon_groups_filters_and_keeps_scale_invariant_filters_at_a_fixed_norm() -> None:
+    from recog.engine.optim import Muon, make_optimizer
+
+    torch.manual_seed(0)
+    model = recog.create_model("airnet", 10, 3, 16, stem="whiten", learn_scale=False, dirac=True)
+    opt = make_optimizer(model, "muon", lr=0.1, weight_decay=1e-3, muon_lr=0.2, muon_momentum=0.6)
+    assert isinstance(opt, Muon)
+    muon_groups = [g for g in opt.param_groups if g["muon"]]
+    filters = [p for g in muon_groups for p in g["params"]]
+    assert len(filters) == 6 and all(p.ndim == 4 for p in filters)  # 3 groups x 2 convs; the whitening is frozen
+    assert all(g["renormalize"] for g in muon_groups)  # every airnet conv feeds a batch-norm
+    assert muon_groups[0]["lr_scale"] == pytest.approx(2.0)  # 0.2 / 0.1: the schedule scales both
+    before = [p.detach().clone() for p in filters]
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    for g in opt.param_groups:
+        g["lr"] = 0.1 * g["lr_scale"]
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    for p, p0 in zip(filters, before):
+        assert not torch.equal(p, p0)
+        assert p.norm().item() == pytest.approx(len(p) ** 0.5, rel=0.05)  # renormalised, then one step
+    # a conv without batch-norm after it (seednet) gets weight decay instead of the renormalisation
+    seed = recog.create_model("seednet", 10, 3, 32)
+    opt = make_optimizer(seed, "muon", lr=0.1, weight_decay=1e-3)
+    assert [g["renormalize"] for g in opt.param_groups if g["muon"]] == [False]
+
+
+def test_muon_trains_resumes_and_freezes_the_stem(tmp_path: Path) -> None:
+    common = dict(data="digits", model="airnet", model_args={"stem": "whiten", "learn_scale": False},
+                  optimizer="muon", schedule="linear", warmup_epochs=0, freeze_stem_epochs=1, seed=3,
+                  project=str(tmp_path), verbose=False)
+    run = recog.train(epochs=3, name="straight", **common)
+    assert run.report["accuracy"] > 0.9
+    assert not run.model.whiten.bias.requires_grad
+
+    def interrupt_after_two(row: dict) -> None:
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    # interrupted after 2 epochs and resumed == 3 straight: momentum buffers and the freeze carry over
+    with pytest.raises(KeyboardInterrupt):
+        recog.train(epochs=3, name="resumed", on_epoch_end=interrupt_after_two, **common)
+    resumed = recog.train(resume=tmp_path / "resumed", verbose=False)
+    for (k, a), b in zip(run.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert not resumed.model.whiten.bias.requires_grad
+    with pytest.raises(ConfigError, match="seednet.*no stem"):
+        recog.train(data="digits", model="seednet", freeze_stem_epochs=1, epochs=1, project=str(tmp_path),
+                    verbose=False)

@@ -6,7 +6,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from recog.report import plot_curves, write_metrics_csv, write_report, write_ski
 
 __all__ = ["Classifier", "Run", "create_model", "evaluate", "list_models", "load", "predict", "train"]
 
-DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
+DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3, "muon": 0.05}
 
 
 @dataclass
@@ -130,17 +130,20 @@ def _weights_file(source: str | os.PathLike) -> tuple[Path, Path | None]:
 
 def _eval_on(
     clf: Classifier, split: AnySplit, split_name: str, precision: str, tta: bool, batch_size: int = 256,
-    workers: int | None = None,
+    workers: int | None = None, tta_translate: bool = True,
 ) -> dict[str, Any]:
+    started = time.perf_counter()
     loader = make_loader(split, clf.meta["channels"], clf.meta["image_size"], batch_size, clf.normalize,
                          clf.device, workers=workers)
-    views = tta_views(bool(clf.meta.get("flip")), int(clf.meta.get("translate", 0))) if tta else None
+    shift = int(clf.meta.get("translate", 0)) if tta_translate else 0
+    views = tta_views(bool(clf.meta.get("flip")), shift) if tta else None
     if tta and len(views) == 1 and is_main():
         print("note: --tta has no views for this model (trained without flip or translate); plain evaluation",
               file=sys.stderr)
     logits, labels = predict_logits(clf.model, loader, clf.device, precision, views)
     report = classification_report(logits, labels, clf.classes)
-    report.update(split=split_name, tta=bool(tta and views and len(views) > 1))
+    report.update(split=split_name, tta=bool(tta and views and len(views) > 1),
+                  seconds=round(time.perf_counter() - started, 2))
     return report
 
 
@@ -205,13 +208,15 @@ def train(
             if left_out and cfg.verbose:
                 print(f"note: {len(left_out)} tensors not taken from {cfg.weights} (new or other shape): "
                       f"{', '.join(left_out[:4])}{' …' if len(left_out) > 4 else ''}", file=sys.stderr)
+        if cfg.freeze_stem_epochs is not None and not hasattr(model, "freeze_stem"):
+            raise ConfigError(f"freeze_stem_epochs: model {cfg.model!r} has no stem to freeze (airnet has)")
         model.to(device)
         if hasattr(model, "data_init") and saved_state is None and not cfg.weights:
             model.data_init(_init_sample(ds, cfg, device))  # e.g. airnet's patch-whitening stem
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov,
-                                   cfg.bias_lr_scale)
+                                   cfg.bias_lr_scale, cfg.muon_lr, cfg.muon_momentum)
         lookahead = Lookahead(model) if cfg.lookahead else None
         loop = restore_state(saved_state, model, optimizer, lookahead) if saved_state else LoopState()
 
@@ -270,7 +275,8 @@ def train(
         report: dict[str, Any] = {}
         if ds.eval_split is not None:
             split_name, split = ds.eval_split
-            report = _eval_on(clf, split, split_name, cfg.precision, cfg.tta, workers=cfg.workers)
+            report = _eval_on(clf, split, split_name, cfg.precision, cfg.tta, workers=cfg.workers,
+                              tta_translate=cfg.tta_translate)
             report["title"] = f"{run_dir.name} ({cfg.model} on {cfg.data})"
         if is_main():
             if report:
@@ -327,11 +333,23 @@ def _plan_budget(cfg: TrainConfig, ds: Dataset, net: nn.Module, model: nn.Module
     eval_split = eval_name_split[1] if eval_name_split else ds.train
     eval_batch = next(iter(make_loader(eval_split, ds.channels, ds.image_size, 256, normalize, device,
                                        workers=cfg.workers, channels_last=cfg.channels_last)))[0]
-    views = len(tta_views(cfg.flip, cfg.translate)) if cfg.tta else 1
+    views = len(tta_views(cfg.flip, cfg.translate if cfg.tta_translate else 0)) if cfg.tta else 1
+    freeze_step = None if cfg.freeze_stem_epochs is None else round(cfg.freeze_stem_epochs * len(train_loader))
+
+    def freeze() -> Callable[[], None]:
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+        model.freeze_stem()
+
+        def undo() -> None:
+            for p, flag in flags:
+                p.requires_grad_(flag)
+        return undo
+
     budget_plan, warnings = plan(
         budget, started, stepper, net, optimizer, train_loader, len(train_loader), eval_batch,
         len(ds.val) if ds.val is not None else 0, len(eval_split) if eval_name_split else 0, views,
-        lambda: autocast(device, cfg.precision))
+        lambda: autocast(device, cfg.precision), freeze=freeze if freeze_step is not None else None,
+        freeze_step=freeze_step)
     if is_main() and cfg.verbose:
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)

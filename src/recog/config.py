@@ -19,7 +19,7 @@ from typing import Any
 
 from recog.errors import ConfigError
 
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adamw", "muon")
 SCHEDULES = ("onecycle", "cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16", "auto")
 LOADERS = ("auto", "memory", "stream")
@@ -67,12 +67,15 @@ class TrainConfig:
     time_budget: str | None = None  # e.g. 5m: measure the first steps and choose the epochs to fit
     steps: int | None = None  # stop after this many optimizer steps (a partial last epoch; the LR ends there)
     batch_size: int = 64
-    optimizer: str = "sgd"  # sgd | adamw
+    optimizer: str = "sgd"  # sgd | adamw | muon (orthogonalised updates for conv filters, SGD for the rest)
     lr: float | None = None  # default: 0.05 for sgd, 0.001 for adamw
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
     bias_lr_scale: float = 1.0  # learning-rate multiplier for biases and normalisation parameters
+    muon_lr: float = 0.24  # optimizer muon: peak learning rate of the conv filters (same schedule as lr)
+    muon_momentum: float = 0.6  # optimizer muon: Nesterov momentum of the conv filters
+    freeze_stem_epochs: float | None = None  # stop training the model's stem (airnet: whitening bias) after these
     l1: float = 0.0  # L1 penalty on weights (conv and linear)
     label_smoothing: float = 0.0
     schedule: str = "onecycle"  # onecycle | cosine | linear | constant
@@ -93,6 +96,7 @@ class TrainConfig:
     name: str | None = None  # run folder name (auto-numbered when taken or unset)
     tensorboard: bool = False
     tta: bool = False  # test-time augmentation in the final evaluation
+    tta_translate: bool = True  # TTA also averages 1-px shifts (if trained with translate): 3x the views of flips alone
     verbose: bool = True
 
     def __post_init__(self) -> None:
@@ -133,7 +137,9 @@ class TrainConfig:
         for key in ("epochs", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
-        for key in ("lr", "weight_decay", "l1", "momentum", "final_lr"):
+        if self.freeze_stem_epochs is not None and self.freeze_stem_epochs < 0:
+            raise ConfigError(f"freeze_stem_epochs must not be negative, got {self.freeze_stem_epochs}")
+        for key in ("lr", "weight_decay", "l1", "momentum", "final_lr", "muon_lr", "muon_momentum"):
             if getattr(self, key) is not None and getattr(self, key) < 0:
                 raise ConfigError(f"{key} must not be negative, got {getattr(self, key)}")
         if not 0.0 <= self.label_smoothing < 1.0:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +57,20 @@ def _time_eval(model: nn.Module, x: torch.Tensor, autocast: Callable[[], object]
     return (time.perf_counter() - start) / (repeats * len(x))
 
 
+def _time_steps(step: Callable[[torch.Tensor, torch.Tensor], object],
+                batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int, steps_per_epoch: int) -> float:
+    """Seconds per step over ``steps`` steps after one warm-up step (NaN if the epoch is too short)."""
+    timed, start = 0, 0.0
+    for i, (x, y) in enumerate(batches):
+        if i == 1:
+            start = time.perf_counter()
+        step(x, y)
+        timed += i >= 1
+        if timed >= steps or i + 1 >= steps_per_epoch:
+            break
+    return (time.perf_counter() - start) / timed if timed else float("nan")
+
+
 def plan(
     budget_s: float,
     started: float,
@@ -70,36 +84,44 @@ def plan(
     final_images: int,
     final_views: int,
     autocast: Callable[[], object],
-    max_steps: int = 8,
+    max_steps: int = 4,
+    freeze: Callable[[], Callable[[], None]] | None = None,
+    freeze_step: int | None = None,
 ) -> tuple[BudgetPlan, list[str]]:
     """Time a few real steps (then undo them: weights, optimizer and RNG are restored) and the
-    evaluation of one batch; return the plan and any warnings."""
+    evaluation of one batch; return the plan and any warnings.
+
+    ``freeze`` (with ``freeze_step``, e.g. airnet's whitening stem frozen after some epochs) freezes
+    part of the model and returns the function that undoes it: the steps after ``freeze_step`` are
+    timed separately, since they skip part of the backward pass."""
     saved_model = copy.deepcopy(model.state_dict())
     saved_opt = copy.deepcopy(optimizer.state_dict())
     rng = torch.get_rng_state()
-    timed, start = 0, 0.0
-    warmup = 2
-    for i, (x, y) in enumerate(train_batches):
-        if i == warmup:
-            start = time.perf_counter()
-        step(x, y)
-        if i >= warmup:
-            timed += 1
-        if timed >= max_steps or i + 1 >= steps_per_epoch:
-            break
-    step_s = (time.perf_counter() - start) / timed if timed else float("nan")
+    batches = iter(train_batches)
+    step_s = _time_steps(step, batches, max_steps, steps_per_epoch)
+    frozen_step_s = step_s
+    if freeze is not None and freeze_step is not None and not math.isnan(step_s):
+        undo = freeze()
+        frozen_step_s = _time_steps(step, batches, max(2, max_steps - 2), steps_per_epoch) or step_s
+        undo()
     eval_image_s = _time_eval(model, eval_batch, autocast)
     model.load_state_dict(saved_model)
     optimizer.load_state_dict(saved_opt)
     torch.set_rng_state(rng)
-    if not timed:  # an epoch of 1-2 steps: the warm-up steps are all there is to time
-        step_s = (time.perf_counter() - started) / max(1, steps_per_epoch)
+    if math.isnan(step_s):  # an epoch of 1-2 steps: the warm-up steps are all there is to time
+        step_s = frozen_step_s = (time.perf_counter() - started) / max(1, steps_per_epoch)
     setup_s = time.perf_counter() - started
     epoch_s = steps_per_epoch * step_s + val_images * eval_image_s
     final_eval_s = final_images * final_views * eval_image_s + 3.0  # + report and plots
     margin = 0.03 * budget_s
     # each step costs its own time and its share of the validation at the end of its epoch
-    steps = math.floor((budget_s - setup_s - final_eval_s - margin) / (epoch_s / steps_per_epoch))
+    val_share = val_images * eval_image_s / steps_per_epoch
+    available = budget_s - setup_s - final_eval_s - margin
+    before = freeze_step if freeze_step is not None else math.inf
+    if available <= before * (step_s + val_share):
+        steps = math.floor(available / (step_s + val_share))
+    else:
+        steps = before + math.floor((available - before * (step_s + val_share)) / (frozen_step_s + val_share))
     warnings = []
     if steps < min(steps_per_epoch, 10):
         steps = min(steps_per_epoch, 10)

@@ -1,6 +1,10 @@
-"""Optimizers with the usual split: no weight decay (nor L1) on biases and normalisation parameters."""
+"""Optimizers with the usual split: no weight decay (nor L1) on biases and normalisation parameters;
+and Muon, which orthogonalises the momentum of conv filters (airbench94_muon's optimizer)."""
 
 from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -23,10 +27,28 @@ def make_optimizer(
     momentum: float = 0.9,
     nesterov: bool = True,
     bias_lr_scale: float = 1.0,
+    muon_lr: float = 0.24,
+    muon_momentum: float = 0.6,
 ) -> torch.optim.Optimizer:
     """Two groups: conv/linear weights with weight decay; biases and norms without, their learning
-    rate scaled by ``bias_lr_scale`` (the loop sets ``lr * group["lr_scale"]``)."""
+    rate scaled by ``bias_lr_scale`` (the loop sets ``lr * group["lr_scale"]``).
+
+    ``muon``: conv filters get their own group, updated by :class:`Muon` at ``muon_lr`` (scaled by
+    the same schedule as ``lr``); every other parameter as with ``sgd``."""
     decay, no_decay = decayed_parameters(model)
+    if name == "muon":
+        filters = {id(p) for p in decay if p.ndim == 4}
+        invariant = scale_invariant_filters(model)
+        groups = [
+            {"params": [p for p in decay if id(p) in filters and id(p) in invariant], "muon": True,
+             "renormalize": True, "weight_decay": 0.0, "momentum": muon_momentum, "lr_scale": muon_lr / lr},
+            {"params": [p for p in decay if id(p) in filters and id(p) not in invariant], "muon": True,
+             "renormalize": False, "weight_decay": weight_decay, "momentum": muon_momentum,
+             "lr_scale": muon_lr / lr},
+            {"params": [p for p in decay if id(p) not in filters], "weight_decay": weight_decay, "lr_scale": 1.0},
+            {"params": no_decay, "weight_decay": 0.0, "lr_scale": bias_lr_scale},
+        ]
+        return Muon([g for g in groups if g["params"]], lr=lr, momentum=momentum, nesterov=nesterov)
     groups = [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
               {"params": no_decay, "weight_decay": 0.0, "lr_scale": bias_lr_scale}]
     if name == "sgd":
@@ -34,6 +56,72 @@ def make_optimizer(
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
     raise ValueError(f"unknown optimizer {name!r}")
+
+
+def scale_invariant_filters(model: nn.Module) -> set[int]:
+    """ids of conv filters whose output goes straight into a batch-norm (by registration order:
+    the next conv, linear or norm layer after the conv is a batch-norm), so that their scale does
+    not change what the net computes."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d))]
+    return {id(a.weight) for a, b in itertools.pairwise(layers)
+            if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d) and a.weight.requires_grad}
+
+
+def orthogonalize(g: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.Tensor:
+    """Approximately the nearest semi-orthogonal matrix to ``g`` (U V^T of its SVD), by the quintic
+    Newton-Schulz iteration of Muon (Keller Jordan's coefficients), in bf16."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.bfloat16()
+    x = x / (x.norm() + eps)  # every singular value <= 1
+    tall = g.size(0) > g.size(1)
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if tall else x).to(g.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Nesterov SGD for every group, except groups with ``muon=True`` (conv filters): there the
+    (Nesterov) momentum, flattened to out x (in*k*k), is orthogonalised before the step.
+
+    ``renormalize=True`` groups (filters followed by batch-norm) are first rescaled to a norm of
+    sqrt(out channels) each step, as in airbench94_muon, which keeps the effective step size
+    constant; other muon groups use decoupled weight decay and scale the step by
+    sqrt(max(1, out/in))."""
+
+    def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, nesterov: bool = True) -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=0.0,
+                                      muon=False, renormalize=False))
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> None:  # closure: unused, torch's signature
+        for group in self.param_groups:
+            lr, momentum, nesterov, wd = group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if wd and not group["muon"]:
+                    g = g.add(p, alpha=wd)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(g)
+                buf = state["momentum_buffer"]
+                buf.mul_(momentum).add_(g)
+                update = g.add(buf, alpha=momentum) if nesterov else buf
+                if not group["muon"]:
+                    p.add_(update, alpha=-lr)
+                    continue
+                rows = len(p)
+                update = orthogonalize(update.reshape(rows, -1)).view_as(p)
+                if group["renormalize"]:
+                    p.mul_(rows**0.5 / p.norm())
+                    p.add_(update, alpha=-lr)
+                else:
+                    p.mul_(1 - lr * wd)
+                    p.add_(update, alpha=-lr * max(1.0, rows / update[0].numel()) ** 0.5)
 
 
 def l1_penalty(model: nn.Module) -> torch.Tensor:

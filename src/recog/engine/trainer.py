@@ -144,6 +144,7 @@ def train_loop(
     steps_per_epoch = len(train_loader)
     total_steps = min(cfg.steps or cfg.epochs * steps_per_epoch, cfg.epochs * steps_per_epoch)
     warmup = None if cfg.warmup_epochs is None else round(cfg.warmup_epochs * steps_per_epoch)
+    freeze_step = None if cfg.freeze_stem_epochs is None else round(cfg.freeze_stem_epochs * steps_per_epoch)
     stepper = Stepper(model, raw_model, optimizer, cfg, device, loss_weights)
     weights_dir = run_dir / "weights"
     show = cfg.verbose and is_main()
@@ -160,6 +161,9 @@ def train_loop(
         for step, (x, y) in enumerate(bar):
             if epoch * steps_per_epoch + step >= total_steps:
                 break  # a partial last epoch (--steps, or sized by --time-budget)
+            if freeze_step is not None and epoch * steps_per_epoch + step >= freeze_step:
+                raw_model.freeze_stem()  # e.g. airnet's whitening bias: also spares a backward pass
+                freeze_step = None
             lr = lr_at(epoch * steps_per_epoch + step, total_steps, cfg.lr, cfg.schedule, warmup, cfg.final_lr)
             stepper.set_lr(lr)
             try:

@@ -93,6 +93,12 @@ class AirNet(nn.Module):
         x = self.groups(self.stem(x))
         return self.head(torch.flatten(self.pool(x), 1)) * self.scale
 
+    def freeze_stem(self) -> None:
+        """Stop training the stem (``--freeze-stem-epochs``; airbench freezes the whitening bias
+        after 3 epochs): backward then stops at the first group."""
+        for p in self.stem.parameters():
+            p.requires_grad_(False)
+
     @torch.no_grad()
     def data_init(self, images: torch.Tensor, eps: float = 5e-4) -> None:
         """Whitening stem: filters are the eigenvectors of the 2x2 patch covariance of (normalised)
