@@ -91,7 +91,18 @@ def test_time_budget_chooses_epochs_that_fit(tmp_path: Path, capsys) -> None:
     assert (run.config.epochs - 1) * 20 < run.config.steps <= run.config.epochs * 20  # 20 steps per epoch
     assert run.metrics[-1]["lr"] < 0.05 * run.config.lr  # the schedule ended with the budget
     assert elapsed < 12 * 1.5 + 5  # data loading is outside the budget; generous for a shared machine
-    assert "time_budget: 12s" in (run.path / "config.yaml").read_text()
+    saved = (run.path / "config.yaml").read_text()
+    assert "time_budget: 12s" in saved
+    assert f"steps: {run.config.steps}\n" in saved  # re-planned after each epoch: the folder says the final plan
+
+
+def test_steps_left_fits_the_remaining_time() -> None:
+    from recog.engine.budget import steps_left
+
+    now = time.perf_counter()
+    assert steps_left(now + 10.0, 0.5, 0.0, 20) in (19, 20)  # 10 s at 0.5 s/step
+    assert steps_left(now + 10.0, 0.5, 5.0, 20) in (13, 14)  # each step also pays 5 s / 20 of validation
+    assert steps_left(now - 1.0, 0.5, 0.0, 20) == 0  # past the deadline
 
 
 def test_lookahead_pulls_weights_to_a_trailing_average_and_ends_on_it() -> None:

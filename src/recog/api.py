@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
+import math
 import os
 import sys
 import time
@@ -15,7 +18,7 @@ import torch
 from torch import nn
 
 from recog import __version__
-from recog.config import TrainConfig, make_config, save_yaml
+from recog.config import TrainConfig, make_config, parse_duration, save_yaml
 from recog.data import BatchAugment, Normalize, channel_stats, load_dataset, load_image
 from recog.data.datasets import AnySplit, Dataset
 from recog.data.stream import SamplePolicy, make_loader
@@ -236,9 +239,12 @@ def train(
         net = torch.compile(model) if cfg.compile else model
         if cfg.steps and not cfg.time_budget:
             cfg.epochs = -(-cfg.steps // len(train_loader))  # the epochs those steps need
+        deadline = None
         if cfg.time_budget and saved_state is None:
-            cfg.steps, cfg.epochs = _plan_budget(cfg, ds, net, model, optimizer, train_loader, normalize, device,
-                                                 loss_weights, setup_started)
+            budget_plan = _plan_budget(cfg, ds, net, model, optimizer, train_loader, normalize, device, loss_weights,
+                                       setup_started)
+            cfg.steps, cfg.epochs = budget_plan.steps, budget_plan.epochs
+            deadline = setup_started + parse_duration(cfg.time_budget) - budget_plan.final_eval_s - budget_plan.margin_s
 
         # ---- run folder ------------------------------------------------------------------
         if run_dir is None:
@@ -248,13 +254,14 @@ def train(
             if ds.skipped:
                 write_skipped(run_dir / "skipped.csv", ds.skipped)
         meta = weights_meta(cfg, ds)
+        replan = None if deadline is None else functools.partial(_replan, cfg, deadline, len(train_loader), run_dir)
         writer = _tensorboard(run_dir) if cfg.tensorboard and is_main() else None
 
         # ---- train -----------------------------------------------------------------------
         try:
             loop = train_loop(net, model, optimizer, train_loader, val_loader, cfg, device, run_dir, meta, loop,
                               on_epoch_end, writer, lambda h: write_metrics_csv(run_dir / "metrics.csv", h),
-                              loss_weights, lookahead)
+                              loss_weights, lookahead, replan)
         except KeyboardInterrupt:
             if is_main():
                 print(f"\ninterrupted; continue with: recog train --resume {run_dir}", file=sys.stderr)
@@ -354,7 +361,23 @@ def _plan_budget(cfg: TrainConfig, ds: Dataset, net: nn.Module, model: nn.Module
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
         print(budget_plan.describe(budget), file=sys.stderr)
-    return budget_plan.steps, budget_plan.epochs
+    return budget_plan
+
+
+def _replan(cfg: TrainConfig, deadline: float, steps_per_epoch: int, run_dir: Path, steps_done: int, step_s: float,
+            val_s: float) -> int:
+    """After each epoch of a ``--time-budget`` run: the steps that fit, from the measured step time;
+    the run folder's config.yaml follows, so that ``--resume`` continues the same plan."""
+    from recog.engine.budget import steps_left
+
+    steps = steps_done + steps_left(deadline, step_s, val_s, steps_per_epoch)
+    if steps != cfg.steps and cfg.verbose and is_main():
+        print(f"time budget: {step_s * 1000:.0f} ms/step measured -> {steps} steps in all "
+              f"({steps / steps_per_epoch:.2f} epochs; planned {cfg.steps})", file=sys.stderr)
+    if steps != cfg.steps and is_main():
+        save_yaml(dataclasses.replace(cfg, steps=steps, epochs=math.ceil(steps / steps_per_epoch)),
+                  run_dir / "config.yaml")
+    return steps
 
 
 def _dataset(cfg: TrainConfig | None, data: str, data_root: str | None, val_fraction: float, split_seed: int,

@@ -31,6 +31,7 @@ class BudgetPlan:
     setup_s: float  # already spent (model set-up, calibration, compilation)
 
     steps_per_epoch: int = 1
+    margin_s: float = 0.0
 
     @property
     def epochs_exact(self) -> float:
@@ -129,4 +130,12 @@ def plan(
                         f"(one epoch ~{epoch_s:.0f} s plus {final_eval_s:.0f} s evaluation); "
                         f"training {steps} steps")
     epochs = math.ceil(steps / steps_per_epoch)
-    return BudgetPlan(steps, epochs, step_s, eval_image_s, epoch_s, final_eval_s, setup_s, steps_per_epoch), warnings
+    return BudgetPlan(steps, epochs, step_s, eval_image_s, epoch_s, final_eval_s, setup_s, steps_per_epoch,
+                      margin), warnings
+
+
+def steps_left(deadline: float, step_s: float, val_s: float, steps_per_epoch: int) -> int:
+    """Steps that still fit before ``deadline`` (a ``time.perf_counter`` time) at ``step_s`` per step
+    plus each step's share of a ``val_s`` validation per epoch: how the loop re-plans after each epoch
+    with the step time it measured (the first steps, timed before training, run slower)."""
+    return max(0, math.floor((deadline - time.perf_counter()) / (step_s + val_s / steps_per_epoch)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import random
 import sys
@@ -134,12 +135,16 @@ def train_loop(
     write_metrics: Callable[[list[dict[str, Any]]], None] | None = None,
     loss_weights: torch.Tensor | None = None,
     lookahead: Lookahead | None = None,
+    replan: Callable[[int, float, float], int] | None = None,
 ) -> LoopState:
     """Train ``model`` (possibly compiled; ``raw_model`` is what gets saved) from ``state.epoch`` on.
 
     After each epoch: the metrics row, ``last`` weights and the training state are written, then
     ``best`` if val accuracy improved; then the hook runs. A NaN or infinite loss raises
     :class:`TrainingError` before anything is written for that epoch.
+
+    ``replan(steps_done, seconds_per_step, validation_seconds)`` (``--time-budget``) returns the new
+    total of steps after each epoch; the LR schedule and ``cfg.steps``/``cfg.epochs`` follow it.
     """
     steps_per_epoch = len(train_loader)
     total_steps = min(cfg.steps or cfg.epochs * steps_per_epoch, cfg.epochs * steps_per_epoch)
@@ -149,14 +154,16 @@ def train_loop(
     weights_dir = run_dir / "weights"
     show = cfg.verbose and is_main()
 
-    for epoch in range(state.epoch, cfg.epochs):
+    for epoch in itertools.count(state.epoch):
+        if epoch >= cfg.epochs:  # cfg.epochs may change with replan
+            break
         # ---- train one epoch -------------------------------------------------------------
         model.train()
         train_loader.set_epoch(epoch)
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
+        seen = ran = 0
         bar = _progress(train_loader, steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", show)
         for step, (x, y) in enumerate(bar):
             if epoch * steps_per_epoch + step >= total_steps:
@@ -178,6 +185,7 @@ def train_loop(
             if lookahead is not None:
                 lookahead.step(raw_model, epoch * steps_per_epoch + step, total_steps)
             # ---- running figures (kept on the device: no sync per step beyond the NaN check)
+            ran += 1
             loss_sum += loss.detach() * len(y)
             correct += (out.argmax(1) == y).sum()
             seen += len(y)
@@ -238,6 +246,13 @@ def train_loop(
                 f"train_acc {row['train_acc']:.4f}{val}, {row['seconds']:.1f}s",
                 file=sys.stderr,
             )
+
+        # ---- re-plan a time budget with the step time this epoch measured -------------------
+        steps_done = min(total_steps, (epoch + 1) * steps_per_epoch)
+        if replan is not None and steps_done < total_steps:
+            total_steps = max(steps_done + 1, replan(steps_done, train_seconds / max(1, ran),
+                                                     row["seconds"] - train_seconds))
+            cfg.steps, cfg.epochs = total_steps, math.ceil(total_steps / steps_per_epoch)
 
         # ---- stop? -------------------------------------------------------------------------
         if on_epoch_end is not None and on_epoch_end(dict(row, model=raw_model)):
