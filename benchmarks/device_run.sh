@@ -2,14 +2,23 @@
 # The GPU check of the speed issue, run on a lent device machine (see benchmarks/README.md).
 # The lossless PNG copy (135 MB) is larger than one transfer allows, so it travels in parts
 # (.gpu0/.gpu1/.gpu2, split from ../shared/data/cifar10-png.tar.gz, git-ignored) over successive
-# calls on the same warm machine, gathered in /tmp/recog-data:
-#   bash benchmarks/device_run.sh part N      # keep part N; stage 0 also runs a CUDA smoke test
-#   bash benchmarks/device_run.sh bench       # join, check the sha256, run the benchmark
+# calls on the same warm machine (each call carrying one part), gathered in /tmp/recog-data:
+#   bash benchmarks/device_run.sh prepare     # here: split the archive into .gpu0 .gpu1 .gpu2
+#   bash benchmarks/device_run.sh part N      # there: keep part N; part 0 also runs a CUDA smoke test
+#   bash benchmarks/device_run.sh bench [benchmark options]   # there: join, check, run the benchmark
 set -euo pipefail
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
 mkdir -p /tmp/recog-data "$OUT"
 case "$1" in
+prepare)
+  for i in 0 1 2; do
+    grep -qx "/.gpu$i/" .git/info/exclude || echo "/.gpu$i/" >> .git/info/exclude
+    mkdir -p ".gpu$i"
+  done
+  split -b 46M -d -a 1 ../shared/data/cifar10-png.tar.gz /tmp/recog-data/png.part
+  for i in 0 1 2; do mv /tmp/recog-data/png.part$i ".gpu$i/"; done
+  ;;
 part)
   cp ".gpu$2"/png.part"$2" /tmp/recog-data/
   ls -la /tmp/recog-data
