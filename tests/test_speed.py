@@ -60,6 +60,9 @@ def test_recipe_defaults_sit_under_yaml_and_flags(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="did you mean 'fast'"):
         make_config(recipe="fsat")
     assert make_config(Path(__file__).parents[1] / "configs" / "cifar10-fast.yaml").recipe == "fast"
+    four = make_config(Path(__file__).parents[1] / "configs" / "cifar10-4min.yaml")
+    assert (four.recipe, four.optimizer, four.time_budget, four.freeze_stem_epochs) == ("fast", "muon", "4m", 1.5)
+    assert four.model_args["widths"] == [64, 192, 192] and four.model_args["stem"] == "whiten"
 
 
 def test_fast_recipe_runs_end_to_end_on_a_small_subset_in_seconds(cifar_png: Path, tmp_path: Path) -> None:

@@ -89,7 +89,10 @@ class Muon(torch.optim.Optimizer):
     ``renormalize=True`` groups (filters followed by batch-norm) are first rescaled to a norm of
     sqrt(out channels) each step, as in airbench94_muon, which keeps the effective step size
     constant; other muon groups use decoupled weight decay and scale the step by
-    sqrt(max(1, out/in))."""
+    sqrt(max(1, out/in)).
+
+    Not ``torch.optim.Muon``: that one (torch >= 2.9; recog supports 2.2 on) takes 2-D parameters
+    only, so neither 4-D filters nor the SGD groups beside them, and has no renormalisation."""
 
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, nesterov: bool = True) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=0.0,
