@@ -1,7 +1,10 @@
 """Where one training step of the fast recipe's net goes on this machine (torch.profiler), its FLOPs,
 and the achieved rate against a measured matrix-multiply peak; eager vs torch.compile.
 
-    python benchmarks/profile_step.py [--batch-size 1024] [--steps 3] [--compile]
+    python benchmarks/profile_step.py [--config configs/cifar10-fast.yaml] [--batch-size 1024] [--steps 3]
+                                      [--compile]
+
+The step is the recipe's: its net (``model_args``) and its optimizer (Muon for the filters).
 """
 
 from __future__ import annotations
@@ -10,13 +13,15 @@ import argparse
 import collections
 import json
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import command, machine
+from _common import ROOT, command, machine
 
 import recog
 from recog.config import make_config
+from recog.engine.optim import make_optimizer
 
 CATEGORIES = [  # (label, substrings of aten op names), first match wins
     ("conv backward", ("convolution_backward",)),
@@ -24,7 +29,8 @@ CATEGORIES = [  # (label, substrings of aten op names), first match wins
     ("batch-norm", ("batch_norm",)),
     ("GELU", ("gelu",)),
     ("max-pool", ("max_pool", "adaptive_max")),
-    ("optimizer", ("_foreach", "sgd", "add_", "mul_", "lerp")),
+    ("optimizer: Muon's Newton-Schulz matmuls", ("mm",)),
+    ("optimizer: element-wise", ("_foreach", "sgd", "add_", "mul_", "lerp", "norm", "div")),
     ("dtype casts / copies", ("copy_", "_to_copy", "to")),
     ("fill / zero", ("fill_", "zero_")),
 ]
@@ -42,16 +48,18 @@ def peak_matmul_tflops(dtype: torch.dtype, n: int = 2048, repeats: int = 8) -> f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default=str(ROOT / "configs" / "cifar10-fast.yaml"))
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (inductor)")
     args = parser.parse_args()
 
-    cfg = make_config(recipe="fast")
+    cfg = make_config(args.config)
     model = recog.create_model(cfg.model, 10, 3, 32, **cfg.model_args).to(memory_format=torch.channels_last)
     x = torch.randn(args.batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch_size,))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.85, nesterov=True)
+    opt = make_optimizer(model, cfg.optimizer, 0.01, cfg.weight_decay, cfg.momentum, cfg.nesterov, cfg.bias_lr_scale,
+                         cfg.muon_lr, cfg.muon_momentum)
     bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
 
     def step(net: torch.nn.Module) -> None:
@@ -84,6 +92,11 @@ def main() -> None:
         label = next((lab for lab, keys in CATEGORIES if any(k in name for k in keys)), "other")
         shares[label] += self_us
 
+    frozen_s = None
+    if hasattr(model, "freeze_stem") and cfg.freeze_stem_epochs is not None:
+        model.freeze_stem()  # the steps after --freeze-stem-epochs
+        step(model)
+        frozen_s = time_steps(model, args.steps)
     _, macs = recog.models.model_stats(model, 3, 32)
     step_flops = 3 * 2 * macs * args.batch_size  # forward + backward (about 2x forward)
     peak_bf16, peak_fp32 = peak_matmul_tflops(torch.bfloat16), peak_matmul_tflops(torch.float32)
@@ -97,17 +110,20 @@ def main() -> None:
         compiled_s = time_steps(net, args.steps)
 
     info = machine()
-    print(f"\nOne training step of the fast recipe's net (airnet, whitening stem), batch {args.batch_size}, "
-          f"bf16 autocast, channels-last")
-    print(f"{'where the time goes':<24}{'share':>8}")
+    print(f"\nOne training step of {Path(args.config).name} (airnet {cfg.model_args.get('widths', '')}, "
+          f"optimizer {cfg.optimizer}), batch {args.batch_size}, bf16 autocast, channels-last")
+    print(f"{'where the time goes':<44}{'share':>8}")
     for label, us in sorted(shares.items(), key=lambda kv: -kv[1]):
-        print(f"{label:<24}{100 * us / total:>7.1f}%")
+        print(f"{label:<44}{100 * us / total:>7.1f}%")
     print(f"\nforward multiply-adds per image: {macs / 1e6:.1f} M; step FLOPs (fwd+bwd ~3x fwd): "
           f"{step_flops / 1e12:.3f} TFLOP")
     print(f"eager step: {eager_s:.2f} s = {args.batch_size / eager_s:.0f} img/s = "
           f"{step_flops / eager_s / 1e12:.3f} TFLOP/s achieved")
     print(f"measured matmul peak (2048^3): bf16 {peak_bf16:.2f} TFLOP/s, fp32 {peak_fp32:.2f} TFLOP/s "
           f"-> {100 * step_flops / eager_s / 1e12 / peak_bf16:.0f}% of the bf16 peak")
+    if frozen_s is not None:
+        print(f"with the stem frozen (after {cfg.freeze_stem_epochs} epochs): {frozen_s:.2f} s/step "
+              f"({eager_s / frozen_s:.2f}x)")
     if compiled_s is not None:
         print(f"torch.compile: {compiled_s:.2f} s/step ({eager_s / compiled_s:.2f}x eager), "
               f"first two steps incl. compilation {compile_s:.0f} s")
@@ -123,6 +139,7 @@ def main() -> None:
         "macs_per_image": macs, "step_tflop": step_flops / 1e12, "eager_step_s": eager_s,
         "achieved_tflops": step_flops / eager_s / 1e12, "peak_bf16_tflops": peak_bf16,
         "peak_fp32_tflops": peak_fp32, "compiled_step_s": compiled_s, "compile_s": compile_s,
+        "frozen_stem_step_s": frozen_s, "config": args.config,
         "device": info["cpu"], "torch": info["torch"],
     }))
 

@@ -68,7 +68,7 @@ class TrainConfig:
     steps: int | None = None  # stop after this many optimizer steps (a partial last epoch; the LR ends there)
     batch_size: int = 64
     optimizer: str = "sgd"  # sgd | adamw | muon (orthogonalised updates for conv filters, SGD for the rest)
-    lr: float | None = None  # default: 0.05 for sgd, 0.001 for adamw
+    lr: float | None = None  # default: 0.05 for sgd (and muon's non-filter parameters), 0.001 for adamw
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
