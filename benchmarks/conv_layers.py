@@ -1,5 +1,6 @@
 """Forward + backward time of each convolution of the fast recipe's net, alone, in bf16 and
-channels-last on the CPU, with a few "rounder" alternative shapes.
+channels-last on the CPU, with a few "rounder" alternative shapes; and of its 2x2 max-pool
+against two hand-written alternatives (reshape + amax, pairwise maximum).
 
     python benchmarks/conv_layers.py [--batch 256] [--repeats 6]
 
@@ -49,6 +50,33 @@ def time_layer(batch: int, c_in: int, c_out: int, side: int, input_grad: bool, r
     return (time.perf_counter() - start) / repeats
 
 
+def _pool_reshape(x: torch.Tensor) -> torch.Tensor:
+    h2, w2 = x.shape[2] // 2, x.shape[3] // 2
+    x = x[:, :, : 2 * h2, : 2 * w2]
+    return x.unflatten(3, (w2, 2)).unflatten(2, (h2, 2)).amax(dim=(3, 5))
+
+
+def _pool_pairs(x: torch.Tensor) -> torch.Tensor:
+    h2, w2 = x.shape[2] // 2, x.shape[3] // 2
+    x = x[:, :, : 2 * h2, : 2 * w2]
+    rows = torch.maximum(x[:, :, 0::2], x[:, :, 1::2])
+    return torch.maximum(rows[:, :, :, 0::2], rows[:, :, :, 1::2])
+
+
+POOLS = {"F.max_pool2d": lambda x: F.max_pool2d(x, 2), "reshape + amax": _pool_reshape,
+         "pairwise maximum": _pool_pairs}
+
+
+def time_pool(fn, shape: tuple[int, ...], repeats: int) -> float:  # noqa: ANN001
+    x = torch.randn(shape, dtype=torch.bfloat16).to(memory_format=torch.channels_last).requires_grad_()
+    for _ in range(2):
+        fn(x).float().sum().backward()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn(x).float().sum().backward()
+    return (time.perf_counter() - start) / repeats
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=256)
@@ -61,11 +89,20 @@ def main() -> None:
         flop = (3 if input_grad else 2) * 2 * args.batch * side * side * c_in * c_out * 9
         rows.append({"layer": name.strip(), "ms": round(seconds * 1000, 1), "tflops": round(flop / seconds / 1e12, 3)})
         print(f"{name:46s} {seconds * 1000:8.1f} ms  {flop / seconds / 1e12:.3f} TFLOP/s", flush=True)
+    pools = []
+    for shape in [(args.batch, 64, 31, 31), (args.batch, 192, 15, 15), (args.batch, 192, 7, 7)]:
+        x = torch.randn(shape, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+        times = {}
+        for name, fn in POOLS.items():
+            assert torch.equal(fn(x), F.max_pool2d(x, 2)), name  # the same function
+            times[name] = round(time_pool(fn, shape, args.repeats) * 1000, 1)
+        pools.append({"shape": list(shape), "ms": times})
+        print(f"max-pool 2x2 of {shape}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items()), flush=True)
     info = machine()
     print(f"batch {args.batch}, bf16 autocast, channels-last; {info['cpu']}, {info['cores']} cores, "
           f"AMX {'yes' if info['amx'] else 'no'}, torch {info['torch']}")
     print(f"command: {command()}")
-    print(json.dumps({"benchmark": "conv_layers", "batch": args.batch, "layers": rows, "device": info["cpu"],
+    print(json.dumps({"benchmark": "conv_layers", "batch": args.batch, "layers": rows, "pools": pools, "device": info["cpu"],
                       "cores": info["cores"], "amx": info["amx"], "torch": info["torch"], "command": command()}))
 
 
