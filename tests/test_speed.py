@@ -202,3 +202,13 @@ def test_muon_trains_resumes_and_freezes_the_stem(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="seednet.*no stem"):
         recog.train(data="digits", model="seednet", freeze_stem_epochs=1, epochs=1, project=str(tmp_path),
                     verbose=False)
+
+
+def test_time_budget_with_one_step_per_epoch_times_real_steps(tmp_path: Path, capsys) -> None:
+    # batch 2,048 > the 1,438 training digits: one step per epoch; calibration cycles the loader
+    start = time.perf_counter()
+    run = recog.train(data="digits", model="airnet_small", batch_size=2048, time_budget="8s", project=str(tmp_path))
+    elapsed = time.perf_counter() - start
+    assert "time budget 8s" in capsys.readouterr().err
+    assert run.config.steps >= 5 and len(run.metrics) == run.config.epochs == run.config.steps  # 1 step each
+    assert elapsed < 8 * 1.5 + 5

@@ -65,17 +65,19 @@ def _time_eval(model: nn.Module, x: torch.Tensor, autocast: Callable[[], object]
 
 
 def _time_steps(step: Callable[[torch.Tensor, torch.Tensor], object],
-                batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int, steps_per_epoch: int) -> float:
-    """Seconds per step over ``steps`` steps after one warm-up step (NaN if the epoch is too short)."""
-    timed, start = 0, 0.0
-    for i, (x, y) in enumerate(batches):
-        if i == 1:
-            start = time.perf_counter()
-        step(x, y)
-        timed += i >= 1
-        if timed >= steps or i + 1 >= steps_per_epoch:
-            break
-    return (time.perf_counter() - start) / timed if timed else float("nan")
+                batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int) -> float:
+    """Seconds per step over ``steps`` steps after one warm-up step."""
+    step(*next(batches))
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(*next(batches))
+    return (time.perf_counter() - start) / steps
+
+
+def _cycle(loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's batches again and again: an epoch of one or two batches still gives steps to time."""
+    while True:
+        yield from loader
 
 
 def plan(
@@ -104,19 +106,17 @@ def plan(
     saved_model = copy.deepcopy(model.state_dict())
     saved_opt = copy.deepcopy(optimizer.state_dict())
     rng = torch.get_rng_state()
-    batches = iter(train_batches)
-    step_s = _time_steps(step, batches, max_steps, steps_per_epoch)
+    batches = _cycle(train_batches)
+    step_s = _time_steps(step, batches, max_steps)
     frozen_step_s = step_s
-    if freeze is not None and freeze_step is not None and not math.isnan(step_s):
+    if freeze is not None and freeze_step is not None:
         undo = freeze()
-        frozen_step_s = _time_steps(step, batches, max(2, max_steps - 2), steps_per_epoch) or step_s
+        frozen_step_s = _time_steps(step, batches, max(2, max_steps - 2))
         undo()
     eval_image_s = _time_eval(model, eval_batch, autocast)
     model.load_state_dict(saved_model)
     optimizer.load_state_dict(saved_opt)
     torch.set_rng_state(rng)
-    if math.isnan(step_s):  # an epoch of 1-2 steps: the warm-up steps are all there is to time
-        step_s = frozen_step_s = (time.perf_counter() - started) / max(1, steps_per_epoch)
     setup_s = time.perf_counter() - started
     epoch_s = steps_per_epoch * step_s + val_images * eval_image_s
     final_eval_s = final_images * final_views * eval_image_s + 3.0  # + report and plots
