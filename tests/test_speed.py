@@ -199,6 +199,10 @@ def test_muon_trains_resumes_and_freezes_the_stem(tmp_path: Path) -> None:
     for (k, a), b in zip(run.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
     assert not resumed.model.whiten.bias.requires_grad
+    with pytest.raises(ConfigError, match="lr must be positive with optimizer muon"):
+        recog.train(data="digits", optimizer="muon", lr=0, epochs=1, project=str(tmp_path), verbose=False)
+    with pytest.raises(ConfigError, match="freeze_stem_epochs must not be negative, got -1"):
+        recog.train(data="digits", freeze_stem_epochs=-1, epochs=1, project=str(tmp_path), verbose=False)
     with pytest.raises(ConfigError, match="seednet.*no stem"):
         recog.train(data="digits", model="seednet", freeze_stem_epochs=1, epochs=1, project=str(tmp_path),
                     verbose=False)

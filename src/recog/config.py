@@ -137,6 +137,9 @@ class TrainConfig:
         for key in ("epochs", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.optimizer == "muon" and self.lr == 0:
+            raise ConfigError("lr must be positive with optimizer muon: the filters' muon_lr follows lr's schedule "
+                              "as a multiple of it; got lr 0")
         if self.freeze_stem_epochs is not None and self.freeze_stem_epochs < 0:
             raise ConfigError(f"freeze_stem_epochs must not be negative, got {self.freeze_stem_epochs}")
         for key in ("lr", "weight_decay", "l1", "momentum", "final_lr", "muon_lr", "muon_momentum"):
