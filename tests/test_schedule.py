@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from recog.engine.schedule import lr_at
+from recog.engine.schedule import epochs_to_steps, lr_at
 
 
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine", "linear", "constant"])
@@ -28,3 +28,7 @@ def test_onecycle_peaks_at_thirty_percent_by_default() -> None:
 def test_cosine_midpoint_is_half() -> None:
     assert lr_at(50, 101, 2.0, "cosine") == pytest.approx(1.0)
     assert not math.isnan(lr_at(0, 1, 1.0, "cosine"))
+
+
+def test_epochs_to_steps_rounds_fractional_epochs() -> None:
+    assert epochs_to_steps(1.5, 49) == 74 and epochs_to_steps(0, 49) == 0 and epochs_to_steps(None, 49) is None

@@ -216,3 +216,26 @@ def test_time_budget_with_one_step_per_epoch_times_real_steps(tmp_path: Path, ca
     assert "time budget 8s" in capsys.readouterr().err
     assert run.config.steps >= 5 and len(run.metrics) == run.config.epochs == run.config.steps  # 1 step each
     assert elapsed < 8 * 1.5 + 5
+
+
+def test_micro_batches_add_up_to_the_batch_gradient() -> None:
+    from recog.config import TrainConfig
+    from recog.engine.trainer import Stepper
+
+    torch.manual_seed(0)
+    x, y = torch.randn(10, 3, 8, 8), torch.randint(0, 4, (10,))
+    grads = []
+    for micro in (None, 4):  # 4 + 4 + 2: a short last chunk weighs less
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), torch.nn.Flatten(), torch.nn.Linear(180, 4))
+        cfg = TrainConfig(micro_batch=micro, label_smoothing=0.1, l1=1e-3, optimizer="sgd")
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        loss, out = Stepper(model, model, optimizer, cfg, torch.device("cpu"))(x, y)
+        grads.append(([p.grad.clone() for p in model.parameters()], loss, out))
+    (full, full_loss, full_out), (chunked, chunked_loss, chunked_out) = grads
+    for a, b in zip(full, chunked):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(full_loss, chunked_loss)
+    torch.testing.assert_close(full_out, chunked_out)
+    with pytest.raises(ConfigError, match="micro_batch must be at least 1, got 0"):
+        TrainConfig(micro_batch=0)

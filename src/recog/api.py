@@ -26,7 +26,7 @@ from recog.data.image import ImageReadError, is_image_file
 from recog.engine.checkpoint import load_into, load_state, read_weights
 from recog.engine.distributed import is_main
 from recog.engine.optim import Lookahead, make_optimizer
-from recog.engine.trainer import EpochHook, LoopState, restore_state, seed_everything, train_loop
+from recog.engine.trainer import EpochHook, Hooks, LoopState, restore_state, seed_everything, train_loop
 from recog.errors import ConfigError, DataError, WeightsError
 from recog.metrics import classification_report, predict_logits, tta_views
 from recog.fileio import next_run_dir
@@ -138,8 +138,7 @@ def _eval_on(
     started = time.perf_counter()
     loader = make_loader(split, clf.meta["channels"], clf.meta["image_size"], batch_size, clf.normalize,
                          clf.device, workers=workers)
-    shift = int(clf.meta.get("translate", 0)) if tta_translate else 0
-    views = tta_views(bool(clf.meta.get("flip")), shift) if tta else None
+    views = tta_views(bool(clf.meta.get("flip")), int(clf.meta.get("translate", 0)), tta_translate) if tta else None
     if tta and len(views) == 1 and is_main():
         print("note: --tta has no views for this model (trained without flip or translate); plain evaluation",
               file=sys.stderr)
@@ -259,9 +258,9 @@ def train(
 
         # ---- train -----------------------------------------------------------------------
         try:
+            hooks = Hooks(lambda h: write_metrics_csv(run_dir / "metrics.csv", h), writer, replan, on_epoch_end)
             loop = train_loop(net, model, optimizer, train_loader, val_loader, cfg, device, run_dir, meta, loop,
-                              on_epoch_end, writer, lambda h: write_metrics_csv(run_dir / "metrics.csv", h),
-                              loss_weights, lookahead, replan)
+                              hooks, loss_weights, lookahead)
         except KeyboardInterrupt:
             if is_main():
                 print(f"\ninterrupted; continue with: recog train --resume {run_dir}", file=sys.stderr)
@@ -330,6 +329,7 @@ def _plan_budget(cfg: TrainConfig, ds: Dataset, net: nn.Module, model: nn.Module
                  optimizer: torch.optim.Optimizer, train_loader: Any, normalize: Normalize, device: torch.device,
                  loss_weights: torch.Tensor | None, started: float) -> tuple[int, int]:
     from recog.engine.budget import parse_duration, plan
+    from recog.engine.schedule import epochs_to_steps
     from recog.engine.trainer import Stepper, autocast
 
     budget = parse_duration(cfg.time_budget)
@@ -340,8 +340,8 @@ def _plan_budget(cfg: TrainConfig, ds: Dataset, net: nn.Module, model: nn.Module
     eval_split = eval_name_split[1] if eval_name_split else ds.train
     eval_batch = next(iter(make_loader(eval_split, ds.channels, ds.image_size, 256, normalize, device,
                                        workers=cfg.workers, channels_last=cfg.channels_last)))[0]
-    views = len(tta_views(cfg.flip, cfg.translate if cfg.tta_translate else 0)) if cfg.tta else 1
-    freeze_step = None if cfg.freeze_stem_epochs is None else round(cfg.freeze_stem_epochs * len(train_loader))
+    views = len(tta_views(cfg.flip, cfg.translate, cfg.tta_translate)) if cfg.tta else 1
+    freeze_step = epochs_to_steps(cfg.freeze_stem_epochs, len(train_loader))
 
     def freeze() -> Callable[[], None]:
         flags = [(p, p.requires_grad) for p in model.parameters()]

@@ -67,6 +67,7 @@ class TrainConfig:
     time_budget: str | None = None  # e.g. 5m: measure the first steps and choose the epochs to fit
     steps: int | None = None  # stop after this many optimizer steps (a partial last epoch; the LR ends there)
     batch_size: int = 64
+    micro_batch: int | None = None  # forward/backward in chunks of this many images, one optimizer step per batch
     optimizer: str = "sgd"  # sgd | adamw | muon (orthogonalised updates for conv filters, SGD for the rest)
     lr: float | None = None  # default: 0.05 for sgd (and muon's non-filter parameters), 0.001 for adamw
     momentum: float = 0.9
@@ -132,6 +133,8 @@ class TrainConfig:
             raise ConfigError(f"workers must not be negative, got {self.workers}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.micro_batch is not None and self.micro_batch < 1:
+            raise ConfigError(f"micro_batch must be at least 1, got {self.micro_batch}")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"steps must be at least 1, got {self.steps}")
         for key in ("epochs", "batch_size"):

@@ -15,10 +15,12 @@ from recog.engine.trainer import collect_logits
 View = tuple[bool, int, int, float]  # (flip, dy, dx, weight)
 
 
-def tta_views(use_flip: bool, shift: int) -> list[View]:
+def tta_views(use_flip: bool, shift: int, translate_views: bool = True) -> list[View]:
     """The weighted views TTA averages, from the augmentations the model was trained with
     (airbench's scheme): half the weight on the image as it is (and mirrored), half on one-pixel
-    diagonal shifts up-left and down-right (and mirrored)."""
+    diagonal shifts up-left and down-right (and mirrored) when it was trained with a ``shift`` and
+    ``translate_views`` (``--tta-translate``, 3x the views of flips alone) is on."""
+    shift = shift if translate_views else 0
     flips = [False, True] if use_flip else [False]
     centre = [(f, 0, 0) for f in flips]
     shifted = [(f, d, d) for d in (-1, 1) for f in flips] if shift else []

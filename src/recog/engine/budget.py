@@ -93,12 +93,14 @@ def plan(
     final_images: int,
     final_views: int,
     autocast: Callable[[], object],
-    max_steps: int = 4,
+    timed_steps: int = 2,
     freeze: Callable[[], Callable[[], None]] | None = None,
     freeze_step: int | None = None,
 ) -> tuple[BudgetPlan, list[str]]:
     """Time a few real steps (then undo them: weights, optimizer and RNG are restored) and the
-    evaluation of one batch; return the plan and any warnings.
+    evaluation of one batch; return the plan and any warnings. The calibration is time taken from
+    the budget, and the loop corrects the plan after every epoch with the step time it measured,
+    so ``timed_steps`` (after one warm-up step) is small.
 
     ``freeze`` (with ``freeze_step``, e.g. airnet's whitening stem frozen after some epochs) freezes
     part of the model and returns the function that undoes it: the steps after ``freeze_step`` are
@@ -107,11 +109,11 @@ def plan(
     saved_opt = copy.deepcopy(optimizer.state_dict())
     rng = torch.get_rng_state()
     batches = _cycle(train_batches)
-    step_s = _time_steps(step, batches, max_steps)
+    step_s = _time_steps(step, batches, timed_steps)
     frozen_step_s = step_s
     if freeze is not None and freeze_step is not None:
         undo = freeze()
-        frozen_step_s = _time_steps(step, batches, max(2, max_steps - 2))
+        frozen_step_s = _time_steps(step, batches, max(1, timed_steps // 2))
         undo()
     eval_image_s = _time_eval(model, eval_batch, autocast)
     model.load_state_dict(saved_model)

@@ -37,3 +37,10 @@ def lr_at(
     if schedule == "cosine":
         return end + (base_lr - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
     raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def epochs_to_steps(epochs: float | None, steps_per_epoch: int) -> int | None:
+    """The step at which a point given in (fractional) epochs falls, e.g. ``--warmup-epochs 0.5``
+    or ``--freeze-stem-epochs 1.5``; None stays None."""
+    return None if epochs is None else round(epochs * steps_per_epoch)
+

@@ -22,11 +22,22 @@ from recog.config import TrainConfig
 from recog.engine.checkpoint import save_state, save_weights
 from recog.engine.distributed import is_main
 from recog.engine.optim import Lookahead, l1_penalty
-from recog.engine.schedule import lr_at
+from recog.engine.schedule import epochs_to_steps, lr_at
 from recog.errors import TrainingError
 
 # called with the epoch's metrics row plus "model" (the module being trained); True stops training
 EpochHook = Callable[[dict[str, Any]], "bool | None"]
+
+
+@dataclass
+class Hooks:
+    """What the loop calls after each epoch besides training, in this order; each optional."""
+
+    write_metrics: Callable[[list[dict[str, Any]]], None] | None = None  # the history so far (metrics.csv)
+    writer: Any | None = None  # a TensorBoard SummaryWriter
+    # --time-budget: (steps done, seconds per step, validation seconds) -> the new total of steps
+    replan: Callable[[int, float, float], int] | None = None
+    on_epoch_end: EpochHook | None = None  # the user's: tuning trials report here and may stop the run
 
 
 @dataclass
@@ -104,19 +115,32 @@ class Stepper:
             group["lr"] = lr * group.get("lr_scale", 1.0)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with autocast(self.device, self.cfg.precision):
-            out = self.model(x)
-            loss = self.criterion(out.float(), y)
-        if self.cfg.l1 > 0:
-            loss = loss + self.cfg.l1 * l1_penalty(self.raw_model)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(loss.item())
+        """One optimizer step on the batch; with ``micro_batch`` the batch's forward and backward run
+        in chunks whose gradients add up (each chunk's mean loss weighted by its share of the batch),
+        so a large batch fits in memory or in cache. Batch-norm then normalises per chunk."""
+        chunk = self.cfg.micro_batch or len(x)
+        starts = range(0, len(x), chunk)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total, outs = torch.zeros((), device=x.device), []
+        for start in starts:
+            xs, ys = x[start:start + chunk], y[start:start + chunk]
+            with autocast(self.device, self.cfg.precision):
+                out = self.model(xs)
+                loss = self.criterion(out.float(), ys) * (len(xs) / len(x))
+            if self.cfg.l1 > 0 and start == 0:
+                loss = loss + self.cfg.l1 * l1_penalty(self.raw_model)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(loss.item() * len(x) / len(xs))
+            last = start + chunk >= len(x)
+            # DDP: all-reduce the gradients once, after the last chunk
+            with contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync():
+                loss.backward()
+            total += loss.detach()
+            outs.append(out.detach())
         if self.cfg.grad_clip:
             nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
-        return loss, out
+        return total, outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
 def train_loop(
@@ -130,12 +154,9 @@ def train_loop(
     run_dir: Path,
     meta: dict[str, Any],
     state: LoopState,
-    on_epoch_end: EpochHook | None = None,
-    writer: Any | None = None,
-    write_metrics: Callable[[list[dict[str, Any]]], None] | None = None,
+    hooks: Hooks | None = None,
     loss_weights: torch.Tensor | None = None,
     lookahead: Lookahead | None = None,
-    replan: Callable[[int, float, float], int] | None = None,
 ) -> LoopState:
     """Train ``model`` (possibly compiled; ``raw_model`` is what gets saved) from ``state.epoch`` on.
 
@@ -143,13 +164,14 @@ def train_loop(
     ``best`` if val accuracy improved; then the hook runs. A NaN or infinite loss raises
     :class:`TrainingError` before anything is written for that epoch.
 
-    ``replan(steps_done, seconds_per_step, validation_seconds)`` (``--time-budget``) returns the new
-    total of steps after each epoch; the LR schedule and ``cfg.steps``/``cfg.epochs`` follow it.
+    ``hooks.replan`` (``--time-budget``) returns the new total of steps after each epoch; the LR
+    schedule and ``cfg.steps``/``cfg.epochs`` follow it.
     """
+    hooks = hooks or Hooks()
     steps_per_epoch = len(train_loader)
     total_steps = min(cfg.steps or cfg.epochs * steps_per_epoch, cfg.epochs * steps_per_epoch)
-    warmup = None if cfg.warmup_epochs is None else round(cfg.warmup_epochs * steps_per_epoch)
-    freeze_step = None if cfg.freeze_stem_epochs is None else round(cfg.freeze_stem_epochs * steps_per_epoch)
+    warmup = epochs_to_steps(cfg.warmup_epochs, steps_per_epoch)
+    freeze_step = epochs_to_steps(cfg.freeze_stem_epochs, steps_per_epoch)
     stepper = Stepper(model, raw_model, optimizer, cfg, device, loss_weights)
     weights_dir = run_dir / "weights"
     show = cfg.verbose and is_main()
@@ -233,12 +255,12 @@ def train_loop(
             save_state(weights_dir / "state.pt", _state_dict(state, raw_model, optimizer, lookahead))
             if improved:
                 save_weights(weights_dir / "best.safetensors", raw_model, epoch_meta)
-            if write_metrics is not None:
-                write_metrics(state.history)
-            if writer is not None:
+            if hooks.write_metrics is not None:
+                hooks.write_metrics(state.history)
+            if hooks.writer is not None:
                 for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
-                    writer.add_scalar(key, row[key], epoch + 1)
-                writer.flush()
+                    hooks.writer.add_scalar(key, row[key], epoch + 1)
+                hooks.writer.flush()
         if show:
             val = f", val_loss {row['val_loss']:.4f}, val_acc {row['val_acc']:.4f}" if val_loader is not None else ""
             print(
@@ -249,13 +271,13 @@ def train_loop(
 
         # ---- re-plan a time budget with the step time this epoch measured -------------------
         steps_done = min(total_steps, (epoch + 1) * steps_per_epoch)
-        if replan is not None and steps_done < total_steps:
-            total_steps = max(steps_done + 1, replan(steps_done, train_seconds / max(1, ran),
+        if hooks.replan is not None and steps_done < total_steps:
+            total_steps = max(steps_done + 1, hooks.replan(steps_done, train_seconds / max(1, ran),
                                                      row["seconds"] - train_seconds))
             cfg.steps, cfg.epochs = total_steps, math.ceil(total_steps / steps_per_epoch)
 
         # ---- stop? -------------------------------------------------------------------------
-        if on_epoch_end is not None and on_epoch_end(dict(row, model=raw_model)):
+        if hooks.on_epoch_end is not None and hooks.on_epoch_end(dict(row, model=raw_model)):
             state.stopped_early = epoch + 1 < cfg.epochs
             break
         if state.stopped_early:
