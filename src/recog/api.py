@@ -25,6 +25,7 @@ from recog.data.stream import SamplePolicy, make_loader
 from recog.data.image import ImageReadError, is_image_file
 from recog.engine.checkpoint import load_into, load_state, read_weights
 from recog.engine.distributed import is_main
+from recog.engine.memory import reuse_freed_memory
 from recog.engine.optim import Lookahead, make_optimizer
 from recog.engine.trainer import EpochHook, Hooks, LoopState, restore_state, seed_everything, train_loop
 from recog.errors import ConfigError, DataError, WeightsError
@@ -184,7 +185,7 @@ def train(
     device = resolve_device(cfg.device)
     cfg.precision = _resolve_precision(cfg.precision, device, cfg.verbose)
 
-    with deterministic_mode(cfg.deterministic):
+    with deterministic_mode(cfg.deterministic), reuse_freed_memory(cfg.reuse_memory and device.type == "cpu"):
         # ---- data ------------------------------------------------------------------------
         ds = _dataset(cfg, cfg.data, cfg.data_root, cfg.val_fraction, cfg.split_seed, cfg.image_size,
                       cfg.channels, str(device))

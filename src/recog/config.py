@@ -89,6 +89,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast on CPU and CUDA) | auto (bf16 where the hardware has it)
     channels_last: bool = False
     compile: bool = False  # torch.compile the model
+    reuse_memory: bool = True  # CPU, Linux: keep freed memory for reuse while training (no per-step page faults)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     deterministic: bool = False

