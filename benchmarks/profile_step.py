@@ -21,6 +21,7 @@ from _common import ROOT, command, machine
 
 import recog
 from recog.config import make_config
+from recog.engine.memory import reuse_freed_memory
 from recog.engine.optim import make_optimizer
 
 CATEGORIES = [  # (label, substrings of aten op names), first match wins
@@ -77,8 +78,16 @@ def main() -> None:
 
     for _ in range(2):
         step(model)
-    eager_s = time_steps(model, args.steps)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    # training keeps freed memory for reuse (recog.engine.memory); timed side by side with glibc's
+    # default, which maps fresh pages for every large activation of every step
+    plain, reused = [], []
+    for _ in range(2):
+        plain.append(time_steps(model, args.steps))
+        with reuse_freed_memory() as applied:
+            step(model)  # the heap grows once
+            reused.append(time_steps(model, args.steps))
+    default_malloc_s, eager_s = min(plain), min(reused) if applied else min(plain)
+    with reuse_freed_memory(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(args.steps):
             step(model)
     shares: dict[str, float] = collections.defaultdict(float)
@@ -95,8 +104,9 @@ def main() -> None:
     frozen_s = None
     if hasattr(model, "freeze_stem") and cfg.freeze_stem_epochs is not None:
         model.freeze_stem()  # the steps after --freeze-stem-epochs
-        step(model)
-        frozen_s = time_steps(model, args.steps)
+        with reuse_freed_memory():
+            step(model)
+            frozen_s = time_steps(model, args.steps)
     _, macs = recog.models.model_stats(model, 3, 32)
     step_flops = 3 * 2 * macs * args.batch_size  # forward + backward (about 2x forward)
     peak_bf16, peak_fp32 = peak_matmul_tflops(torch.bfloat16), peak_matmul_tflops(torch.float32)
@@ -107,7 +117,9 @@ def main() -> None:
         for _ in range(2):
             step(net)
         compile_s = time.perf_counter() - start
-        compiled_s = time_steps(net, args.steps)
+        with reuse_freed_memory():
+            step(net)
+            compiled_s = time_steps(net, args.steps)
 
     info = machine()
     print(f"\nOne training step of {Path(args.config).name} (airnet {cfg.model_args.get('widths', '')}, "
@@ -121,6 +133,8 @@ def main() -> None:
           f"{step_flops / eager_s / 1e12:.3f} TFLOP/s achieved")
     print(f"measured matmul peak (2048^3): bf16 {peak_bf16:.2f} TFLOP/s, fp32 {peak_fp32:.2f} TFLOP/s "
           f"-> {100 * step_flops / eager_s / 1e12 / peak_bf16:.0f}% of the bf16 peak")
+    print(f"glibc's default malloc (fresh pages for each large tensor): {default_malloc_s:.2f} s/step; "
+          f"freed memory kept for reuse, as training does: {eager_s:.2f} s/step ({default_malloc_s / eager_s:.2f}x)")
     if frozen_s is not None:
         print(f"with the stem frozen (after {cfg.freeze_stem_epochs} epochs): {frozen_s:.2f} s/step "
               f"({eager_s / frozen_s:.2f}x)")
@@ -139,7 +153,7 @@ def main() -> None:
         "macs_per_image": macs, "step_tflop": step_flops / 1e12, "eager_step_s": eager_s,
         "achieved_tflops": step_flops / eager_s / 1e12, "peak_bf16_tflops": peak_bf16,
         "peak_fp32_tflops": peak_fp32, "compiled_step_s": compiled_s, "compile_s": compile_s,
-        "frozen_stem_step_s": frozen_s, "config": args.config,
+        "frozen_stem_step_s": frozen_s, "default_malloc_step_s": default_malloc_s, "config": args.config,
         "device": info["cpu"], "torch": info["torch"],
     }))
 
