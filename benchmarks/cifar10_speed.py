@@ -37,8 +37,6 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other config overrides")
     args = parser.parse_args()
 
-    import torch
-
     import recog
     from recog.api import _dataset, _resolve_precision, resolve_device
     from recog.config import make_config
@@ -65,7 +63,7 @@ def main() -> None:
         hook_s = 0.0
         trained = 0.0
 
-        def track(row: dict[str, Any]) -> None:
+        def track(row: dict[str, Any], snapshots: list = snapshots, seed: int = seed) -> None:
             # a copy of the weights only (milliseconds): under --time-budget the hook's time is the
             # budget's, so the curve is evaluated after training, outside the timed run
             nonlocal hook_s, trained

@@ -86,7 +86,7 @@ def collect_logits(
     return torch.cat(outs), torch.cat(labels)
 
 
-def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):  # noqa: ANN202
+def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(iterable, total=total, desc=desc, disable=not enabled, file=sys.stderr, leave=False,
