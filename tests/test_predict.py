@@ -71,3 +71,15 @@ def test_load_gives_a_classifier_with_its_preprocessing(digits_run) -> None:
     assert (clf.meta["channels"], clf.meta["image_size"]) == (1, 8)
     with pytest.raises(recog.api.WeightsError, match="not a run folder"):
         recog.load(digits_run.path.parent)
+
+
+def test_a_run_trained_channels_last_is_loaded_channels_last(tmp_path: Path) -> None:
+    import torch
+
+    run = recog.train(data="digits", model="airnet_small", epochs=1, channels_last=True, project=str(tmp_path),
+                      verbose=False)
+    conv = [m for m in recog.load(run.path).model.modules() if isinstance(m, torch.nn.Conv2d)][-1]  # in > 1
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = recog.train(data="digits", model="airnet_small", epochs=1, project=str(tmp_path), verbose=False)
+    conv = [m for m in recog.load(plain.path).model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    assert not conv.weight.is_contiguous(memory_format=torch.channels_last)
