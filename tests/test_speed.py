@@ -241,6 +241,12 @@ def test_micro_batches_add_up_to_the_batch_gradient() -> None:
         TrainConfig(micro_batch=0)
 
 
+def test_training_in_micro_batches_learns_the_digits(tmp_path: Path) -> None:
+    run = recog.train(data="digits", model="airnet_small", batch_size=64, micro_batch=24, epochs=3,
+                      project=str(tmp_path), verbose=False)
+    assert run.config.micro_batch == 24 and run.report["accuracy"] > 0.9
+
+
 def test_training_reuses_freed_memory_instead_of_faulting_fresh_pages_each_step() -> None:
     import resource
     import sys
@@ -255,7 +261,9 @@ def test_training_reuses_freed_memory_instead_of_faulting_fresh_pages_each_step(
 
     with reuse_freed_memory() as applied:
         faults_of_five_64mib_tensors()  # the heap grows once
-        reused = faults_of_five_64mib_tensors()
+        with reuse_freed_memory() as nested:  # e.g. an evaluation in a training hook
+            assert nested == applied
+        reused = faults_of_five_64mib_tensors()  # still reused after the inner block ended
     if not sys.platform.startswith("linux") or not applied:
         pytest.skip("glibc's mallopt is not available here")
     fresh = faults_of_five_64mib_tensors()  # settings restored: every tensor is fresh pages again

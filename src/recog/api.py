@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -37,6 +37,9 @@ from recog.report import plot_curves, write_metrics_csv, write_report, write_ski
 __all__ = ["Classifier", "Run", "create_model", "evaluate", "list_models", "load", "predict", "train"]
 
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3, "muon": 0.05}
+
+if TYPE_CHECKING:
+    from recog.engine.budget import BudgetPlan  # imported lazily where used
 
 
 @dataclass
@@ -328,7 +331,7 @@ def _init_sample(ds: Dataset, cfg: TrainConfig, device: torch.device, n: int = 5
 
 def _plan_budget(cfg: TrainConfig, ds: Dataset, net: nn.Module, model: nn.Module,
                  optimizer: torch.optim.Optimizer, train_loader: Any, normalize: Normalize, device: torch.device,
-                 loss_weights: torch.Tensor | None, started: float) -> tuple[int, int]:
+                 loss_weights: torch.Tensor | None, started: float) -> BudgetPlan:
     from recog.engine.budget import parse_duration, plan
     from recog.engine.schedule import epochs_to_steps
     from recog.engine.trainer import Stepper, autocast

@@ -26,16 +26,28 @@ def _libc() -> ctypes.CDLL | None:
     return libc
 
 
+_active = 0  # blocks open now: nested ones (an evaluation inside a training hook) leave the setting to the outermost
+
+
 @contextlib.contextmanager
 def reuse_freed_memory(enabled: bool = True) -> Iterator[bool]:
     """Within the block, freed memory stays in the process for reuse (glibc only; elsewhere a
-    no-op): no ``mmap`` for large blocks, no trimming. Yields whether it applied."""
+    no-op): no ``mmap`` for large blocks, no trimming. Yields whether it applies. Re-entrant: the
+    defaults come back (and the memory is given back) when the outermost block ends."""
+    global _active
     libc = _libc() if enabled else None
-    applied = bool(libc and libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    if libc is None:
+        yield _active > 0
+        return
+    if _active == 0 and not (libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)):
+        yield False
+        return
+    _active += 1
     try:
-        yield applied
+        yield True
     finally:
-        if applied:
+        _active -= 1
+        if _active == 0:
             libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
             libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
             libc.malloc_trim(0)  # hand the kept memory back to the system

@@ -43,4 +43,3 @@ def epochs_to_steps(epochs: float | None, steps_per_epoch: int) -> int | None:
     """The step at which a point given in (fractional) epochs falls, e.g. ``--warmup-epochs 0.5``
     or ``--freeze-stem-epochs 1.5``; None stays None."""
     return None if epochs is None else round(epochs * steps_per_epoch)
-
