@@ -15,8 +15,8 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from recog.config import TrainConfig, closest_key, unwrap_optional
-from recog.errors import RecogError
+from recog.config import TrainConfig, field_names, unwrap_optional
+from recog.errors import RecogError, did_you_mean
 
 EXAMPLES = """examples:
   recog train                                  # digits (bundled, offline), default model
@@ -42,24 +42,15 @@ def _parse_model_args(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _field_help() -> dict[str, str]:
-    """Each field's trailing comment in :class:`TrainConfig`: the dataclass is the one place documented."""
-    import inspect
-    import re
-
-    source = inspect.getsource(TrainConfig)
-    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+):[^#\n]*#\s*(.+)$", source, re.M)}
-
-
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(TrainConfig)
-    docs = _field_help()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         hint = unwrap_optional(hints[f.name])
         base = typing.get_origin(hint) or hint
         default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = " ".join(filter(None, [docs.get(f.name), f"(default: {default})" if default is not None else ""]))
+        doc = f.metadata.get("help")  # the one place each option is described: its config field
+        help_text = " ".join(filter(None, [doc, f"(default: {default})" if default is not None else ""]))
         help_text = help_text.replace("%", "%%") or None
         if base is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
@@ -98,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=256)
 
-    p = sub.add_parser("predict", help="top-k classes for image files or folders", allow_abbrev=False)
+    p = sub.add_parser("predict", help="top-k classes (multi-label: the labels over their thresholds) for image "
+                                       "files or folders", allow_abbrev=False)
     p.add_argument("source", metavar="RUN_OR_WEIGHTS")
     p.add_argument("images", nargs="+", metavar="FILE_OR_DIR")
     p.add_argument("--top-k", type=int, default=5)
@@ -118,9 +110,8 @@ def _reject_unknown(unknown: list[str], parser: argparse.ArgumentParser) -> None
     flags = [u for u in unknown if u.startswith("--")]
     if flags:
         name = flags[0][2:].split("=")[0]
-        hint = closest_key(name)
-        suggestion = f"; did you mean --{hint.replace('_', '-')}?" if hint else ""
-        raise RecogError(f"unknown option {flags[0]}{suggestion}")
+        hint = did_you_mean(name.replace("-", "_"), field_names(), "; did you mean --{}?", cutoff=0.5)
+        raise RecogError(f"unknown option {flags[0]}{hint.replace('_', '-')}")
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
 
@@ -164,18 +155,20 @@ def cmd_predict(ns: argparse.Namespace) -> int:
             failed += 1
             print(f"warning: skipped {r['path']}: {r['error']}", file=sys.stderr)
             continue
+        key = "labels" if "labels" in r else "top"  # multi-label: every label over its threshold
         if ns.json:
-            print(json.dumps({"path": r["path"], "top": r["top"]}))
+            print(json.dumps({"path": r["path"], key: r[key]}))
         elif ns.csv:
-            for rank, t in enumerate(r["top"], 1):
+            for rank, t in enumerate(r[key], 1):
                 writer.writerow([r["path"], rank, t["class"], f"{t['prob']:.6f}"])
         else:
-            print(f"{r['path']}: " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"]))
+            answer = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r[key]) or "(no label over its threshold)"
+            print(f"{r['path']}: {answer}")
     return 1 if failed and failed == len(results) else 0
 
 
 def cmd_models(ns: argparse.Namespace) -> int:
-    from recog.data.datasets import BUILTIN_SHAPES
+    from recog.data import BUILTIN_SHAPES
     from recog.models import create_model, list_models, model_stats
 
     if ns.data in BUILTIN_SHAPES:
@@ -183,7 +176,8 @@ def cmd_models(ns: argparse.Namespace) -> int:
     else:
         from pathlib import Path
 
-        from recog.data.folder import default_shape, scan_folder
+        from recog.data.files import default_shape
+        from recog.data.folder import scan_folder
 
         scan = scan_folder(Path(ns.data), allow_empty_classes=True)
         size, channels, _ = default_shape(scan, ns.image_size, None)

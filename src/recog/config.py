@@ -8,7 +8,6 @@ closest valid name.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 import types
@@ -17,92 +16,115 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recog.errors import ConfigError
+from recog.errors import ConfigError, did_you_mean
 
 OPTIMIZERS = ("sgd", "adamw", "muon")
 SCHEDULES = ("onecycle", "cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16", "auto")
 LOADERS = ("auto", "memory", "stream")
 AUTO_AUGMENTS = ("randaugment", "trivialaugment")
+CROP_SCALE = 0.35  # the smallest random-resized-crop area (torchvision uses 0.08; small images want more)
+DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3, "muon": 0.05}  # lr left unset: by optimizer
 
 
-@dataclass
+def opt(default: Any = None, help: str | None = None, factory: Any = None) -> Any:  # noqa: A002 - argparse's word
+    """A config field with its one-line help (shown by ``recog train --help``)."""
+    meta = {"help": help} if help else {}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run. Saved as ``config.yaml`` in each run folder."""
 
-    recipe: str | None = None  # a named set of defaults (recog/recipes/NAME.yaml) under the YAML and flags
+    recipe: str | None = opt(None, 'a named set of defaults (recog/recipes/NAME.yaml) under the YAML and flags')
     # data
-    data: str = "digits"  # digits | cifar10 | cifar100 | mnist | fashion-mnist | PATH to an image folder
-    data_root: str | None = None  # an existing copy of a torchvision dataset (never downloads)
-    val_fraction: float = 0.1  # carved from train (stratified) when the data has no val split
-    split_seed: int = 0  # seed of that split: fixed, so seeds compare on the same images
-    image_size: int | None = None  # image folders: side of the square input (default: most common size)
-    channels: int | None = None  # image folders: 1 or 3 (default: 1 if every image is greyscale)
-    mean: list[float] | None = None  # normalisation (default: measured on the training split)
-    std: list[float] | None = None
-    loader: str = "auto"  # auto | memory | stream (memory when decoded data fits --memory-fraction of RAM)
-    memory_fraction: float = 0.25
-    workers: int | None = None  # streaming loader worker processes (default: the CPU count, up to 8)
-    cache: bool = True  # keep decoded image folders in the cache folder for the next run
-    max_image_pixels: int | None = None  # larger images are skipped as decompression bombs (Pillow's 89.5M)
-    allow_empty_classes: bool = False  # an empty class folder is a warning instead of an error
-    class_weights: str | None = None  # auto: loss weights inverse to class frequency
-    balanced_sampling: bool = False  # draw training images with equal probability per class
+    data: str = opt("digits", 'digits | cifar10 | cifar100 | mnist | fashion-mnist | PATH to an image folder '
+                              'or to a CSV/JSONL label manifest')
+    data_root: str | None = opt(None, 'an existing copy of a torchvision dataset (never downloads)')
+    val_fraction: float = opt(0.1, 'carved from train (stratified) when the data has no val split')
+    split_seed: int = opt(0, 'seed of that split: fixed, so seeds compare on the same images')
+    image_size: int | None = opt(None, 'image folders: side of the square input (default: most common size)')
+    channels: int | None = opt(None, 'image folders: 1 or 3 (default: 1 if every image is greyscale)')
+    mean: list[float] | None = opt(None, 'normalisation (default: measured on the training split)')
+    std: list[float] | None = opt(None)
+    loader: str = opt("auto", 'auto | memory | stream (memory when decoded data fits --memory-fraction of RAM)')
+    memory_fraction: float = opt(0.25)
+    workers: int | None = opt(None, 'streaming loader worker processes (default: the CPU count, up to 8)')
+    cache: bool = opt(True, 'keep decoded image folders in the cache folder for the next run')
+    max_image_pixels: int | None = opt(None, "larger images are skipped as decompression bombs (Pillow's 89.5M)")
+    allow_empty_classes: bool = opt(False, 'an empty class folder is a warning instead of an error')
+    class_weights: str | None = opt(None, 'auto: loss weights inverse to class frequency')
+    balanced_sampling: bool = opt(False, 'draw training images with equal probability per class')
+    pos_weight: str | None = opt(None, 'multi-label: auto weighs each label\'s positives by negatives/positives')
     # augmentation, batched on the training device
-    flip: bool = False  # random horizontal flip
-    alternating_flip: bool = False  # flip a fixed random half in even epochs and the other half in odd ones
-    translate: int = 0  # random translation by up to this many pixels (reflect padding)
-    cutout: int = 0  # zero a random square of this side
-    random_resized_crop: bool = False  # random crop of --crop-scale..1 of the area, resized back
-    crop_scale: float = 0.35
-    random_erasing: float = 0.0  # probability of erasing a random rectangle per image
-    auto_augment: str | None = None  # randaugment | trivialaugment (per sample: streaming loader)
-    color_jitter: float = 0.0  # brightness/contrast/saturation strength (per sample: streaming loader)
+    flip: bool = opt(False, 'random horizontal flip')
+    alternating_flip: bool = opt(False, 'flip a fixed random half in even epochs and the other half in odd ones')
+    translate: int = opt(0, 'random translation by up to this many pixels (reflect padding)')
+    cutout: int = opt(0, 'zero a random square of this side')
+    random_resized_crop: bool = opt(False, 'random crop of --crop-scale..1 of the area, resized back')
+    crop_scale: float = opt(CROP_SCALE, 'random-resized-crop: the smallest area fraction')
+    random_erasing: float = opt(0.0, 'probability of erasing a random rectangle per image')
+    auto_augment: str | None = opt(None, 'randaugment | trivialaugment (per sample: streaming loader)')
+    color_jitter: float = opt(0.0, 'brightness/contrast/saturation strength (per sample: streaming loader)')
     # model
-    model: str = "airnet"
-    model_args: dict[str, Any] = field(default_factory=dict)  # builder keyword arguments
-    weights: str | None = None  # initial weights: a .safetensors or a plain state dict file
+    model: str = opt("airnet")
+    model_args: dict[str, Any] = opt(None, 'builder keyword arguments', factory=dict)
+    weights: str | None = opt(None, 'initial weights: a .safetensors or a plain state dict file')
     # optimisation
-    epochs: int = 20
-    time_budget: str | None = None  # e.g. 5m: measure the first steps and choose the epochs to fit
-    steps: int | None = None  # stop after this many optimizer steps (a partial last epoch; the LR ends there)
-    batch_size: int = 64
-    micro_batch: int | None = None  # forward/backward in chunks of this many images, one optimizer step per batch
-    optimizer: str = "sgd"  # sgd | adamw | muon (orthogonalised updates for conv filters, SGD for the rest)
-    lr: float | None = None  # default: 0.05 for sgd (and muon's non-filter parameters), 0.001 for adamw
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    bias_lr_scale: float = 1.0  # learning-rate multiplier for biases and normalisation parameters
-    muon_lr: float = 0.24  # optimizer muon: peak learning rate of the conv filters (same schedule as lr)
-    muon_momentum: float = 0.6  # optimizer muon: Nesterov momentum of the conv filters
-    freeze_stem_epochs: float | None = None  # stop training the model's stem (airnet: whitening bias) after these
-    l1: float = 0.0  # L1 penalty on weights (conv and linear)
-    label_smoothing: float = 0.0
-    schedule: str = "onecycle"  # onecycle | cosine | linear | constant
-    warmup_epochs: float | None = None  # linear warm-up (default: 30% for onecycle, else 0)
-    final_lr: float = 0.0  # fraction of lr reached at the end of linear and cosine decay
-    grad_clip: float | None = None  # clip gradient norm to this
-    lookahead: bool = False  # airbench's lookahead: pull weights to a trailing average every 5 steps
-    patience: int | None = None  # early stopping: epochs without val_acc improvement
+    epochs: int = opt(20)
+    time_budget: str | None = opt(None, 'e.g. 5m: measure the first steps and choose the epochs to fit')
+    steps: int | None = opt(None, 'stop after this many optimizer steps (a partial last epoch; the LR ends there)')
+    batch_size: int = opt(64)
+    micro_batch: int | None = opt(None, 'forward/backward in chunks of this many images, one optimizer step per batch')
+    optimizer: str = opt("sgd", 'sgd | adamw | muon (orthogonalised updates for conv filters, SGD for the rest)')
+    lr: float | None = opt(None, "default: 0.05 for sgd (and muon's non-filter parameters), 0.001 for adamw")
+    momentum: float = opt(0.9)
+    nesterov: bool = opt(True)
+    weight_decay: float = opt(5e-4)
+    bias_lr_scale: float = opt(1.0, 'learning-rate multiplier for biases and normalisation parameters')
+    muon_lr: float = opt(0.24, 'optimizer muon: peak learning rate of the conv filters (same schedule as lr)')
+    muon_momentum: float = opt(0.6, 'optimizer muon: Nesterov momentum of the conv filters')
+    freeze_stem_epochs: float | None = opt(None, "stop training the model's stem (airnet: whitening bias) after these")
+    l1: float = opt(0.0, 'L1 penalty on weights (conv and linear)')
+    label_smoothing: float = opt(0.0)
+    schedule: str = opt("onecycle", 'onecycle | cosine | linear | constant')
+    warmup_epochs: float | None = opt(None, 'linear warm-up (default: 30% for onecycle, else 0)')
+    final_lr: float = opt(0.0, 'fraction of lr reached at the end of linear and cosine decay')
+    grad_clip: float | None = opt(None, 'clip gradient norm to this')
+    lookahead: bool = opt(False, "airbench's lookahead: pull weights to a trailing average every 5 steps")
+    patience: int | None = opt(None, 'early stopping: epochs without val_acc improvement')
     # speed and reproducibility
-    precision: str = "fp32"  # fp32 | bf16 (autocast on CPU and CUDA) | auto (bf16 where the hardware has it)
-    channels_last: bool = False
-    compile: bool = False  # torch.compile the model
-    reuse_memory: bool = True  # CPU, Linux: keep freed memory for reuse while training (no per-step page faults)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    seed: int = 0
-    deterministic: bool = False
+    precision: str = opt("fp32", 'fp32 | bf16 (autocast on CPU and CUDA) | auto (bf16 where the hardware has it)')
+    channels_last: bool = opt(False)
+    compile: bool = opt(False, 'torch.compile the model')
+    reuse_memory: bool = opt(True, 'CPU, Linux: keep freed memory for reuse while training (no per-step page faults)')
+    device: str = opt("auto", 'auto | cpu | cuda | cuda:N')
+    seed: int = opt(0)
+    deterministic: bool = opt(False)
     # output
-    project: str = "runs"  # parent folder of run folders
-    name: str | None = None  # run folder name (auto-numbered when taken or unset)
-    tensorboard: bool = False
-    tta: bool = False  # test-time augmentation in the final evaluation
-    tta_translate: bool = True  # TTA also averages 1-px shifts (if trained with translate): 3x the views of flips alone
-    verbose: bool = True
+    project: str = opt("runs", 'parent folder of run folders')
+    name: str | None = opt(None, 'run folder name (auto-numbered when taken or unset)')
+    tensorboard: bool = opt(False)
+    tta: bool = opt(False, 'test-time augmentation in the final evaluation')
+    tta_translate: bool = opt(True, 'TTA also averages 1-px shifts (if trained with translate): 3x the views of flips alone')
+    verbose: bool = opt(True)
 
     def __post_init__(self) -> None:
         self.validate()
+        if self.lr is None:  # frozen: the default is filled in once, here
+            object.__setattr__(self, "lr", DEFAULT_LR[self.optimizer])
+
+    @property
+    def budget_s(self) -> float | None:
+        """``time_budget`` in seconds (None without one); checked when the config is made."""
+        return None if self.time_budget is None else parse_duration(self.time_budget)
+
+    def replace(self, **values: Any) -> TrainConfig:
+        """A new config with ``values`` (checked again); this one is never changed."""
+        return dataclasses.replace(self, **values)
 
     def validate(self) -> None:
         """Check values; raise :class:`ConfigError` naming the key and value."""
@@ -114,6 +136,8 @@ class TrainConfig:
             _choice("auto_augment", self.auto_augment, AUTO_AUGMENTS)
         if self.class_weights is not None:
             _choice("class_weights", self.class_weights, ("auto",))
+        if self.pos_weight is not None:
+            _choice("pos_weight", self.pos_weight, ("auto",))
         if not 0.0 < self.memory_fraction <= 1.0:
             raise ConfigError(f"memory_fraction must be in (0, 1], got {self.memory_fraction}")
         if not 0.0 < self.crop_scale <= 1.0:
@@ -193,18 +217,12 @@ def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
-def closest_key(key: str) -> str | None:
-    match = difflib.get_close_matches(key.replace("-", "_"), field_names(), n=1, cutoff=0.5)
-    return match[0] if match else None
-
-
 def check_keys(keys: typing.Iterable[str], where: str) -> None:
     valid = set(field_names())
     for key in keys:
         if key not in valid:
-            hint = closest_key(key)
-            suggestion = f"; did you mean {hint!r}?" if hint else ""
-            raise ConfigError(f"unknown config key {key!r} in {where}{suggestion}")
+            hint = did_you_mean(key.replace("-", "_"), valid, cutoff=0.5)
+            raise ConfigError(f"unknown config key {key!r} in {where}{hint}")
 
 
 def _field_types() -> dict[str, Any]:
@@ -283,8 +301,7 @@ def list_recipes() -> list[str]:
 def recipe_values(name: str) -> dict[str, Any]:
     path = RECIPES_DIR / f"{name}.yaml"
     if not path.is_file():
-        close = difflib.get_close_matches(name, list_recipes(), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, list_recipes())
         raise ConfigError(f"unknown recipe {name!r}{hint} (known: {', '.join(list_recipes())})")
     return load_yaml(path)
 

@@ -1,5 +1,9 @@
 """Errors recog raises for bad input. The CLI prints their message, without a traceback."""
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+
 
 class RecogError(Exception):
     """Base class: a problem with the user's input, data or files."""
@@ -19,3 +23,11 @@ class WeightsError(RecogError):
 
 class TrainingError(RecogError):
     """Training cannot go on (for example, the loss became NaN or infinite)."""
+
+
+def did_you_mean(word: str, choices: Iterable[str], template: str = "; did you mean {!r}?", cutoff: float = 0.6) -> str:
+    """The hint for a mistyped name: ``template`` filled with the closest of ``choices``, or ''."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
+    return template.format(close[0]) if close else ""

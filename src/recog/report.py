@@ -14,9 +14,11 @@ from recog.fileio import atomic_path, atomic_write_text
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
 
 
-def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
+def write_metrics_csv(path: Path, history: list[dict[str, Any]], extra: tuple[str, ...] = ()) -> None:
+    """One row per epoch; ``extra`` are the task's own columns (e.g. ``val_map``), before ``lr``."""
+    columns = [*METRIC_COLUMNS[:5], *extra, *METRIC_COLUMNS[5:]]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for row in history:
         writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
@@ -76,9 +78,32 @@ def plot_confusion(path: Path, matrix: list[list[int]], classes: list[str]) -> N
     plt.close(fig)
 
 
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}%"
+
+
+def _multilabel_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# Evaluation report{': ' + report['title'] if report.get('title') else ''}",
+        "",
+        f"- images: {report['num_images']}" + (f" ({report['split']} split)" if report.get("split") else ""),
+        f"- mAP: {report['map_macro']:.4f} (macro), {report['map_micro']:.4f} (micro)",
+        f"- exact match: {_pct(report['exact_match'])}, Hamming loss: {report['hamming_loss']:.4f}",
+        f"- macro F1: {report['macro_f1']:.4f}, micro F1: {report['micro_f1']:.4f}",
+        f"- test-time augmentation: {'yes' if report.get('tta') else 'no'}",
+        "",
+        "| label | precision | recall | F1 | AP | support | threshold |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['ap']:.4f} | "
+              f"{r['support']} | {r['threshold']:.3f} |" for r in report["per_class"]]
+    return "\n".join(lines) + "\n"
+
+
 def report_markdown(report: dict[str, Any]) -> str:
-    def pct(v: float | None) -> str:
-        return "n/a" if v is None else f"{100 * v:.2f}%"
+    if report.get("task") == "multilabel":
+        return _multilabel_markdown(report)
+    pct = _pct
 
     lines = [
         f"# Evaluation report{': ' + report['title'] if report.get('title') else ''}",
@@ -105,9 +130,11 @@ def report_markdown(report: dict[str, Any]) -> str:
 
 
 def write_report(out_dir: Path, report: dict[str, Any]) -> None:
-    """report.json, report.md, confusion.csv and confusion.png in ``out_dir``."""
+    """report.json, report.md and (single-label) confusion.csv and confusion.png in ``out_dir``."""
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2))
     atomic_write_text(out_dir / "report.md", report_markdown(report))
+    if "confusion_matrix" not in report:
+        return
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["true \\ predicted", *report["classes"]])

@@ -1,20 +1,28 @@
-"""Datasets as uint8 tensors, image decoding, the in-memory loader and batched augmentation."""
+"""Data: sources by name, splits, image decoding, the in-memory and streaming loaders, batched augmentation.
+
+Nothing here imports the models or the engine."""
 
 from recog.data.augment import BatchAugment
-from recog.data.datasets import BUILTIN, BUILTIN_SHAPES, Dataset, Split, load_dataset
-from recog.data.image import ImageReadError, load_image
+from recog.data.builtin import BUILTIN, BUILTIN_SHAPES
+from recog.data.image import ImageReadError, load_image, open_image
 from recog.data.loader import MemoryLoader, Normalize, channel_stats
+from recog.data.sources import list_sources, load_dataset, register_source
+from recog.data.splits import Dataset, FileSplit, Split
 
 __all__ = [
     "BUILTIN",
     "BUILTIN_SHAPES",
     "BatchAugment",
     "Dataset",
+    "FileSplit",
     "ImageReadError",
     "MemoryLoader",
     "Normalize",
     "Split",
     "channel_stats",
+    "list_sources",
     "load_dataset",
     "load_image",
+    "open_image",
+    "register_source",
 ]

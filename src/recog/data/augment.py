@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from recog.config import CROP_SCALE
+
 
 def flip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mirror left-right the images where ``mask`` (N,) is True."""
@@ -59,7 +61,7 @@ class BatchAugment:
     cutout: int = 0
     alternating_flip: bool = False  # needs the images' dataset indices (both loaders pass them)
     random_resized_crop: bool = False
-    crop_scale: float = 0.35  # smallest crop area, as a fraction of the image
+    crop_scale: float = CROP_SCALE  # smallest crop area, as a fraction of the image
     random_erasing: float = 0.0  # probability per image
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import warnings
 from collections.abc import Iterator
@@ -19,7 +20,15 @@ BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
 
 
 class ImageReadError(Exception):
-    """One file could not be decoded; the message says why."""
+    """One image could not be decoded; the message says why and ``kind`` says what went wrong, one of
+    ``KINDS`` (a server maps it to a status code)."""
+
+    KINDS = ("empty", "truncated", "not_an_image", "too_many_pixels", "unreadable")
+
+    def __init__(self, message: str, kind: str = "unreadable") -> None:
+        super().__init__(message)
+        assert kind in self.KINDS, kind
+        self.kind = kind
 
 
 def is_image_file(path: Path) -> bool:
@@ -79,39 +88,46 @@ def _read_errors() -> Iterator[None]:
     except ImageReadError:
         raise
     except FileNotFoundError:
-        raise ImageReadError("file disappeared before it could be read") from None
+        raise ImageReadError("file disappeared before it could be read", "unreadable") from None
     except PermissionError:
-        raise ImageReadError("no permission to read the file") from None
+        raise ImageReadError("no permission to read the file", "unreadable") from None
     except IsADirectoryError:
-        raise ImageReadError("a folder, not a file") from None
+        raise ImageReadError("a folder, not a file", "unreadable") from None
     except UnidentifiedImageError:
-        raise ImageReadError("not an image (unrecognised content)") from None
+        raise ImageReadError("not an image (unrecognised content)", "not_an_image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageReadError(f"too many pixels, refused as a decompression bomb ({exc}); see --max-image-pixels") \
-            from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageReadError(f"cannot decode: {exc}") from None
+        raise ImageReadError(f"too many pixels, refused as a decompression bomb ({exc}); see --max-image-pixels",
+                             "too_many_pixels") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # a header that promises more than the file holds
+        raise ImageReadError(f"cannot decode: {exc}", "truncated") from None
 
 
-def open_image(path: str | os.PathLike, channels: int):  # noqa: ANN201 - a PIL image
-    """Decode ``path`` at its own size in the model's channels: EXIF rotation applied, first frame
-    of animations and multi-page files, transparency composited, 16-bit scaled."""
+def open_image(source: str | os.PathLike | bytes, channels: int):  # noqa: ANN201 - a PIL image
+    """Decode a file or its bytes (an upload) at its own size in the model's channels: EXIF
+    rotation applied, first frame of animations and multi-page files, transparency composited,
+    16-bit scaled. The type comes from the content, never from a name."""
     from PIL import Image, ImageOps
 
-    path = Path(path)
     with _read_errors():
-        if path.stat().st_size == 0:
-            raise ImageReadError("empty file (0 bytes)")
-        with Image.open(path) as im:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            if len(source) == 0:
+                raise ImageReadError("empty (0 bytes)", "empty")
+            stream = io.BytesIO(source)
+        else:
+            stream = Path(source)
+            if stream.stat().st_size == 0:
+                raise ImageReadError("empty file (0 bytes)", "empty")
+        with Image.open(stream) as im:
             im.seek(0)
             im.load()
             im = ImageOps.exif_transpose(im)
             return _to_mode(im, channels)
 
 
-def decode(path: str | os.PathLike, channels: int, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """(uint8 array (channels, size, size), original (width, height)); raises :class:`ImageReadError`."""
-    im = open_image(path, channels)
+def decode(source: str | os.PathLike | bytes, channels: int, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(uint8 array (channels, size, size), original (width, height)) of a file or its bytes;
+    raises :class:`ImageReadError`."""
+    im = open_image(source, channels)
     original = im.size
     with _read_errors():
         arr = np.asarray(_resize(im, size), dtype=np.uint8)
@@ -120,9 +136,9 @@ def decode(path: str | os.PathLike, channels: int, size: int) -> tuple[np.ndarra
     return np.array(arr.transpose(2, 0, 1), order="C"), original  # a writable copy in (C, H, W)
 
 
-def load_image(path: str | os.PathLike, channels: int, size: int) -> np.ndarray:
-    """The eval preprocessing of one file, shared by training, evaluation and prediction."""
-    return decode(path, channels, size)[0]
+def load_image(source: str | os.PathLike | bytes, channels: int, size: int) -> np.ndarray:
+    """The eval preprocessing of one file (or its bytes), shared by training, evaluation and prediction."""
+    return decode(source, channels, size)[0]
 
 
 def peek(path: Path) -> tuple[tuple[int, int], str] | None:

@@ -12,9 +12,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
 from recog.data.augment import BatchAugment
-from recog.data.datasets import Split
+from recog.data.splits import Split
 
 
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -24,16 +25,18 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return x.mean(dim=1).tolist(), std.tolist()
 
 
-class Normalize:
-    """uint8 -> float, ``(x / 255 - mean) / std``, fused as one multiply-add."""
+class Normalize(nn.Module):
+    """uint8 -> float, ``(x / 255 - mean) / std``, fused as one multiply-add. A module, so that it
+    can sit in front of a model (an exported graph then takes uint8 images)."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu") -> None:
+        super().__init__()
         std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self.scale = 1.0 / (255.0 * std_t)
-        self.shift = -mean_t / std_t
+        self.register_buffer("scale", 1.0 / (255.0 * std_t))
+        self.register_buffer("shift", -mean_t / std_t)
 
-    def __call__(self, images_u8: torch.Tensor) -> torch.Tensor:
+    def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self.shift, images_u8.float(), self.scale)
 
 

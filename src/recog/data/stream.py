@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
+from recog.config import CROP_SCALE
 from recog.data.augment import BatchAugment
-from recog.data.datasets import FileSplit, Split
+from recog.data.splits import FileSplit, Split
 from recog.data.image import ImageReadError, load_image, open_image
 from recog.data.loader import BatchLoader, MemoryLoader, Normalize
 
@@ -29,7 +30,7 @@ class SamplePolicy:
     """Per-sample augmentation, run in the loader's workers (torchvision transforms v2)."""
 
     random_resized_crop: bool = False
-    crop_scale: float = 0.35
+    crop_scale: float = CROP_SCALE
     auto_augment: str | None = None  # randaugment | trivialaugment
     color_jitter: float = 0.0  # brightness/contrast/saturation strength
 
@@ -73,8 +74,8 @@ class SampleDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str, str, int]:
-        label = int(self.split.labels[i])
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, torch.Tensor, str, str, int]:
+        label = self.split.labels[i]  # a class index, or a multi-hot row
         if isinstance(self.split, Split):
             image, path = self.split.images[i], ""
         else:
@@ -98,7 +99,7 @@ def _collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, lis
     bad = [(p, why) for x, _, p, why, _ in batch if x is None]
     if not good:
         return torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), bad
-    return (torch.stack([x for x, _, _ in good]), torch.tensor([y for _, y, _ in good]),
+    return (torch.stack([x for x, _, _ in good]), torch.stack([y for _, y, _ in good]),
             torch.tensor([i for _, _, i in good]), bad)
 
 

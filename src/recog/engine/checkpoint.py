@@ -1,109 +1,75 @@
-"""Weights as safetensors with recog's metadata, and the training state for resume.
+"""The training state for ``--resume``: loop counters, optimizer, lookahead and RNG states.
 
-A weights file carries what prediction needs (model name and arguments, classes, channels,
-size, mean/std) in the safetensors metadata, so nothing else is ever asked of the user. Files are
-written to a temporary name and renamed. Nothing here unpickles: non-safetensors files load only
-through ``torch.load(weights_only=True)``.
+Saved with ``torch.save`` (tensors, numbers, strings only) and loaded with ``weights_only=True``,
+which refuses pickled code. Weights themselves are safetensors (:mod:`recog.weights`).
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
-import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from recog.engine.optim import Lookahead
 from recog.errors import WeightsError
 from recog.fileio import atomic_path
-
-META_KEY = "recog"
-
-
-def save_weights(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    # clone: safetensors refuses tensors that share storage (tied weights, views)
-    state = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta)})
+from recog.weights import unpickler_reason
 
 
-def _is_safetensors(path: Path) -> bool:
-    """A safetensors file starts with an 8-byte header length followed by a JSON object."""
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if len(head) < 9:
-        return False
-    length = int.from_bytes(head[:8], "little")
-    return head[8:9] == b"{" and 0 < length <= path.stat().st_size - 8
+@dataclass
+class LoopState:
+    """What a resumed run needs besides the weights and optimizer: saved in ``weights/state.pt``."""
+
+    epoch: int = 0  # epochs completed
+    best_score: float = -math.inf  # the task's validation score of the best epoch (val_acc, val_map…)
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+    total_steps: int | None = None  # the plan (a time budget re-plans it after each epoch)
 
 
-def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """(state dict, recog metadata or None) from a safetensors file or a plain tensor state dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
-    if _is_safetensors(path):
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                state = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
-        return state, (json.loads(meta[META_KEY]) if META_KEY in meta else None)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - whatever the unpickler says, the file is refused
-        raise WeightsError(
-            f"refusing to load {path}: it is not a safetensors file and not a plain tensor state dict "
-            f"({_unpickler_reason(exc)}). recog never unpickles arbitrary objects; save weights with "
-            f"safetensors."
-        ) from None
-    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise WeightsError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    return loaded, None
+def state_dict(state: LoopState, model: nn.Module, optimizer: torch.optim.Optimizer,
+               lookahead: Lookahead | None = None) -> dict[str, Any]:
+    return {
+        "lookahead": lookahead.state_dict() if lookahead is not None else {},
+        "loop": {k: getattr(state, k) for k in LoopState.__dataclass_fields__},
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": _numpy_state(),
+        },
+    }
 
 
-def _unpickler_reason(exc: Exception) -> str:
-    """torch's message, without its advice to retry with weights_only=False."""
-    text = str(exc)
-    if "WeightsUnpickler error:" in text:
-        return "the weights-only unpickler found " + text.split("WeightsUnpickler error:")[1].strip().split("\n")[0]
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+def restore_state(saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+                  lookahead: Lookahead | None = None) -> LoopState:
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if lookahead is not None and saved.get("lookahead"):
+        lookahead.load_state_dict(saved["lookahead"])
+    torch.set_rng_state(saved["rng"]["torch"])
+    if saved["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    name, keys, pos, has_gauss, cached = saved["rng"]["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    loop = dict(saved["loop"])
+    if "best_acc" in loop:  # state files written before tasks named their score
+        loop["best_score"] = loop.pop("best_acc")
+    return LoopState(**loop)
 
 
-def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, strict: bool = True) -> list[str]:
-    """Copy ``state`` into ``model``. Not strict: keys of another shape (a new head) are left out
-    and returned. Strict: any mismatch raises naming the keys."""
-    own = model.state_dict()
-    state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state.items()}
-    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if strict and (mismatched or missing or unexpected):
-        raise WeightsError(
-            f"{source} does not fit the model: "
-            + "; ".join(
-                f"{label}: {', '.join(keys[:5])}{' …' if len(keys) > 5 else ''}"
-                for label, keys in (("other shape", mismatched), ("missing", missing), ("unexpected", unexpected))
-                if keys
-            )
-        )
-    usable = {k: v for k, v in state.items() if k in own and k not in mismatched}
-    if not usable:
-        raise WeightsError(f"{source} shares no parameter names or shapes with the model")
-    model.load_state_dict(usable, strict=False)
-    return mismatched + missing
+def _numpy_state() -> list[Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
 
 
 def save_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
@@ -118,4 +84,4 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise WeightsError(f"refusing to load training state {path}: {_unpickler_reason(exc)}") from None
+        raise WeightsError(f"refusing to load training state {path}: {unpickler_reason(exc)}") from None

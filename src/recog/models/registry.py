@@ -8,7 +8,6 @@ classification model.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import inspect
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from recog.errors import ConfigError
+from recog.errors import ConfigError, did_you_mean
 
 Builder = Callable[..., nn.Module]
 _REGISTRY: dict[str, Builder] = {}
@@ -51,15 +50,13 @@ def create_model(
 
         return torchvision_model(name[3:], num_classes, in_channels, image_size, **kwargs)
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, _REGISTRY)
         raise ConfigError(f"unknown model {name!r}{hint} (known: {', '.join(sorted(_REGISTRY))}, or tv:<name>)")
     builder = _REGISTRY[name]
     accepted = set(inspect.signature(builder).parameters)
     for key in kwargs:
         if key not in accepted:
-            close = difflib.get_close_matches(key, sorted(accepted), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(key, sorted(accepted))
             raise ConfigError(f"model {name!r} takes no argument {key!r}{hint}")
     return builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from recog.errors import ConfigError
+from recog.errors import ConfigError, did_you_mean
 
 
 class RepeatChannels(nn.Module):
@@ -30,10 +30,7 @@ def torchvision_model(name: str, num_classes: int, in_channels: int, image_size:
 
     known = torchvision.models.list_models(module=torchvision.models)
     if name not in known:
-        import difflib
-
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"; did you mean 'tv:{close[0]}'?" if close else ""
+        hint = did_you_mean(name, known, "; did you mean 'tv:{}'?")
         raise ConfigError(f"unknown torchvision classification model {name!r}{hint}")
     if "weights" in kwargs:
         raise ConfigError("tv: models start from random weights here; pass a local file with --weights FILE")

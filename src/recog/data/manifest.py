@@ -1,0 +1,134 @@
+"""Label manifests: a CSV or JSONL file that names each image and its label(s).
+
+    image,labels,split                      {"image": "a.jpg", "labels": ["cat", "animal"]}
+    photos/a.jpg,cat;animal,train           {"image": "b.jpg", "labels": "dog;animal", "split": "val"}
+
+- ``labels``: several labels per image, ``;``-separated (or a JSON list): multi-label data.
+  ``label``: one class per image: a single-label manifest.
+- ``split`` (optional): train, val or test. Or ``--data`` names a folder that holds
+  ``train.csv`` / ``val.csv`` / ``test.csv`` (or ``.jsonl``), one file per split.
+- Relative image paths resolve from the manifest's own folder. A missing image is skipped and
+  listed in ``skipped.csv``, as with image folders; decoding is :mod:`recog.data.files`'.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from recog.data.files import SPLITS, Label, Scan, load_scan, warn
+from recog.data.splits import Dataset
+from recog.errors import DataError, did_you_mean
+
+MANIFEST_SUFFIXES = (".csv", ".jsonl")
+COLUMNS = ("image", "labels", "label", "split")
+
+
+def is_manifest(path: Path) -> bool:
+    """A manifest file, or a folder holding ``train.csv``/``train.jsonl``."""
+    if path.is_file():
+        return path.suffix.lower() in MANIFEST_SUFFIXES
+    return path.is_dir() and any((path / f"train{s}").is_file() for s in MANIFEST_SUFFIXES)
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    """The manifest's rows as dicts, with their columns checked."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read the manifest {path}: {exc}") from None
+    if path.suffix.lower() == ".jsonl":
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}, line {n}: not a JSON object ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}, line {n}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+        columns = sorted({k for row in rows for k in row})
+    else:
+        reader = csv.DictReader(text.splitlines())
+        columns = [c.strip() for c in reader.fieldnames or []]
+        rows = [{k.strip(): v for k, v in row.items() if k is not None} for row in reader]
+    unknown = [c for c in columns if c not in COLUMNS]
+    if unknown:
+        hint = did_you_mean(unknown[0], COLUMNS)
+        raise DataError(f"{path}: unknown column {unknown[0]!r}{hint} (a manifest has image, labels or label, "
+                        f"and optionally split)")
+    if "image" not in columns or ("labels" in columns) == ("label" in columns):
+        raise DataError(f"{path}: a manifest needs an 'image' column and one of 'labels' (several per image, "
+                        f"';'-separated) or 'label' (one per image); found {', '.join(columns) or 'no columns'}")
+    if not rows:
+        raise DataError(f"{path}: the manifest has no rows")
+    return rows
+
+
+def _labels(row: dict[str, Any], key: str) -> list[str]:
+    value = row.get(key)
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else str(value).split(";")
+    return [str(v).strip() for v in items if str(v).strip()]
+
+
+def scan_manifest(path: Path) -> Scan:
+    """Classes (sorted label names) and (image, label) pairs per split."""
+    files = [path] if path.is_file() else [p for s in SPLITS for p in (path / f"{s}{x}" for x in MANIFEST_SUFFIXES)
+                                            if p.is_file()]
+    tables = {f: _rows(f) for f in files}
+    columns_of = {f: {k for row in rows for k in row} for f, rows in tables.items()}
+    kinds = {"labels" in columns for columns in columns_of.values()}
+    if len(kinds) > 1:
+        raise DataError(f"the manifests in {path} mix 'labels' and 'label' columns")
+    multi = kinds.pop()
+    key = "labels" if multi else "label"
+    entries: dict[str, list[tuple[Path, list[str]]]] = {}
+    for f, rows in tables.items():
+        for n, row in enumerate(rows, 2):
+            split = str(row.get("split") or (f.stem if path.is_dir() else "train")).strip().lower()
+            if split not in SPLITS:
+                raise DataError(f"{f}, row {n}: split {split!r} is not one of {', '.join(SPLITS)}")
+            image = str(row.get("image") or "").strip()
+            if not image:
+                raise DataError(f"{f}, row {n}: no image path")
+            names = _labels(row, key)
+            if not multi and len(names) != 1:
+                raise DataError(f"{f}, row {n}: a 'label' column takes exactly one class, got {names or 'none'}")
+            entries.setdefault(split, []).append(((f.parent / image).expanduser(), names))
+    if "train" not in entries:
+        raise DataError(f"{path}: no training rows (rows without a split column are training rows)")
+    classes = sorted({name for rows in entries.values() for _, names in rows for name in names})
+    if not classes:
+        raise DataError(f"{path}: every row's label list is empty: there is nothing to learn")
+    index = {c: i for i, c in enumerate(classes)}
+    pairs: dict[str, list[tuple[str, Label]]] = {}
+    skipped: list[tuple[str, str]] = []
+    for split, rows in entries.items():
+        kept = []
+        for image, names in rows:
+            if not image.is_file():
+                skipped.append((str(image), "file not found (named in the manifest)"))
+                continue
+            if multi:
+                hot = [0] * len(classes)
+                for name in names:
+                    hot[index[name]] = 1
+                kept.append((str(image), tuple(hot)))
+            else:
+                kept.append((str(image), index[names[0]]))
+        pairs[split] = kept
+    if skipped:
+        warn(f"{len(skipped)} images named in {path} were not found (first: {skipped[0][0]}); "
+             f"they are listed in the run folder's skipped.csv")
+    return Scan(path, classes, pairs, multilabel=multi, skipped=skipped)
+
+
+def load_manifest(path: Path, allow_empty_classes: bool = False, **options: Any) -> Dataset:
+    """A label manifest as a :class:`Dataset` (options: those of :func:`recog.data.files.load_scan`)."""
+    return load_scan(scan_manifest(path), allow_empty_classes=allow_empty_classes, **options)

@@ -1,0 +1,70 @@
+"""Data sources registered by name, like the models: ``--data`` is a source's name or a path.
+
+Built in: ``digits`` (bundled, offline), the torchvision sets (``cifar10``, ``cifar100``,
+``mnist``, ``fashion-mnist``) and, for a path, a label manifest (CSV/JSONL, or a folder of
+``train.csv``…) or an image folder. :func:`register_source` adds a named source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from recog.data import builtin
+from recog.data.splits import Dataset, hold_out
+from recog.errors import DataError, did_you_mean
+
+# a named source: (data_root, **options) -> Dataset; options are those of the path sources
+Source = Callable[..., Dataset]
+_SOURCES: dict[str, Source] = {}
+
+
+def register_source(name: str, source: Source) -> None:
+    """Make ``--data NAME`` load ``source(data_root, **options)``; a duplicate name raises."""
+    if name in _SOURCES:
+        raise ValueError(f"data source {name!r} is already registered")
+    _SOURCES[name] = source
+
+
+def list_sources() -> list[str]:
+    return sorted(_SOURCES)
+
+
+register_source("digits", lambda data_root=None, **_: builtin.digits())
+for _name in builtin.TORCHVISION:
+    register_source(_name, lambda data_root=None, _name=_name, **_: builtin.torchvision_set(_name, data_root))
+
+
+def load_dataset(
+    data: str,
+    data_root: str | None = None,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    image_size: int | None = None,
+    channels: int | None = None,
+    **options: Any,
+) -> Dataset:
+    """Load a named source or a path (manifest or image folder), with a validation split carved
+    from train when the data has none.
+
+    ``options`` go to the path sources (:func:`recog.data.files.load_scan`: loader,
+    memory_fraction, max_image_pixels, allow_empty_classes, cache, device)."""
+    if data in _SOURCES:
+        ds = _SOURCES[data](data_root, **options)
+    else:
+        from recog.data.manifest import is_manifest, load_manifest
+
+        path = Path(data).expanduser()
+        if is_manifest(path):
+            ds = load_manifest(path, image_size=image_size, channels=channels, **options)
+        elif path.is_dir():
+            from recog.data.folder import load_folder
+
+            ds = load_folder(path, image_size=image_size, channels=channels, **options)
+        else:
+            hint = did_you_mean(data, _SOURCES, " Did you mean {!r}?")
+            what = "a manifest file of an unknown type" if path.is_file() else "an existing folder or manifest"
+            raise DataError(f"--data {data!r} is neither a dataset name ({', '.join(list_sources())}) nor "
+                            f"{what} (an image folder, or a .csv/.jsonl label manifest).{hint}")
+    return hold_out(ds, val_fraction, split_seed)

@@ -1,0 +1,286 @@
+"""Build a run: from a resolved config to a :class:`Training` (data, task, model, optimizer,
+loaders, plan, run folder) that :func:`recog.engine.fit.fit` trains.
+
+Every value the run uses is decided here, before the first step: what is measured (mean/std,
+image size and channels, precision, the planned steps) goes into the run's own resolved config —
+the input config is never changed — and that record is the run folder's ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from recog import __version__
+from recog.config import TrainConfig, save_yaml
+from recog.data import BatchAugment, Dataset, Normalize, channel_stats, load_dataset
+from recog.data.stream import SamplePolicy, make_loader
+from recog.device import autocast, deterministic_mode, resolve_device, resolve_precision, seed_everything
+from recog.engine.budget import Budget
+from recog.engine.checkpoint import LoopState, restore_state
+from recog.engine.distributed import is_main
+from recog.engine.memory import reuse_freed_memory
+from recog.engine.optim import Lookahead, make_optimizer
+from recog.engine.schedule import epochs_to_steps
+from recog.engine.step import Stepper
+from recog.errors import ConfigError
+from recog.evaluate import tta_views
+from recog.fileio import next_run_dir
+from recog.models import create_model
+from recog.report import write_skipped
+from recog.tasks import Classification, MultiLabel, Task
+from recog.weights import load_into, read_weights
+
+
+@dataclass
+class Training:
+    """Everything one run trains with; ``config`` is the resolved record of the run."""
+
+    config: TrainConfig
+    data: Dataset
+    task: Task
+    model: nn.Module  # what is saved
+    net: nn.Module  # what runs: the model, or its torch.compile
+    optimizer: torch.optim.Optimizer
+    lookahead: Lookahead | None
+    train_loader: Any
+    val_loader: Any | None
+    device: torch.device
+    run_dir: Path
+    meta: dict[str, Any]  # what travels with the weights
+    state: LoopState  # where the loop starts (restored when resuming)
+    budget: Budget | None
+    started: float  # when set-up began (a time budget counts from here)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+    def stepper(self) -> Stepper:
+        c = self.config
+        return Stepper(self.net, self.model, self.optimizer, self.task, self.device, c.precision, c.l1,
+                       c.grad_clip, c.micro_batch)
+
+    def record(self, total_steps: int) -> None:
+        """Write the run's resolved config with the steps now planned (rank 0)."""
+        if is_main():
+            epochs = math.ceil(total_steps / self.steps_per_epoch)
+            save_yaml(self.config.replace(steps=total_steps, epochs=epochs), self.run_dir / "config.yaml")
+
+
+@contextlib.contextmanager
+def session(cfg: TrainConfig) -> Iterator[None]:
+    """What a run changes in the process while it runs: deterministic kernels, CPU memory reuse."""
+    cpu = resolve_device(cfg.device).type == "cpu"
+    with deterministic_mode(cfg.deterministic), reuse_freed_memory(cfg.reuse_memory and cpu):
+        yield
+
+
+def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path | None = None) -> Training:
+    """The data, model, optimizer and loaders of a run; ``saved`` is the training state to resume."""
+    device = resolve_device(cfg.device)
+    ds = load_dataset(cfg.data, cfg.data_root, cfg.val_fraction, cfg.split_seed, cfg.image_size, cfg.channels,
+                      **_data_options(cfg, device))
+    mean, std = (cfg.mean, cfg.std) if cfg.mean is not None else measure_stats(ds)
+    cfg = cfg.replace(precision=resolve_precision(cfg.precision, device, cfg.verbose and is_main()),
+                      mean=mean, std=std, image_size=ds.image_size, channels=ds.channels)
+    _describe(ds, cfg)
+    started = time.perf_counter()
+
+    # ---- model, optimizer, task ------------------------------------------------------------
+    seed_everything(cfg.seed)
+    model = create_model(cfg.model, len(ds.classes), ds.channels, ds.image_size, **cfg.model_args)
+    if cfg.weights and saved is None:
+        _initial_weights(model, cfg)
+    if cfg.freeze_stem_epochs is not None and not hasattr(model, "freeze_stem"):
+        raise ConfigError(f"freeze_stem_epochs: model {cfg.model!r} has no stem to freeze (airnet has)")
+    model.to(device)
+    normalize = Normalize(cfg.mean, cfg.std, device)
+    if hasattr(model, "data_init") and saved is None and not cfg.weights:
+        model.data_init(_init_sample(ds, cfg, normalize, device))  # e.g. airnet's patch-whitening stem
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov,
+                               cfg.bias_lr_scale, cfg.muon_lr, cfg.muon_momentum)
+    lookahead = Lookahead(model) if cfg.lookahead else None
+    state = restore_state(saved, model, optimizer, lookahead) if saved else LoopState()
+    task = make_task(ds, cfg, device)
+
+    # ---- loaders ---------------------------------------------------------------------------
+    common = dict(channels_last=cfg.channels_last, workers=cfg.workers, force_stream=cfg.loader == "stream")
+    train_loader = make_loader(
+        ds.train, ds.channels, ds.image_size, cfg.batch_size, normalize, device, train=True,
+        augment=BatchAugment(cfg.flip, cfg.translate, cfg.cutout, cfg.alternating_flip, cfg.random_resized_crop,
+                             cfg.crop_scale, cfg.random_erasing),
+        policy=SamplePolicy(cfg.random_resized_crop, cfg.crop_scale, cfg.auto_augment, cfg.color_jitter),
+        seed=cfg.seed, sample_weights=sample_weights(ds) if cfg.balanced_sampling else None, **common)
+    val_loader = (make_loader(ds.val, ds.channels, ds.image_size, max(256, cfg.batch_size), normalize, device,
+                              **common) if ds.val is not None and len(ds.val) else None)
+    net = torch.compile(model) if cfg.compile else model
+
+    # ---- the plan: steps, and the run folder that records it -------------------------------
+    steps_per_epoch = len(train_loader)
+    budget = Budget(cfg.budget_s, started, cfg.verbose and is_main()) if cfg.budget_s and saved is None else None
+    if state.total_steps is None:  # --steps wins over --epochs; a resumed run keeps its plan
+        state.total_steps = cfg.steps or cfg.epochs * steps_per_epoch
+    if run_dir is None:
+        run_dir = next_run_dir(cfg.project, cfg.name) if is_main() else Path(cfg.project) / "_rank"
+    meta = weights_meta(cfg, ds, task)
+    training = Training(cfg, ds, task, model, net, optimizer, lookahead, train_loader, val_loader, device, run_dir,
+                        meta, state, budget, started)
+    if budget is not None:
+        state.total_steps = _calibrate(training, normalize)
+    training.config = cfg = cfg.replace(warmup_epochs=_warmup_epochs(cfg, state.total_steps, steps_per_epoch),
+                                        name=run_dir.name)
+    training.record(state.total_steps)
+    if is_main() and ds.skipped:
+        write_skipped(run_dir / "skipped.csv", ds.skipped)
+    return training
+
+
+def _data_options(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    return dict(loader=cfg.loader, memory_fraction=cfg.memory_fraction, cache=cfg.cache,
+                max_image_pixels=cfg.max_image_pixels, allow_empty_classes=cfg.allow_empty_classes,
+                device=str(device))
+
+
+def _describe(ds: Dataset, cfg: TrainConfig) -> None:
+    """The data summary, notes and an imbalance warning (rank 0)."""
+    if not is_main():
+        return
+    if cfg.verbose:
+        print(ds.summary(), file=sys.stderr)
+        for note in ds.notes:
+            print(f"note: {note}", file=sys.stderr)
+    imbalance = ds.imbalance()
+    if imbalance and cfg.class_weights is None and not cfg.balanced_sampling and cfg.pos_weight is None:
+        big, small, ratio = imbalance
+        fix = "--pos-weight auto" if ds.multilabel else "--class-weights auto or --balanced-sampling"
+        print(f"warning: class imbalance: {ds.classes[big]!r} has {ratio:.1f}x the training images of "
+              f"{ds.classes[small]!r}; consider {fix}", file=sys.stderr)
+
+
+def make_task(ds: Dataset, cfg: TrainConfig, device: torch.device) -> Task:
+    """Multi-label for multi-hot labels (a manifest with a ``labels`` column), else classification."""
+    if ds.multilabel:
+        if cfg.class_weights or cfg.balanced_sampling:
+            raise ConfigError("class_weights and balanced_sampling are for single-label data; "
+                              "multi-label data takes --pos-weight auto")
+        weight = pos_weight(ds).to(device) if cfg.pos_weight == "auto" else None
+        return MultiLabel(weight, cfg.label_smoothing)
+    if cfg.pos_weight:
+        raise ConfigError("pos_weight is for multi-label data (a manifest with a 'labels' column); "
+                          "single-label data takes --class-weights auto")
+    weights = class_weights(ds).to(device) if cfg.class_weights == "auto" else None
+    return Classification(weights, cfg.label_smoothing)
+
+
+def _initial_weights(model: nn.Module, cfg: TrainConfig) -> None:
+    state, _ = read_weights(cfg.weights)
+    left_out = load_into(model, state, cfg.weights, strict=False)
+    if left_out and cfg.verbose:
+        print(f"note: {len(left_out)} tensors not taken from {cfg.weights} (new or other shape): "
+              f"{', '.join(left_out[:4])}{' …' if len(left_out) > 4 else ''}", file=sys.stderr)
+
+
+def _init_sample(ds: Dataset, cfg: TrainConfig, normalize: Normalize, device: torch.device,
+                 n: int = 5000) -> torch.Tensor:
+    """Up to ``n`` normalised training images, for data-dependent initialisation."""
+    index = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(cfg.seed))[:n]
+    loader = make_loader(ds.train.subset(index), ds.channels, ds.image_size, 1000, normalize, device,
+                         workers=cfg.workers)
+    return torch.cat([batch[0] for batch in loader])
+
+
+def _calibrate(training: Training, normalize: Normalize) -> int:
+    """Time real steps and an evaluation batch; the budget then holds the plan and its deadline."""
+    cfg, ds, model = training.config, training.data, training.model
+    stepper = training.stepper()
+    stepper.set_lr(0.0)  # the calibration steps are undone anyway; a zero step keeps them harmless
+    training.train_loader.set_epoch(0)
+    eval_split = ds.eval_split[1] if ds.eval_split else ds.train
+    eval_batch = next(iter(make_loader(eval_split, ds.channels, ds.image_size, 256, normalize, training.device,
+                                       workers=cfg.workers, channels_last=cfg.channels_last)))[0]
+    views = len(tta_views(cfg.flip, cfg.translate, cfg.tta_translate)) if cfg.tta else 1
+    freeze_step = epochs_to_steps(cfg.freeze_stem_epochs, training.steps_per_epoch)
+
+    def freeze() -> Any:
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+        model.freeze_stem()
+        return lambda: [p.requires_grad_(flag) for p, flag in flags]
+
+    sizes = dict(steps_per_epoch=training.steps_per_epoch, val_images=len(ds.val) if ds.val is not None else 0,
+                 final_images=len(eval_split) if ds.eval_split else 0, final_views=views)
+    return training.budget.calibrate(stepper, training.net, training.optimizer, training.train_loader, eval_batch,
+                                     lambda: autocast(training.device, cfg.precision), sizes,
+                                     freeze if freeze_step is not None else None, freeze_step)
+
+
+def _warmup_epochs(cfg: TrainConfig, total_steps: int, steps_per_epoch: int) -> float:
+    """The warm-up as it will run, in epochs (unset: 30% of the steps for onecycle, else none)."""
+    if cfg.warmup_epochs is not None:
+        return cfg.warmup_epochs
+    return int(0.3 * total_steps) / steps_per_epoch if cfg.schedule == "onecycle" else 0.0
+
+
+def measure_stats(ds: Dataset) -> tuple[list[float], list[float]]:
+    """Channel mean/std of the training images (a sample of up to 2,000 decoded files when streaming)."""
+    if ds.in_memory:
+        return channel_stats(ds.train.images)
+    index = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(0))[:2000]
+    loader = make_loader(ds.train.subset(index), ds.channels, ds.image_size, 256,
+                         Normalize([0.0] * ds.channels, [1 / 255] * ds.channels))
+    images = torch.cat([b[0] for b in loader]).round().to(torch.uint8)  # the identity normalisation: raw pixels
+    return channel_stats(images)
+
+
+def class_weights(ds: Dataset) -> torch.Tensor:
+    """Loss weights inverse to class frequency, mean 1 over the classes present."""
+    counts = ds.counts(ds.train).float()
+    present = counts > 0
+    weights = torch.ones_like(counts)
+    weights[present] = counts[present].sum() / (present.sum() * counts[present])
+    return weights
+
+
+def pos_weight(ds: Dataset) -> torch.Tensor:
+    """Multi-label: each label's positives weighted by its negatives/positives (1 for absent labels)."""
+    positives = ds.counts(ds.train).float()
+    negatives = len(ds.train) - positives
+    return torch.where(positives > 0, negatives / positives.clamp_min(1), torch.ones_like(positives))
+
+
+def sample_weights(ds: Dataset) -> torch.Tensor:
+    """Per-image sampling weights giving every class the same share of each epoch."""
+    if ds.multilabel:
+        raise ConfigError("balanced_sampling is for single-label data")
+    return (1.0 / ds.counts(ds.train).double())[ds.train.labels]
+
+
+def weights_meta(cfg: TrainConfig, ds: Dataset, task: Task) -> dict[str, Any]:
+    """What travels with the weights: enough to rebuild the model and read an image the same way."""
+    return {
+        "model": cfg.model,
+        "model_args": cfg.model_args,
+        **task.meta(),
+        "classes": ds.classes,
+        "channels": ds.channels,
+        "image_size": ds.image_size,
+        "mean": cfg.mean,
+        "std": cfg.std,
+        "resize": "shorter-side, centre-crop",
+        "flip": cfg.flip,
+        "translate": cfg.translate,
+        "tta_translate": cfg.tta_translate,
+        "data": cfg.data,
+        "recog_version": __version__,
+    }

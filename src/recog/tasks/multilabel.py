@@ -1,0 +1,147 @@
+"""Multi-label classification: any number of labels per image (targets are multi-hot rows).
+
+One sigmoid per label and binary cross-entropy (``pos_weight`` for rare labels). A label is
+predicted when its probability reaches its own decision threshold, tuned on the validation split
+for the best F1 of that label and saved with the weights (0.5 without a validation split).
+Metrics come from torchmetrics' multilabel functions: mAP (macro and micro), per-label
+precision/recall/F1/AP/support, exact-match ratio, Hamming loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recog.tasks.base import Task
+
+
+def tune_thresholds(probs: torch.Tensor, targets: torch.Tensor, default: float = 0.5) -> list[float]:
+    """Per label, the threshold with the best F1 on (probs, targets): midway between the lowest
+    probability it still predicts and the next one down. Labels with no positive get ``default``."""
+    thresholds = []
+    for p, t in zip(probs.T.float(), targets.T.float()):
+        positives = t.sum()
+        if positives == 0:
+            thresholds.append(default)
+            continue
+        p_sorted, order = p.sort(descending=True)
+        tp = t[order].cumsum(0)
+        predicted = torch.arange(1, len(p) + 1, dtype=torch.float32)
+        f1 = 2 * tp / (predicted + positives)  # predicting the k most probable as positive
+        k = int(f1.argmax())
+        low = p_sorted[k + 1] if k + 1 < len(p) else torch.tensor(0.0)
+        thresholds.append(float((p_sorted[k] + low) / 2))
+    return thresholds
+
+
+class MultiLabel(Task):
+    name = "multilabel"
+    score = "val_map"
+    columns = ("val_map",)
+
+    def __init__(self, pos_weight: torch.Tensor | None = None, label_smoothing: float = 0.0,
+                 thresholds: Sequence[float] | None = None) -> None:
+        self.criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+        self.label_smoothing = label_smoothing
+        self.thresholds = list(thresholds) if thresholds is not None else None
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.label_smoothing:
+            targets = targets * (1 - self.label_smoothing) + self.label_smoothing / 2
+        return self.criterion(outputs.float(), targets)
+
+    def hits(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return ((outputs > 0) == (targets > 0.5)).sum(), targets.numel()  # per label, at 0.5
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float().sigmoid()
+
+    def logits_of(self, probabilities: torch.Tensor) -> torch.Tensor:
+        return torch.logit(probabilities, eps=1e-7)
+
+    def decisions(self, probs: torch.Tensor) -> torch.Tensor:
+        """Which labels each image gets: probability at or over the label's threshold."""
+        cut = torch.tensor(self.thresholds or [0.5] * probs.shape[1], dtype=probs.dtype, device=probs.device)
+        return probs >= cut
+
+    def validate(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[dict[str, float], dict[str, Any]]:
+        from torchmetrics.functional.classification import multilabel_average_precision
+
+        probs = self.probabilities(logits)
+        thresholds = tune_thresholds(probs, targets)
+        hits = (probs >= torch.tensor(thresholds)) == (targets > 0.5)
+        labels = targets.shape[1]
+        return {"val_loss": F.binary_cross_entropy_with_logits(logits.float(), targets).item(),
+                "val_acc": hits.float().mean().item(),  # per-label accuracy at the tuned thresholds
+                "val_map": multilabel_average_precision(probs, targets.long(), labels, average="macro").item()}, \
+            {"thresholds": thresholds}
+
+    def report(self, logits: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+        from torchmetrics.functional.classification import (
+            multilabel_average_precision,
+            multilabel_exact_match,
+            multilabel_f1_score,
+            multilabel_hamming_distance,
+            multilabel_precision,
+            multilabel_recall,
+        )
+
+        k = len(classes)
+        probs, truth = self.probabilities(logits), targets.long()
+        decided = self.decisions(probs).float()  # 0/1: torchmetrics' 0.5 threshold keeps them as they are
+        precision = multilabel_precision(decided, truth, k, average="none").tolist()
+        recall = multilabel_recall(decided, truth, k, average="none").tolist()
+        f1 = multilabel_f1_score(decided, truth, k, average="none").tolist()
+        ap = multilabel_average_precision(probs, truth, k, average="none").tolist()
+        support = truth.sum(0).tolist()
+        return {
+            "task": self.name,
+            "map_macro": multilabel_average_precision(probs, truth, k, average="macro").item(),
+            "map_micro": multilabel_average_precision(probs, truth, k, average="micro").item(),
+            "exact_match": multilabel_exact_match(decided, truth, k).item(),
+            "hamming_loss": multilabel_hamming_distance(decided, truth, k, average="micro").item(),
+            "macro_precision": multilabel_precision(decided, truth, k, average="macro").item(),
+            "macro_recall": multilabel_recall(decided, truth, k, average="macro").item(),
+            "macro_f1": multilabel_f1_score(decided, truth, k, average="macro").item(),
+            "micro_f1": multilabel_f1_score(decided, truth, k, average="micro").item(),
+            "per_class": [
+                {"class": c, "precision": precision[i], "recall": recall[i], "f1": f1[i],
+                 "ap": ap[i], "support": int(support[i]), "threshold": (self.thresholds or [0.5] * k)[i]}
+                for i, c in enumerate(classes)
+            ],
+            "label_frequency": (truth.float().mean(0)).tolist(),
+            "num_images": int(len(truth)),
+            "classes": list(classes),
+        }
+
+    def predict(self, logits: torch.Tensor, classes: list[str], top_k: int = 5) -> list[dict[str, Any]]:
+        probs = self.probabilities(logits).cpu()
+        chosen = self.decisions(probs)
+        results = []
+        for p, keep in zip(probs, chosen):
+            index = [int(i) for i in keep.nonzero().flatten()]
+            results.append({"labels": sorted(({"class": classes[i], "prob": float(p[i])} for i in index),
+                                             key=lambda e: -e["prob"])})
+        return results
+
+    def prediction_rows(self, logits: torch.Tensor, targets: torch.Tensor,
+                        classes: list[str]) -> list[tuple[str, str, float]]:
+        probs = self.probabilities(logits)
+        chosen = self.decisions(probs)
+        rows = []
+        for p, keep, t in zip(probs, chosen, targets):
+            true = ";".join(classes[int(i)] for i in (t > 0.5).nonzero().flatten())
+            predicted = ";".join(classes[int(i)] for i in keep.nonzero().flatten())
+            rows.append((true, predicted, float(p[keep].max()) if keep.any() else 0.0))  # the surest label
+        return rows
+
+    def meta(self) -> dict[str, Any]:
+        return {"task": self.name, "thresholds": self.thresholds}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> MultiLabel:
+        return cls(thresholds=meta.get("thresholds"))
