@@ -1,19 +1,30 @@
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from recog.cli import main
 
 
-def test_help_is_fast_and_does_not_import_torch() -> None:
+def test_help_does_not_import_torch_and_python_dash_m_works() -> None:
     code = "import sys, recog.cli; recog.cli.build_parser(); print('torch' in sys.modules)"
-    start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
-    assert time.perf_counter() - start < 5
-    proc = subprocess.run([sys.executable, "-m", "recog.cli", "--help"], capture_output=True, text=True)
-    assert proc.returncode == 0 and "train" in proc.stdout and "predict" in proc.stdout
+    for module in ("recog.cli", "recog"):
+        proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+        assert proc.returncode == 0 and "train" in proc.stdout and "predict" in proc.stdout
+
+
+def test_train_help_describes_each_option_without_the_sources(tmp_path: Path) -> None:
+    # the help text lives in the config fields' metadata: no inspect.getsource, so a wheel without
+    # sources (or python -OO) still describes every option
+    code = ("import inspect, sys, recog.cli\n"
+            "inspect.getsource = None\n"
+            "sys.argv = ['recog', 'train', '--help']\n"
+            "recog.cli.main()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert "random horizontal flip" in text and "multi-label: auto weighs each label" in text
 
 
 def test_unknown_option_names_the_closest_flag(capsys) -> None:

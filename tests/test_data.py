@@ -9,7 +9,7 @@ from PIL import Image
 
 import recog
 from recog.data import load_dataset, load_image
-from recog.data.datasets import stratified_split
+from recog.data.splits import stratified_split
 from recog.errors import DataError
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -10,7 +10,8 @@ from sklearn import metrics as skm
 
 import recog
 from recog.cli import main
-from recog.metrics import classification_report, tta_views
+from recog.evaluate import tta_views
+from recog.tasks.classification import classification_report
 
 
 @pytest.mark.parametrize("num_classes", [3, 12])
@@ -82,14 +83,14 @@ def test_tta_averages_the_trained_views(tmp_path: Path, cifar_png: Path) -> None
 
 def test_tta_logits_are_the_mean_of_the_views_probabilities() -> None:
     from recog.data.augment import translate
-    from recog.metrics import predict_logits
+    from recog.evaluate import collect_logits
 
     torch.manual_seed(0)
     model = recog.create_model("seednet", 4, 3, 16).eval()
     x = torch.randn(6, 3, 16, 16)
     loader = [(x, torch.zeros(6, dtype=torch.long))]
     views = tta_views(True, 1)
-    logits, _ = predict_logits(model, loader, torch.device("cpu"), views=views)
+    logits, _ = collect_logits(model, loader, torch.device("cpu"), views=views)
     with torch.no_grad():
         expected = 0
         for f, dy, dx, weight in views:
@@ -97,5 +98,5 @@ def test_tta_logits_are_the_mean_of_the_views_probabilities() -> None:
             v = translate(v, torch.full((6,), dy), torch.full((6,), dx), 1)
             expected = expected + weight * model(v).softmax(1)
     assert torch.allclose(logits.exp(), expected, atol=1e-5)
-    plain, _ = predict_logits(model, loader, torch.device("cpu"))
+    plain, _ = collect_logits(model, loader, torch.device("cpu"))
     assert not torch.equal(plain.softmax(1), logits.exp())

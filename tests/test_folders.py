@@ -16,7 +16,8 @@ from PIL import Image
 import recog
 from recog.cli import main
 from recog.data import load_dataset, load_image
-from recog.data.folder import decode_files, scan_folder
+from recog.data.files import decode_files
+from recog.data.folder import scan_folder
 from recog.data.image import ImageReadError, set_max_image_pixels
 from recog.data.loader import Normalize
 from recog.data.stream import SamplePolicy, make_loader
@@ -325,13 +326,13 @@ def test_imbalance_warns_and_class_weights_and_balanced_sampling_help(tmp_path: 
     assert ds.imbalance() is not None
     recog.train(data=str(root), model="seednet", epochs=1, val_fraction=0.0, project=str(tmp_path / "r"))
     assert "class imbalance" in capsys.readouterr().err
-    from recog.api import _class_weights, _sample_weights
+    from recog.engine.build import class_weights, sample_weights
 
-    weights = _class_weights(ds)
+    weights = class_weights(ds)
     assert weights[ds.classes.index("few")] / weights[ds.classes.index("many")] == pytest.approx(10.0)
     # balanced sampling: each class about half of the epoch
     loader = make_loader(ds.train, 3, ds.image_size, 55, Normalize([0.5] * 3, [0.5] * 3), train=True,
-                         sample_weights=_sample_weights(ds))
+                         sample_weights=sample_weights(ds))
     labels = torch.cat([y for _, y in loader])
     few_share = (labels == ds.classes.index("few")).float().mean().item()
     assert 0.3 < few_share < 0.7
@@ -372,7 +373,7 @@ def test_streaming_augmentation_policies_train(cifar_jpg: Path, tmp_path: Path, 
 
 
 def test_sample_policy_keeps_shape_and_dtype() -> None:
-    from recog.data.datasets import Split
+    from recog.data.splits import Split
     from recog.data.stream import SampleDataset
 
     split = Split(torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8), torch.arange(4))

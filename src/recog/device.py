@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import sys
@@ -26,6 +27,7 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
     """Whether this CPU has bf16 matrix units (AMX tiles or AVX-512-BF16), by torch's own checks."""
     cpu = getattr(torch, "cpu", None)

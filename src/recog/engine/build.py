@@ -71,10 +71,11 @@ class Training:
                        c.grad_clip, c.micro_batch)
 
     def record(self, total_steps: int) -> None:
-        """Write the run's resolved config with the steps now planned (rank 0)."""
+        """The run's resolved config follows the steps now planned (a time budget re-plans after each
+        epoch), and so does its ``config.yaml`` (rank 0), so that ``--resume`` continues the plan."""
+        self.config = self.config.replace(steps=total_steps, epochs=math.ceil(total_steps / self.steps_per_epoch))
         if is_main():
-            epochs = math.ceil(total_steps / self.steps_per_epoch)
-            save_yaml(self.config.replace(steps=total_steps, epochs=epochs), self.run_dir / "config.yaml")
+            save_yaml(self.config, self.run_dir / "config.yaml")
 
 
 @contextlib.contextmanager

@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from recog.device import cpu_has_bf16
+
 
 def decayed_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(weights of conv and linear layers, everything else): matrices and filters are regularised."""
@@ -67,11 +69,18 @@ def scale_invariant_filters(model: nn.Module) -> set[int]:
             if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d) and a.weight.requires_grad}
 
 
+def _iteration_dtype(g: torch.Tensor) -> torch.dtype:
+    """bf16 where the hardware multiplies it natively (CUDA, AMX, AVX-512-BF16); fp32 elsewhere, where
+    bf16 matmuls are emulated: measured 35x slower than fp32 for a 256 x 2,304 filter bank on a
+    2-core EPYC without AVX-512 (0.83 s vs 0.024 s per orthogonalisation)."""
+    return torch.bfloat16 if g.is_cuda or cpu_has_bf16() else torch.float32
+
+
 def orthogonalize(g: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.Tensor:
     """Approximately the nearest semi-orthogonal matrix to ``g`` (U V^T of its SVD), by the quintic
-    Newton-Schulz iteration of Muon (Keller Jordan's coefficients), in bf16."""
+    Newton-Schulz iteration of Muon (Keller Jordan's coefficients), in bf16 where it is fast."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = g.bfloat16()
+    x = g.to(_iteration_dtype(g))
     x = x / (x.norm() + eps)  # every singular value <= 1
     tall = g.size(0) > g.size(1)
     if tall:
