@@ -38,24 +38,25 @@ def main() -> None:
     args = parser.parse_args()
 
     import recog
-    from recog.api import _dataset, _resolve_precision, resolve_device
     from recog.config import make_config
-    from recog.data import Normalize, channel_stats
+    from recog.data import Normalize, channel_stats, load_dataset
     from recog.data.stream import make_loader
-    from recog.metrics import predict_logits
+    from recog.device import resolve_device, resolve_precision
+    from recog.engine.build import data_options
+    from recog.evaluation import collect_logits
 
     data = str(cifar10_folder(args.kind))
     overrides: dict[str, Any] = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     config = Path(args.config)
     cfg = make_config(config, data=data, **overrides)
     start = time.perf_counter()
-    ds = _dataset(cfg, data, None, 0.0, 0, None, None, "cpu")  # decode once (or read the cache)
+    ds = load_dataset(data, None, 0.0, 0, **data_options(cfg, "cpu"))  # decode once (or read the cache)
     decode_s = time.perf_counter() - start
     device = resolve_device(cfg.device)
     mean, std = (cfg.mean, cfg.std) if cfg.mean else channel_stats(ds.train.images)  # as training measures them
     test_loader = make_loader(ds.test, ds.channels, ds.image_size, 1000, Normalize(mean, std, device), device,
                               channels_last=cfg.channels_last)
-    precision = _resolve_precision(cfg.precision, device, verbose=False)
+    precision = resolve_precision(cfg.precision, device, verbose=False)
 
     runs = []
     for seed in range(args.seeds):
@@ -82,7 +83,7 @@ def main() -> None:
         curve: list[tuple[float, float]] = []  # (cumulative training seconds, plain test accuracy)
         for seconds, weights in snapshots:
             model.load_state_dict(weights)
-            logits, labels = predict_logits(model, test_loader, device, precision)
+            logits, labels = collect_logits(model, test_loader, device, precision)
             curve.append((seconds, (logits.argmax(1) == labels).float().mean().item()))
         print("  curve (training s, plain test accuracy): "
               + ", ".join(f"{s:.0f} {a:.4f}" for s, a in curve), flush=True)

@@ -16,13 +16,15 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from _common import ROOT, command, machine
 
 import recog
 from recog.config import make_config
+from recog.device import resolve_precision
 from recog.engine.memory import reuse_freed_memory
 from recog.engine.optim import make_optimizer
+from recog.engine.step import Stepper
+from recog.tasks import Classification
 
 CATEGORIES = [  # (label, substrings of aten op names), first match wins
     ("conv backward", ("convolution_backward",)),
@@ -61,14 +63,13 @@ def main() -> None:
     y = torch.randint(0, 10, (args.batch_size,))
     opt = make_optimizer(model, cfg.optimizer, 0.01, cfg.weight_decay, cfg.momentum, cfg.nesterov, cfg.bias_lr_scale,
                          cfg.muon_lr, cfg.muon_momentum)
-    bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
+    cpu = torch.device("cpu")
+    precision = resolve_precision(cfg.precision, cpu, verbose=False)  # bf16 where the CPU has it, as training
+    stepper = Stepper(model, model, opt, Classification(label_smoothing=cfg.label_smoothing), cpu, precision)
 
-    def step(net: torch.nn.Module) -> None:
-        with bf16:
-            loss = F.cross_entropy(net(x).float(), y, label_smoothing=0.2)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def step(net: torch.nn.Module) -> None:  # recog's own training step: the task's loss, backward, Muon
+        stepper.net = net
+        stepper((x, y))
 
     def time_steps(net: torch.nn.Module, n: int) -> float:
         start = time.perf_counter()
@@ -110,6 +111,7 @@ def main() -> None:
     _, macs = recog.models.model_stats(model, 3, 32)
     step_flops = 3 * 2 * macs * args.batch_size  # forward + backward (about 2x forward)
     peak_bf16, peak_fp32 = peak_matmul_tflops(torch.bfloat16), peak_matmul_tflops(torch.float32)
+    peak = peak_bf16 if precision == "bf16" else peak_fp32
     compiled_s = compile_s = None
     if args.compile:
         net = torch.compile(model)
@@ -123,7 +125,7 @@ def main() -> None:
 
     info = machine()
     print(f"\nOne training step of {Path(args.config).name} (airnet {cfg.model_args.get('widths', '')}, "
-          f"optimizer {cfg.optimizer}), batch {args.batch_size}, bf16 autocast, channels-last")
+          f"optimizer {cfg.optimizer}), batch {args.batch_size}, {precision}, channels-last")
     print(f"{'where the time goes':<44}{'share':>8}")
     for label, us in sorted(shares.items(), key=lambda kv: -kv[1]):
         print(f"{label:<44}{100 * us / total:>7.1f}%")
@@ -132,7 +134,7 @@ def main() -> None:
     print(f"eager step: {eager_s:.2f} s = {args.batch_size / eager_s:.0f} img/s = "
           f"{step_flops / eager_s / 1e12:.3f} TFLOP/s achieved")
     print(f"measured matmul peak (2048^3): bf16 {peak_bf16:.2f} TFLOP/s, fp32 {peak_fp32:.2f} TFLOP/s "
-          f"-> {100 * step_flops / eager_s / 1e12 / peak_bf16:.0f}% of the bf16 peak")
+          f"-> {100 * step_flops / eager_s / 1e12 / peak:.0f}% of the {precision} peak")
     print(f"glibc's default malloc (fresh pages for each large tensor): {default_malloc_s:.2f} s/step; "
           f"freed memory kept for reuse, as training does: {eager_s:.2f} s/step ({default_malloc_s / eager_s:.2f}x)")
     if frozen_s is not None:
@@ -142,8 +144,8 @@ def main() -> None:
         print(f"torch.compile: {compiled_s:.2f} s/step ({eager_s / compiled_s:.2f}x eager), "
               f"first two steps incl. compilation {compile_s:.0f} s")
     epoch_flops = step_flops / args.batch_size * 50_000
-    print(f"one CIFAR-10 epoch: {epoch_flops / 1e15:.3f} PFLOP -> floor at the bf16 peak "
-          f"{epoch_flops / peak_bf16 / 1e12:.0f} s/epoch")
+    print(f"one CIFAR-10 epoch: {epoch_flops / 1e15:.3f} PFLOP -> floor at the {precision} peak "
+          f"{epoch_flops / peak / 1e12:.0f} s/epoch")
     print(f"machine: {info['cpu']}, {info['cores']} cores, AMX {info['amx']}, AVX-512-BF16 {info['avx512_bf16']}, "
           f"torch {info['torch']}")
     print(f"command: {command()}")
@@ -154,7 +156,7 @@ def main() -> None:
         "achieved_tflops": step_flops / eager_s / 1e12, "peak_bf16_tflops": peak_bf16,
         "peak_fp32_tflops": peak_fp32, "compiled_step_s": compiled_s, "compile_s": compile_s,
         "frozen_stem_step_s": frozen_s, "default_malloc_step_s": default_malloc_s, "config": args.config,
-        "device": info["cpu"], "torch": info["torch"],
+        "device": info["cpu"], "torch": info["torch"], "precision": precision,
     }))
 
 

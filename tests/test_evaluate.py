@@ -10,7 +10,7 @@ from sklearn import metrics as skm
 
 import recog
 from recog.cli import main
-from recog.evaluate import tta_views
+from recog.evaluation import tta_views
 from recog.tasks.classification import classification_report
 
 
@@ -83,7 +83,7 @@ def test_tta_averages_the_trained_views(tmp_path: Path, cifar_png: Path) -> None
 
 def test_tta_logits_are_the_mean_of_the_views_probabilities() -> None:
     from recog.data.augment import translate
-    from recog.evaluate import collect_logits
+    from recog.evaluation import collect_logits
 
     torch.manual_seed(0)
     model = recog.create_model("seednet", 4, 3, 16).eval()

@@ -291,3 +291,22 @@ def test_training_reuses_freed_memory_instead_of_faulting_fresh_pages_each_step(
     assert reused < fresh / 10
     with reuse_freed_memory(enabled=False) as applied:
         assert not applied
+
+
+def test_leaving_memory_reuse_gives_malloc_a_large_mmap_threshold_again() -> None:
+    # glibc's dynamic mmap threshold is off for good after any mallopt: without setting the threshold
+    # back, every 16 MiB malloc after a training was mmapped and faulted in again (4 of 4)
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's malloc only")
+    script = Path(__file__).parent / "helpers" / "malloc_faults.py"
+
+    def faulting(mode: str) -> list[bool]:
+        out = subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, check=True).stdout
+        return [int(f) > 1000 for f in out.split()]  # a fresh 16 MiB block is ~4,096 faults
+
+    fresh, after = faulting("fresh"), faulting("after")
+    assert not fresh[-1] and not after[-1] and not after[-2]  # freed blocks are reused, as in a fresh process
+    assert sum(after) <= sum(fresh)

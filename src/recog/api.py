@@ -16,13 +16,13 @@ from torch import nn
 
 from recog.config import TrainConfig, make_config
 from recog.data import load_dataset
-from recog.engine.build import Training, build, session
+from recog.engine.build import Training, build, data_options, session
 from recog.engine.checkpoint import LoopState, load_state
 from recog.engine.distributed import is_main
 from recog.engine.fit import EpochHook, Hooks, fit
 from recog.engine.memory import reuse_freed_memory
 from recog.errors import ConfigError, DataError, WeightsError
-from recog.evaluate import evaluate_split, write_predictions
+from recog.evaluation import evaluate_split, write_predictions
 from recog.fileio import next_run_dir
 from recog.inference import Classifier, load, predict
 from recog.models import create_model, list_models
@@ -172,10 +172,7 @@ def evaluate(
             raise ConfigError("which data? pass --data (a dataset name or image folder) for a bare weights file")
         data, data_root = cfg.data, data_root or cfg.data_root
     same = cfg is not None and data == cfg.data
-    options = {"device": str(clf.device)}
-    if cfg is not None:
-        options.update(loader=cfg.loader, memory_fraction=cfg.memory_fraction, cache=cfg.cache,
-                       max_image_pixels=cfg.max_image_pixels, allow_empty_classes=cfg.allow_empty_classes)
+    options = data_options(cfg, clf.device) if cfg is not None else {"device": str(clf.device)}
     ds = load_dataset(data, data_root, cfg.val_fraction if same else 0.0, cfg.split_seed if same else 0,
                       clf.meta["image_size"], clf.meta["channels"], **options)
     if ds.classes != clf.classes:

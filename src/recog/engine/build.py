@@ -33,7 +33,7 @@ from recog.engine.optim import Lookahead, make_optimizer
 from recog.engine.schedule import epochs_to_steps
 from recog.engine.step import Stepper
 from recog.errors import ConfigError
-from recog.evaluate import tta_views
+from recog.evaluation import tta_views
 from recog.fileio import next_run_dir
 from recog.models import create_model
 from recog.report import write_skipped
@@ -90,7 +90,7 @@ def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path |
     """The data, model, optimizer and loaders of a run; ``saved`` is the training state to resume."""
     device = resolve_device(cfg.device)
     ds = load_dataset(cfg.data, cfg.data_root, cfg.val_fraction, cfg.split_seed, cfg.image_size, cfg.channels,
-                      **_data_options(cfg, device))
+                      **data_options(cfg, device))
     mean, std = (cfg.mean, cfg.std) if cfg.mean is not None else measure_stats(ds)
     cfg = cfg.replace(precision=resolve_precision(cfg.precision, device, cfg.verbose and is_main()),
                       mean=mean, std=std, image_size=ds.image_size, channels=ds.channels)
@@ -148,7 +148,8 @@ def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path |
     return training
 
 
-def _data_options(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+def data_options(cfg: TrainConfig, device: torch.device | str) -> dict[str, Any]:
+    """The config's options for path sources (image folders, manifests)."""
     return dict(loader=cfg.loader, memory_fraction=cfg.memory_fraction, cache=cfg.cache,
                 max_image_pixels=cfg.max_image_pixels, allow_empty_classes=cfg.allow_empty_classes,
                 device=str(device))

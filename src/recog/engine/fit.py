@@ -22,7 +22,7 @@ from recog.engine.distributed import is_main
 from recog.engine.schedule import epochs_to_steps, lr_at
 from recog.engine.step import NonFiniteLoss, Stepper
 from recog.errors import TrainingError
-from recog.evaluate import collect_logits
+from recog.evaluation import collect_logits
 from recog.report import write_metrics_csv
 from recog.weights import save_weights
 

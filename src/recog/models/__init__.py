@@ -1,6 +1,17 @@
-"""Model registry and the model families. Importing this package registers every family."""
+"""Model registry and the model families (importing this package registers every family); a model's
+classifier head and feature width can be read and replaced. Nothing here imports the data or the engine."""
 
 from recog.models import airnet, resnet, seednet  # noqa: F401  (registers the builders)
-from recog.models.registry import cam_layer, create_model, list_models, model_stats, register_model
+from recog.models.registry import (
+    cam_layer,
+    create_model,
+    feature_width,
+    head,
+    list_models,
+    model_stats,
+    register_model,
+    replace_head,
+)
 
-__all__ = ["cam_layer", "create_model", "list_models", "model_stats", "register_model"]
+__all__ = ["cam_layer", "create_model", "feature_width", "head", "list_models", "model_stats", "register_model",
+           "replace_head"]

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from recog.errors import ConfigError
 from recog.models.registry import register_model
 
 
@@ -21,8 +22,8 @@ def _norm(channels: int, momentum: float, learn_scale: bool) -> nn.BatchNorm2d:
     return norm
 
 
-def _conv(c_in: int, c_out: int, dirac: bool) -> nn.Conv2d:
-    conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+def _conv(c_in: int, c_out: int, dirac: bool, kernel_size: int = 3) -> nn.Conv2d:
+    conv = nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2, bias=False)
     if dirac:  # the first c_in filters start as identities: the block starts close to a skip connection
         with torch.no_grad():
             nn.init.dirac_(conv.weight[: min(c_in, c_out)])
@@ -30,19 +31,23 @@ def _conv(c_in: int, c_out: int, dirac: bool) -> nn.Conv2d:
 
 
 class ConvGroup(nn.Module):
+    """conv - max-pool - batch-norm - GELU, then ``depth - 1`` times conv - batch-norm - GELU."""
+
     def __init__(self, c_in: int, c_out: int, pool: bool = True, bn_momentum: float = 0.1,
-                 learn_scale: bool = True, dirac: bool = False) -> None:
+                 learn_scale: bool = True, dirac: bool = False, kernel_size: int = 3, depth: int = 2) -> None:
         super().__init__()
-        self.conv1 = _conv(c_in, c_out, dirac)
+        self.depth = depth
         self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
-        self.norm1 = _norm(c_out, bn_momentum, learn_scale)
-        self.conv2 = _conv(c_out, c_out, dirac)
-        self.norm2 = _norm(c_out, bn_momentum, learn_scale)
+        for i in range(1, depth + 1):  # conv1, norm1, conv2, norm2…: the names of the weights files
+            setattr(self, f"conv{i}", _conv(c_in if i == 1 else c_out, c_out, dirac, kernel_size))
+            setattr(self, f"norm{i}", _norm(c_out, bn_momentum, learn_scale))
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.norm1(self.pool(self.conv1(x))))
-        return self.act(self.norm2(self.conv2(x)))
+        for i in range(2, self.depth + 1):
+            x = self.act(getattr(self, f"norm{i}")(getattr(self, f"conv{i}")(x)))
+        return x
 
 
 class AirNet(nn.Module):
@@ -61,8 +66,16 @@ class AirNet(nn.Module):
         bn_momentum: float = 0.1,
         learn_scale: bool = True,
         dirac: bool = False,
+        kernel_size: int = 3,
+        depth: int = 2,
     ) -> None:
         super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ConfigError(f"airnet: kernel_size must be odd (3, 5, 7…) to keep the map size, got {kernel_size}")
+        if depth < 1:
+            raise ConfigError(f"airnet: depth (convolutions per group) must be at least 1, got {depth}")
+        if not widths or any(int(w) < 1 for w in widths):
+            raise ConfigError(f"airnet: widths must be positive channel counts, got {list(widths)}")
         if stem == "whiten":
             stem_width = 2 * in_channels * 4  # each whitening direction with both signs
             self.whiten = nn.Conv2d(in_channels, stem_width, 2, padding=0, bias=True)
@@ -81,11 +94,11 @@ class AirNet(nn.Module):
         groups, c_in = [], stem_width
         for width in widths:
             pool = side >= 2  # never pool a 1x1 map (small inputs such as 8x8 digits)
-            groups.append(ConvGroup(c_in, width, pool, bn_momentum, learn_scale, dirac))
+            groups.append(ConvGroup(c_in, width, pool, bn_momentum, learn_scale, dirac, kernel_size, depth))
             c_in, side = width, side // 2 if pool else side
         self.groups = nn.Sequential(*groups)
         self.pool = nn.AdaptiveMaxPool2d(1)
-        self.head = nn.Linear(c_in, num_classes, bias=False)
+        self.head = nn.Linear(c_in, num_classes, bias=False)  # read and replaced by models.replace_head
         self.scale = scale
         self.cam_layer = self.groups[-1]
 
@@ -124,11 +137,15 @@ def airnet(
     bn_momentum: float = 0.1,
     learn_scale: bool = True,
     dirac: bool = False,
+    kernel_size: int = 3,
+    depth: int = 2,
 ) -> nn.Module:
-    """airbench-style conv-pool-BN-GELU net; ``widths`` sets the channels of each group.
+    """airbench-style conv-pool-BN-GELU net; ``widths`` sets the channels of each group, ``depth`` the
+    convolutions per group and ``kernel_size`` their (odd) size.
     ``stem="whiten", bn_momentum=0.4, learn_scale=False, dirac=True`` is airbench94's net."""
     return AirNet(num_classes, in_channels, image_size, tuple(int(w) for w in widths), int(stem_width),
-                  stem=stem, bn_momentum=float(bn_momentum), learn_scale=bool(learn_scale), dirac=bool(dirac))
+                  stem=stem, bn_momentum=float(bn_momentum), learn_scale=bool(learn_scale), dirac=bool(dirac),
+                  kernel_size=int(kernel_size), depth=int(depth))
 
 
 @register_model

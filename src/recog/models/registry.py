@@ -61,6 +61,34 @@ def create_model(
     return builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
 
 
+def head(model: nn.Module) -> tuple[str, nn.Linear]:
+    """(dotted name, layer) of the model's classifier head: the layer its ``head_name`` names, else
+    its last ``nn.Linear``. Fine-tuning with other classes, multi-label and text heads replace it."""
+    name = getattr(model, "head_name", None)
+    if name is None:
+        linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ValueError(f"{type(model).__name__} has no linear classifier head")
+        name = linears[-1][0]
+    return name, model.get_submodule(name)
+
+
+def feature_width(model: nn.Module) -> int:
+    """The width of the features the head reads (its input size)."""
+    return head(model)[1].in_features
+
+
+def replace_head(model: nn.Module, new: int | nn.Module) -> nn.Module:
+    """Put ``new`` (a module, or a number of outputs for a fresh linear layer like the old one) in
+    place of the head; returns the new head."""
+    name, old = head(model)
+    if isinstance(new, int):
+        new = nn.Linear(old.in_features, new, bias=old.bias is not None).to(old.weight.device, old.weight.dtype)
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+    return new
+
+
 def cam_layer(model: nn.Module) -> nn.Module:
     """The layer whose activations explanations (Grad-CAM) use: the model's ``cam_layer`` or its last conv."""
     named = getattr(model, "cam_layer", None)

@@ -1,4 +1,5 @@
 """Evaluation: logits over a loader, test-time augmentation, the task's report, ``predictions.csv``.
+(Named ``evaluation``, not ``evaluate``: a submodule ``recog.evaluate`` would shadow the function.)
 
 Test-time augmentation averages the views the model was trained with, read from its weights'
 metadata (flip, translate and whether shifted views are wanted), built once per evaluation.
