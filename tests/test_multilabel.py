@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -38,15 +39,22 @@ def _write_csv(path: Path, rows: list[dict[str, str]], columns: tuple[str, ...] 
 
 
 @pytest.fixture(scope="module")
-def manifest(cifar_png: Path) -> Path:
-    """labels.csv beside the CIFAR-10 subset: 300 training and 100 test images, two labels each."""
-    return _write_csv(cifar_png / "labels.csv", _rows(cifar_png, "train") + _rows(cifar_png, "test"))
+def manifest(cifar_png: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """labels.csv naming 300 training and 100 test images of the CIFAR-10 subset, two labels each, by
+    paths relative to the manifest's own folder (``../cifar_png0/train/cat/…``)."""
+    folder = tmp_path_factory.mktemp("manifest")
+    rows = _rows(cifar_png, "train") + _rows(cifar_png, "test")
+    for row in rows:
+        row["image"] = os.path.relpath(cifar_png / row["image"], folder)
+    return _write_csv(folder / "labels.csv", rows)
 
 
 @pytest.fixture(scope="module")
 def multilabel_run(manifest: Path, tmp_path_factory: pytest.TempPathFactory):
-    return recog.train(data=str(manifest), model="airnet_small", epochs=10, flip=True, translate=2, seed=0,
-                       project=str(tmp_path_factory.mktemp("ml_runs")), verbose=False)
+    # 270 training images (30 held out for validation and the thresholds): AdamW gets there in 20 epochs
+    return recog.train(data=str(manifest), model="airnet_small", epochs=20, batch_size=32, optimizer="adamw",
+                       lr=3e-3, flip=True, translate=2, seed=0, project=str(tmp_path_factory.mktemp("ml_runs")),
+                       verbose=False)
 
 
 def test_multilabel_trains_evaluates_and_beats_the_label_frequencies(multilabel_run) -> None:
@@ -54,9 +62,9 @@ def test_multilabel_trains_evaluates_and_beats_the_label_frequencies(multilabel_
     assert report["task"] == "multilabel" and report["num_images"] == 100 and report["split"] == "test"
     assert len(multilabel_run.classes) == 12  # 10 classes + animal + vehicle
     frequency = sum(report["label_frequency"]) / 12  # the mAP of guessing: each label's frequency
-    assert report["map_macro"] > frequency + 0.25, (report["map_macro"], frequency)
+    assert report["map_macro"] > frequency + 0.2, (report["map_macro"], frequency)  # measured 0.45 vs 0.17
     per = {r["class"]: r for r in report["per_class"]}
-    assert per["animal"]["ap"] > 0.8 and per["vehicle"]["ap"] > 0.6  # the coarse labels are easy
+    assert per["animal"]["ap"] > 0.85 and per["vehicle"]["ap"] > 0.8  # the coarse labels are easy (0.97, 0.94)
     assert 0 <= report["hamming_loss"] < 0.2 and 0 <= report["exact_match"] <= 1
     rows = list(csv.DictReader((multilabel_run.path / "metrics.csv").open()))
     assert "val_map" in rows[0] and float(rows[-1]["val_map"]) > 0

@@ -95,7 +95,8 @@ def _multilabel_markdown(report: dict[str, Any]) -> str:
         "| label | precision | recall | F1 | AP | support | threshold |",
         "|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['ap']:.4f} | "
+    lines += [f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | "
+              f"{'n/a' if r['ap'] is None else format(r['ap'], '.4f')} | "
               f"{r['support']} | {r['threshold']:.3f} |" for r in report["per_class"]]
     return "\n".join(lines) + "\n"
 

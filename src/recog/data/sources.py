@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from recog.data import builtin
+from recog.data.builtin import TORCHVISION, digits, torchvision_set
 from recog.data.splits import Dataset, hold_out
 from recog.errors import DataError, did_you_mean
 
@@ -31,9 +31,9 @@ def list_sources() -> list[str]:
     return sorted(_SOURCES)
 
 
-register_source("digits", lambda data_root=None, **_: builtin.digits())
-for _name in builtin.TORCHVISION:
-    register_source(_name, lambda data_root=None, _name=_name, **_: builtin.torchvision_set(_name, data_root))
+register_source("digits", lambda data_root=None, **_: digits())
+for _name in TORCHVISION:
+    register_source(_name, lambda data_root=None, _name=_name, **_: torchvision_set(_name, data_root))
 
 
 def load_dataset(

@@ -38,6 +38,22 @@ def tune_thresholds(probs: torch.Tensor, targets: torch.Tensor, default: float =
     return thresholds
 
 
+def average_precision(probs: torch.Tensor, truth: torch.Tensor) -> tuple[list[float | None], float, float]:
+    """(per-label AP, macro mAP, micro mAP) with torchmetrics. A label with no positive in ``truth``
+    has no AP (None) and is left out of the macro mean, as it would otherwise count as a perfect 1."""
+    from torchmetrics.functional.classification import multilabel_average_precision
+
+    present = truth.sum(0) > 0
+    if not present.any():
+        return [None] * truth.shape[1], float("nan"), float("nan")
+    n = int(present.sum())
+    per = multilabel_average_precision(probs[:, present], truth[:, present], n, average="none").reshape(-1).tolist()
+    values = iter(per)
+    ap = [next(values) if p else None for p in present.tolist()]
+    micro = multilabel_average_precision(probs[:, present], truth[:, present], n, average="micro").item()
+    return ap, sum(per) / n, micro
+
+
 class MultiLabel(Task):
     name = "multilabel"
     score = "val_map"
@@ -69,20 +85,15 @@ class MultiLabel(Task):
         return probs >= cut
 
     def validate(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[dict[str, float], dict[str, Any]]:
-        from torchmetrics.functional.classification import multilabel_average_precision
-
         probs = self.probabilities(logits)
         thresholds = tune_thresholds(probs, targets)
         hits = (probs >= torch.tensor(thresholds)) == (targets > 0.5)
-        labels = targets.shape[1]
         return {"val_loss": F.binary_cross_entropy_with_logits(logits.float(), targets).item(),
                 "val_acc": hits.float().mean().item(),  # per-label accuracy at the tuned thresholds
-                "val_map": multilabel_average_precision(probs, targets.long(), labels, average="macro").item()}, \
-            {"thresholds": thresholds}
+                "val_map": average_precision(probs, targets.long())[1]}, {"thresholds": thresholds}
 
     def report(self, logits: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict[str, Any]:
         from torchmetrics.functional.classification import (
-            multilabel_average_precision,
             multilabel_exact_match,
             multilabel_f1_score,
             multilabel_hamming_distance,
@@ -96,12 +107,12 @@ class MultiLabel(Task):
         precision = multilabel_precision(decided, truth, k, average="none").tolist()
         recall = multilabel_recall(decided, truth, k, average="none").tolist()
         f1 = multilabel_f1_score(decided, truth, k, average="none").tolist()
-        ap = multilabel_average_precision(probs, truth, k, average="none").tolist()
+        ap, map_macro, map_micro = average_precision(probs, truth)
         support = truth.sum(0).tolist()
         return {
             "task": self.name,
-            "map_macro": multilabel_average_precision(probs, truth, k, average="macro").item(),
-            "map_micro": multilabel_average_precision(probs, truth, k, average="micro").item(),
+            "map_macro": map_macro,  # over the labels present in the split
+            "map_micro": map_micro,
             "exact_match": multilabel_exact_match(decided, truth, k).item(),
             "hamming_loss": multilabel_hamming_distance(decided, truth, k, average="micro").item(),
             "macro_precision": multilabel_precision(decided, truth, k, average="macro").item(),
