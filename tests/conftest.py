@@ -20,7 +20,8 @@ SHARED_DATA = Path(os.environ.get("RECOG_SHARED_DATA", Path(__file__).resolve().
 def extract_subset(archive: Path, dest: Path, per_class: dict[str, int]) -> Path:
     """The first ``per_class[split]`` images of each class of each split, streamed out of the tarball."""
     if not archive.is_file():
-        pytest.skip(f"shared CIFAR-10 copy not found at {archive}")
+        pytest.skip(f"shared CIFAR-10 copy not found at {archive}: set RECOG_SHARED_DATA to the folder that "
+                    f"holds cifar10-png.tar.gz (the project's ../shared/data) to run this test")
     counts: dict[tuple[str, str], int] = {}
     with tarfile.open(archive, "r:gz") as tar:
         for member in tar:

@@ -82,19 +82,24 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}%"
 
 
-def _multilabel_markdown(report: dict[str, Any]) -> str:
-    lines = [
+def _header(report: dict[str, Any], figures: list[str]) -> list[str]:
+    """The title, the image count and the task's headline figures, as a list of lines."""
+    return [
         f"# Evaluation report{': ' + report['title'] if report.get('title') else ''}",
         "",
         f"- images: {report['num_images']}" + (f" ({report['split']} split)" if report.get("split") else ""),
-        f"- mAP: {report['map_macro']:.4f} (macro), {report['map_micro']:.4f} (micro)",
-        f"- exact match: {_pct(report['exact_match'])}, Hamming loss: {report['hamming_loss']:.4f}",
-        f"- macro F1: {report['macro_f1']:.4f}, micro F1: {report['micro_f1']:.4f}",
+        *(f"- {line}" for line in figures),
         f"- test-time augmentation: {'yes' if report.get('tta') else 'no'}",
         "",
-        "| label | precision | recall | F1 | AP | support | threshold |",
-        "|---|---|---|---|---|---|---|",
     ]
+
+
+def _multilabel_markdown(report: dict[str, Any]) -> str:
+    lines = _header(report, [
+        f"mAP: {report['map_macro']:.4f} (macro), {report['map_micro']:.4f} (micro)",
+        f"exact match: {_pct(report['exact_match'])}, Hamming loss: {report['hamming_loss']:.4f}",
+        f"macro F1: {report['macro_f1']:.4f}, micro F1: {report['micro_f1']:.4f}",
+    ]) + ["| label | precision | recall | F1 | AP | support | threshold |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | "
               f"{'n/a' if r['ap'] is None else format(r['ap'], '.4f')} | "
               f"{r['support']} | {r['threshold']:.3f} |" for r in report["per_class"]]
@@ -104,20 +109,11 @@ def _multilabel_markdown(report: dict[str, Any]) -> str:
 def report_markdown(report: dict[str, Any]) -> str:
     if report.get("task") == "multilabel":
         return _multilabel_markdown(report)
-    pct = _pct
-
-    lines = [
-        f"# Evaluation report{': ' + report['title'] if report.get('title') else ''}",
-        "",
-        f"- images: {report['num_images']}" + (f" ({report['split']} split)" if report.get("split") else ""),
-        f"- accuracy: {pct(report['accuracy'])}",
-        f"- top-5 accuracy: {pct(report['top5_accuracy'])}",
-        f"- macro F1: {report['macro_f1']:.4f}, weighted F1: {report['weighted_f1']:.4f}",
-        f"- test-time augmentation: {'yes' if report.get('tta') else 'no'}",
-        "",
-        "| class | precision | recall | F1 | support |",
-        "|---|---|---|---|---|",
-    ]
+    lines = _header(report, [
+        f"accuracy: {_pct(report['accuracy'])}",
+        f"top-5 accuracy: {_pct(report['top5_accuracy'])}",
+        f"macro F1: {report['macro_f1']:.4f}, weighted F1: {report['weighted_f1']:.4f}",
+    ]) + ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     lines += [f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |"
               for r in report["per_class"]]
     lines.append(f"| *macro* | {report['macro_precision']:.4f} | {report['macro_recall']:.4f} | "

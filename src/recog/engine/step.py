@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -18,14 +19,19 @@ class NonFiniteLoss(Exception):
         self.value = value
 
 
+@dataclass
 class Stepper:
     """Forward under autocast, the task's loss (+ L1), NaN check, backward, clip, step."""
 
-    def __init__(self, net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, task: Task,
-                 device: torch.device, precision: str = "fp32", l1: float = 0.0, grad_clip: float | None = None,
-                 micro_batch: int | None = None) -> None:
-        self.net, self.model, self.optimizer, self.task, self.device = net, model, optimizer, task, device
-        self.precision, self.l1, self.grad_clip, self.micro_batch = precision, l1, grad_clip, micro_batch
+    net: nn.Module  # what runs: the model or its torch.compile / DDP wrapper
+    model: nn.Module  # the parameters (L1, clipping)
+    optimizer: torch.optim.Optimizer
+    task: Task
+    device: torch.device
+    precision: str = "fp32"
+    l1: float = 0.0
+    grad_clip: float | None = None
+    micro_batch: int | None = None
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
