@@ -100,7 +100,8 @@ def test_config_is_frozen_and_the_run_folder_records_every_automatic_value(digit
         cfg.lr = 1.0  # type: ignore[misc]
     assert cfg.lr == 0.05  # the optimizer's default, filled in by config.py
     saved = yaml.safe_load((digits_run.path / "config.yaml").read_text())
-    for key in ("lr", "precision", "mean", "std", "image_size", "channels", "steps", "epochs", "warmup_epochs"):
+    for key in ("lr", "precision", "mean", "std", "image_size", "channels", "steps", "epochs", "warmup_epochs",
+                "workers", "max_image_pixels", "name"):
         assert saved[key] is not None, key
     assert saved["precision"] in ("fp32", "bf16") and saved["image_size"] == 8 and saved["channels"] == 1
     # 1,294 training digits in batches of 64: 20 steps per epoch, 30% of the 120 steps warm up (one-cycle)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from recog.config import LOADERS
-from recog.data.image import GREY_MODES, ImageReadError, decode, peek, set_max_image_pixels
+from recog.data.image import DEFAULT_MAX_PIXELS, GREY_MODES, ImageReadError, decode, peek, set_max_image_pixels
 from recog.data.splits import Dataset, FileSplit, Split, cache_dir, label_tensor
 from recog.errors import DataError
 
@@ -113,6 +113,7 @@ def decode_files(
 
 def cache_key(scan: Scan, size: int, channels: int, max_pixels: int | None) -> str:
     """Changes whenever a file is added, removed, replaced or touched, or the decoding changes."""
+    max_pixels = max_pixels or DEFAULT_MAX_PIXELS  # unset is Pillow's default: the same cache
     h = hashlib.sha256(f"{_CACHE_VERSION}|{scan.root.resolve()}|{size}|{channels}|{max_pixels}".encode())
     for split, pairs in scan.files.items():
         h.update(split.encode())

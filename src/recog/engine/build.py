@@ -23,7 +23,8 @@ from torch import nn
 from recog import __version__
 from recog.config import TrainConfig, save_yaml
 from recog.data import BatchAugment, Dataset, Normalize, channel_stats, load_dataset
-from recog.data.stream import SamplePolicy, make_loader
+from recog.data.image import DEFAULT_MAX_PIXELS
+from recog.data.stream import SamplePolicy, default_workers, make_loader
 from recog.device import autocast, deterministic_mode, resolve_device, resolve_precision, seed_everything
 from recog.engine.budget import Budget
 from recog.engine.checkpoint import LoopState, restore_state
@@ -93,7 +94,9 @@ def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path |
                       **data_options(cfg, device))
     mean, std = (cfg.mean, cfg.std) if cfg.mean is not None else measure_stats(ds)
     cfg = cfg.replace(precision=resolve_precision(cfg.precision, device, cfg.verbose and is_main()),
-                      mean=mean, std=std, image_size=ds.image_size, channels=ds.channels)
+                      mean=mean, std=std, image_size=ds.image_size, channels=ds.channels,
+                      workers=default_workers() if cfg.workers is None else cfg.workers,
+                      max_image_pixels=cfg.max_image_pixels or DEFAULT_MAX_PIXELS)
     _describe(ds, cfg)
     started = time.perf_counter()
 
