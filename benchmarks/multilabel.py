@@ -3,8 +3,11 @@
 per mosaic). Trains from a label manifest with recog's defaults plus flip, evaluates on mosaics of
 the test images, and prints mAP (macro/micro), exact match, Hamming loss and the time; last line JSON.
 
-    python benchmarks/multilabel.py [--train 10000] [--test 2000] [--model airnet_small]
-                                     [--time-budget 5m | --epochs N] [--seed 0]
+    python benchmarks/multilabel.py [--train 6000] [--test 2000] [--model airnet_small]
+                                     [--epochs 8 | --time-budget 5m] [--optimizer adamw] [--lr 3e-3] [--seed 0]
+
+Measured 2026-11-28, 2-core AMD EPYC without AVX-512 (fp32), torch 2.14.1, defaults: test mAP 0.830
+macro / 0.861 micro (guessing: 0.344), exact match 0.153, Hamming loss 0.178, 359 s.
 
 The mosaics and their manifest are written once into the cache folder (``$RECOG_CACHE/bench``),
 never into the repository.
@@ -54,22 +57,24 @@ def build_mosaics(source: Path, target: Path, n_train: int, n_test: int, seed: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train", type=int, default=10_000, help="training mosaics")
+    parser.add_argument("--train", type=int, default=6_000, help="training mosaics")
     parser.add_argument("--test", type=int, default=2_000, help="test mosaics")
     parser.add_argument("--model", default="airnet_small")
-    parser.add_argument("--time-budget", default="5m")
-    parser.add_argument("--epochs", type=int, default=None, help="instead of the time budget")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--time-budget", default=None, help="size the epochs to a budget instead (e.g. 5m)")
+    parser.add_argument("--optimizer", default="adamw")
+    parser.add_argument("--lr", type=float, default=3e-3, help="AdamW's 3e-3 learned fastest in the multi-label test")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     started = time.perf_counter()
     manifest = build_mosaics(cifar10_folder("png"), CACHE / "bench" / "cifar10-mosaics", args.train, args.test)
     made = time.perf_counter() - started
-    budget = None if args.epochs else args.time_budget
     with tempfile.TemporaryDirectory() as project:
         start = time.perf_counter()
-        run = recog.train(data=str(manifest), model=args.model, flip=True, epochs=args.epochs or 20,
-                          time_budget=budget, seed=args.seed, project=project, verbose=False)
+        run = recog.train(data=str(manifest), model=args.model, flip=True, epochs=args.epochs,
+                          optimizer=args.optimizer, lr=args.lr, time_budget=args.time_budget, seed=args.seed, project=project,
+                          verbose=False)
         total = time.perf_counter() - start
     r = run.report
     info = machine()
@@ -78,6 +83,8 @@ def main() -> None:
     print(f"{'epoch':>5} {'train_loss':>10} {'val_map':>8} {'seconds':>8}")
     for m in run.metrics:
         print(f"{m['epoch']:>5} {m['train_loss']:>10.4f} {m['val_map']:>8.4f} {m['seconds']:>8.1f}")
+    print(f"per label: " + ", ".join(f"{c['class']} AP {c['ap']:.3f} F1 {c['f1']:.3f} (t {c['threshold']:.2f})"
+                                    for c in r["per_class"]))
     print(f"test mAP {r['map_macro']:.4f} macro, {r['map_micro']:.4f} micro; exact match {r['exact_match']:.4f}; "
           f"Hamming loss {r['hamming_loss']:.4f}; macro F1 {r['macro_f1']:.4f} (thresholds tuned on val)")
     print(f"the label frequencies (the mAP of guessing): {sum(r['label_frequency']) / 10:.4f}")
@@ -90,7 +97,7 @@ def main() -> None:
                       "map_micro": round(r["map_micro"], 4), "exact_match": round(r["exact_match"], 4),
                       "hamming_loss": round(r["hamming_loss"], 4), "macro_f1": round(r["macro_f1"], 4),
                       "epochs": len(run.metrics), "total_s": round(total, 1), "train": args.train, "test": args.test,
-                      "model": args.model, "machine": info}))
+                      "model": args.model, "optimizer": args.optimizer, "lr": args.lr, "machine": info}))
 
 
 if __name__ == "__main__":
