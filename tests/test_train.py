@@ -180,3 +180,28 @@ def test_compiled_model_trains_and_saves_plain_weights(tmp_path: Path) -> None:
     assert not any(k.startswith("_orig_mod") for k in state)
     assert recog.load(run.path).classes == meta["classes"]
     assert run.metrics[0]["train_loss"] < 2.3
+
+
+def test_weights_that_blow_up_are_never_saved_and_broken_weights_are_an_error(tmp_path: Path, digits_run) -> None:
+    # one step per epoch at lr 1e38: the training loss of that step is finite, the weights after it are not
+    # (before: val_acc 0.098 counted as an improvement and best/last held NaN weights)
+    with pytest.raises(TrainingError, match="became non-finite in epoch 1"):
+        recog.train(**QUICK, epochs=3, batch_size=2048, lr=1e38, schedule="constant", project=str(tmp_path),
+                    name="blown")
+    assert not (tmp_path / "blown" / "weights" / "best.safetensors").exists()
+    assert not (tmp_path / "blown" / "weights" / "last.safetensors").exists()
+    # a weights file with NaN in it (made by hand): eval and predict refuse it instead of reporting chance
+    from safetensors.torch import save_file
+
+    state, meta = read_weights(digits_run.best_weights)
+    state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+    broken = tmp_path / "broken.safetensors"
+    save_file(state, str(broken), metadata={"recog": json.dumps(meta)})
+    with pytest.raises(recog.api.WeightsError, match="non-finite outputs"):
+        recog.evaluate(broken, data="digits", out=tmp_path / "e", verbose=False)
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(image)
+    with pytest.raises(recog.api.WeightsError, match="non-finite outputs"):
+        recog.predict(broken, image)

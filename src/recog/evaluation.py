@@ -24,6 +24,7 @@ from recog.data.splits import AnySplit, FileSplit, Split
 from recog.data.stream import make_loader
 from recog.device import autocast
 from recog.fileio import atomic_write_text
+from recog.inference import check_outputs
 from recog.tasks import Batch, Classification, Task
 
 if TYPE_CHECKING:
@@ -102,6 +103,7 @@ def evaluate_split(clf: Classifier, split: AnySplit, split_name: str, precision:
         print("note: --tta has no views for this model (trained without flip or translate); plain evaluation",
               file=sys.stderr)
     logits, targets = collect_logits(clf.model, loader, clf.device, precision, clf.task, views)
+    check_outputs(logits, clf.source)
     report = clf.task.report(logits, targets, clf.classes)
     report.update(split=split_name, tta=bool(views and len(views) > 1), seconds=round(time.perf_counter() - started, 2))
     names = _names(split)

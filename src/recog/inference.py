@@ -50,7 +50,16 @@ class Classifier(nn.Module):
         """Per image the task's answer: ``{"top": [{class, prob}…]}`` (single-label, top-k) or
         ``{"labels": [{class, prob}…]}`` (multi-label: every label over its threshold)."""
         self.eval()
-        return self.task.predict(self(images_u8.to(self.device)).float(), self.classes, top_k)
+        logits = self(images_u8.to(self.device)).float()
+        check_outputs(logits, self.source)
+        return self.task.predict(logits, self.classes, top_k)
+
+
+def check_outputs(logits: torch.Tensor, source: Path | None) -> None:
+    """A model whose outputs are NaN or infinite is broken: an error, never a report of chance accuracy."""
+    if not torch.isfinite(logits).all():
+        raise WeightsError(f"the model in {source or 'memory'} gives non-finite outputs (NaN or inf): its weights "
+                           f"are broken; use another checkpoint")
 
 
 def weights_file(source: str | os.PathLike) -> tuple[Path, Path | None]:

@@ -58,6 +58,7 @@ def fit(training: Training, hooks: Hooks | None = None) -> LoopState:
             metrics, extra_meta = t.task.validate(logits, targets)
             row.update(metrics)
         row["seconds"] = row["train_seconds"] + time.perf_counter() - val_started
+        _check_finite(t, row, epoch)  # a broken model is never saved, as best or at all
         state.history.append(row)
         epoch = state.epoch = epoch + 1
         epochs = math.ceil(state.total_steps / spe)
@@ -144,6 +145,19 @@ def _train_epoch(t: Training, stepper: Stepper, epoch: int, show: bool) -> tuple
            "val_loss": math.nan, "val_acc": math.nan, **{c: math.nan for c in t.task.columns}, "lr": lr,
            "train_seconds": time.perf_counter() - started}
     return row, ran
+
+
+def _check_finite(t: Training, row: dict[str, Any], epoch: int) -> None:
+    """Weights or a validation loss that are NaN or infinite stop the run before anything of this
+    epoch is written (a finite training loss does not prove finite weights after the last step)."""
+    broken = [name for name, p in t.model.named_parameters() if not torch.isfinite(p).all()]
+    val_broken = t.val_loader is not None and not math.isfinite(row["val_loss"])
+    if not broken and not val_broken:
+        return
+    what = f"weights ({', '.join(broken[:3])})" if broken else f"validation loss ({row['val_loss']})"
+    raise TrainingError(f"the model's {what} became non-finite in epoch {epoch + 1} (lr {row['lr']:.3g}); "
+                        f"stopped without saving it: {t.run_dir / 'weights'} keeps the last good epoch. "
+                        f"Try a lower --lr, --grad-clip, or --precision fp32.")
 
 
 def _save(t: Training, row: dict[str, Any], meta: dict[str, Any], improved: bool, hooks: Hooks) -> None:
