@@ -169,6 +169,26 @@ def test_symlink_loop_ends_with_a_warning(tmp_path: Path, capsys) -> None:
     assert "symlink loop" in capsys.readouterr().err
 
 
+def test_links_back_into_the_dataset_never_relabel_images(tmp_path: Path, capsys) -> None:
+    # before: train/a/up -> ../.. made every other class and the test split train as 'a'
+    data = tmp_path / "data"
+    make_folder(data / "train")
+    make_folder(data / "test")
+    outside = make_folder(tmp_path / "elsewhere")  # a folder outside the dataset: followed
+    plain = load_dataset(str(data), val_fraction=0.0, cache=False)
+    counts = plain.counts(plain.train).tolist()
+    (data / "train" / "a" / "up").symlink_to(data, target_is_directory=True)  # the dataset root
+    (data / "train" / "a" / "parent").symlink_to(data / "train", target_is_directory=True)  # the split
+    (data / "train" / "a" / "sibling").symlink_to(data / "train" / "b", target_is_directory=True)  # a class
+    (data / "train" / "a" / "above").symlink_to(tmp_path, target_is_directory=True)  # above the dataset
+    (data / "train" / "a" / "extra").symlink_to(outside / "a", target_is_directory=True)
+    ds = load_dataset(str(data), val_fraction=0.0, cache=False)
+    assert ds.counts(ds.train).tolist() == [counts[0] + counts[0], counts[1]]  # only extra/ adds to 'a'
+    assert len(ds.test) == len(plain.test)
+    err = capsys.readouterr().err
+    assert err.count("not following") == 4 and "another class or split" in err and "a folder above it" in err
+
+
 # ---- every Pillow mode ----------------------------------------------------------------------------
 
 
