@@ -409,3 +409,20 @@ def test_image_read_error_is_not_raised_for_good_files(tmp_path: Path) -> None:
         load_image(path, 3, 4)
     except ImageReadError as exc:  # pragma: no cover - the failure message is the point
         pytest.fail(f"good file refused: {exc}")
+
+
+def test_every_training_file_vanishing_mid_run_is_one_clear_error(tmp_path: Path) -> None:
+    # before: ZeroDivisionError in the loop
+    root = make_folder(tmp_path / "data", per_class=6)
+
+    def remove_all(row: dict) -> None:
+        for f in root.rglob("*.png"):
+            f.unlink()
+
+    from recog.errors import TrainingError
+
+    with pytest.raises(TrainingError, match="no training image could be read in epoch 2"):
+        recog.train(data=str(root), model="airnet_small", epochs=3, loader="stream", workers=0, val_fraction=0.0,
+                    batch_size=4, project=str(tmp_path / "runs"), verbose=False, on_epoch_end=remove_all)
+    skipped = (tmp_path / "runs" / "train" / "skipped.csv").read_text()
+    assert "disappeared" in skipped

@@ -23,7 +23,7 @@ from recog.engine.fit import EpochHook, Hooks, fit
 from recog.engine.memory import reuse_freed_memory
 from recog.errors import ConfigError, DataError, WeightsError
 from recog.evaluation import evaluate_split, write_predictions
-from recog.fileio import next_run_dir
+from recog.fileio import check_folder, next_run_dir
 from recog.inference import Classifier, load, predict
 from recog.models import create_model, list_models
 from recog.report import plot_curves, write_report, write_skipped
@@ -85,11 +85,11 @@ def _resolve(config: str | os.PathLike | None, resume: str | os.PathLike | None,
     run_dir = Path(resume).expanduser()
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"cannot resume {run_dir}: no config.yaml there (is it a run folder?)")
-    changed = {k for k, v in overrides.items() if v is not None and k != "verbose"}
+    changed = {k for k, v in overrides.items() if v is not None and k not in ("verbose", "device")}
     if config is not None or changed:
         raise ConfigError(f"cannot change {', '.join(sorted(changed)) or 'the config'} when resuming; "
-                          f"the run continues with its saved config.yaml")
-    cfg = make_config(run_dir / "config.yaml", verbose=overrides.get("verbose"))
+                          f"the run continues with its saved config.yaml (only --device may change)")
+    cfg = make_config(run_dir / "config.yaml", verbose=overrides.get("verbose"), device=overrides.get("device"))
     saved = load_state(run_dir / "weights" / "state.pt")
     loop = saved["loop"]
     if loop["stopped_early"] or loop["epoch"] >= cfg.epochs:
@@ -165,6 +165,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate a run or weights file on ``data`` (default: the run's own data) and write a report
     and ``predictions.csv``."""
+    if out is not None:
+        check_folder(out, "--out")
     clf = load(source, device)
     cfg = clf.config
     if data is None:

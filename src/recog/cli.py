@@ -144,6 +144,9 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     import recog
 
     results = recog.predict(ns.source, ns.images, top_k=ns.top_k, device=ns.device)
+    if not results:
+        print(f"error: no images found in {', '.join(ns.images)}", file=sys.stderr)
+        return 1
     failed = 0
     if ns.csv:
         import csv

@@ -23,6 +23,7 @@ from recog.data.augment import flip, translate
 from recog.data.splits import AnySplit, FileSplit, Split
 from recog.data.stream import make_loader
 from recog.device import autocast
+from recog.errors import DataError
 from recog.fileio import atomic_write_text
 from recog.inference import check_outputs
 from recog.tasks import Batch, Classification, Task
@@ -88,6 +89,8 @@ def collect_logits(
             outs.append(forward(batch).float().cpu())
             targets.append(task.targets(batch).cpu())
     model.train(was_training)
+    if not outs:
+        raise DataError("no image of the split could be read: every file failed (see the warnings)")
     return torch.cat(outs), torch.cat(targets)
 
 

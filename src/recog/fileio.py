@@ -8,6 +8,14 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from recog.errors import ConfigError
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -19,6 +27,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 (or the writer's): as readable as any other file
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -27,6 +36,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def check_folder(path: str | os.PathLike, what: str) -> None:
+    """A folder recog will write into: it may not exist yet, but it must not be a file."""
+    p = Path(path).expanduser()
+    for part in (p, *p.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise ConfigError(f"{what} {str(path)!r}: {part} is a file, not a folder")
+            return
 
 
 def next_run_dir(project: str | os.PathLike, name: str | None, default: str = "train") -> Path:

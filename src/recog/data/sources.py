@@ -50,6 +50,9 @@ def load_dataset(
 
     ``options`` go to the path sources (:func:`recog.data.files.load_scan`: loader,
     memory_fraction, max_image_pixels, allow_empty_classes, cache, device)."""
+    if not str(data).strip():
+        raise DataError("--data is empty: give a dataset name (" + ", ".join(list_sources()) + "), an image folder "
+                        "or a label manifest (use --data . for the current folder)")
     if data in _SOURCES:
         ds = _SOURCES[data](data_root, **options)
     else:

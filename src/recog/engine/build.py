@@ -35,7 +35,7 @@ from recog.engine.schedule import epochs_to_steps
 from recog.engine.step import Stepper
 from recog.errors import ConfigError
 from recog.evaluation import tta_views
-from recog.fileio import next_run_dir
+from recog.fileio import check_folder, next_run_dir
 from recog.models import create_model
 from recog.report import write_skipped
 from recog.tasks import Classification, MultiLabel, Task
@@ -90,8 +90,13 @@ def session(cfg: TrainConfig) -> Iterator[None]:
 def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path | None = None) -> Training:
     """The data, model, optimizer and loaders of a run; ``saved`` is the training state to resume."""
     device = resolve_device(cfg.device)
+    if run_dir is None:
+        check_folder(cfg.project, "project")  # before the data is loaded, not after minutes of decoding
     ds = load_dataset(cfg.data, cfg.data_root, cfg.val_fraction, cfg.split_seed, cfg.image_size, cfg.channels,
                       **data_options(cfg, device))
+    if cfg.mean is not None and not len(cfg.mean) == len(cfg.std) == ds.channels:
+        raise ConfigError(f"mean and std need one value per channel: the images have {ds.channels}, "
+                          f"got mean {list(cfg.mean)} and std {list(cfg.std)}")
     mean, std = (cfg.mean, cfg.std) if cfg.mean is not None else measure_stats(ds)
     cfg = cfg.replace(precision=resolve_precision(cfg.precision, device, cfg.verbose and is_main()),
                       mean=mean, std=std, image_size=ds.image_size, channels=ds.channels,
@@ -170,8 +175,12 @@ def _describe(ds: Dataset, cfg: TrainConfig) -> None:
     if imbalance and cfg.class_weights is None and not cfg.balanced_sampling and cfg.pos_weight is None:
         big, small, ratio = imbalance
         fix = "--pos-weight auto" if ds.multilabel else "--class-weights auto or --balanced-sampling"
-        print(f"warning: class imbalance: {ds.classes[big]!r} has {ratio:.1f}x the training images of "
-              f"{ds.classes[small]!r}; consider {fix}", file=sys.stderr)
+        if math.isinf(ratio):  # an empty class (--allow-empty-classes)
+            print(f"warning: class {ds.classes[small]!r} has no training images; the model will never learn "
+                  f"it", file=sys.stderr)
+        else:
+            print(f"warning: class imbalance: {ds.classes[big]!r} has {ratio:.1f}x the training images of "
+                  f"{ds.classes[small]!r}; consider {fix}", file=sys.stderr)
 
 
 def make_task(ds: Dataset, cfg: TrainConfig, device: torch.device) -> Task:

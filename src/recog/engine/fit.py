@@ -139,6 +139,9 @@ def _train_epoch(t: Training, stepper: Stepper, epoch: int, show: bool) -> tuple
             bar.set_postfix_str(f"loss {loss_sum.item() / images:.4f}, acc {correct.item() / decisions:.3f}, "
                                 f"{images / max(elapsed, 1e-9):.0f} img/s", refresh=False)
     bar.close()
+    if images == 0:  # the streaming loader skipped every file: they vanished or broke after the scan
+        raise TrainingError(f"no training image could be read in epoch {epoch + 1}: every file failed (the "
+                            f"warnings above say why; they are listed in {t.run_dir / 'skipped.csv'})")
     if t.lookahead is not None and epoch + 1 == math.ceil(total / spe):
         t.lookahead.finish(t.model)  # the final weights are the average
     row = {"epoch": epoch + 1, "train_loss": loss_sum.item() / images, "train_acc": correct.item() / decisions,
