@@ -99,3 +99,125 @@ def test_a_refused_pickle_never_suggests_unpickling(tmp_path: Path) -> None:
     with pytest.raises(recog.api.WeightsError) as info:
         recog.load(path)
     assert "refusing to load" in str(info.value) and "weights_only=False" not in str(info.value)
+
+
+def _fail_writes(monkeypatch, errno_: int, message: str) -> None:
+    import errno  # noqa: F401
+
+    import safetensors.torch
+
+    def full(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise OSError(errno_, message)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+
+
+@pytest.mark.parametrize("errno_,message", [(28, "No space left on device"), (30, "Read-only file system")])
+def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_previous_one(tmp_path: Path, monkeypatch, errno_: int,
+                                                                          message: str) -> None:
+    # fault injection (CI runs as root, where chmod stops nothing): the disk fills up after epoch 1
+    from recog.errors import OutputError
+
+    saved = {}
+
+    def fill_disk(row: dict) -> None:
+        if row["epoch"] == 1:
+            saved["last"] = (tmp_path / "r" / "weights" / "last.safetensors").read_bytes()
+            _fail_writes(monkeypatch, errno_, message)
+
+    with pytest.raises(OutputError, match=f"could not write .*last.safetensors: {message} .the previous version is intact"):
+        recog.train(**QUICK, epochs=3, project=str(tmp_path), name="r", on_epoch_end=fill_disk)
+    assert (tmp_path / "r" / "weights" / "last.safetensors").read_bytes() == saved["last"]
+    assert not list((tmp_path / "r").rglob("*.tmp"))  # no litter
+
+
+def test_resume_removes_the_temporary_files_a_kill_left(tmp_path: Path) -> None:
+    def stop(row: dict) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        recog.train(**QUICK, epochs=2, project=str(tmp_path), name="k", on_epoch_end=stop)
+    litter = tmp_path / "k" / "weights" / ".state.pt.abc123.tmp"
+    litter.write_bytes(b"half a file")
+    recog.train(resume=tmp_path / "k", verbose=False)
+    assert not litter.exists()
+
+
+def test_an_image_size_that_cannot_fit_is_refused_before_decoding(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="image_size 20000: one batch of 64 images takes .* GiB"):
+        recog.train(data=str(tmp_path), image_size=20000, project=str(tmp_path / "runs"), verbose=False)
+
+
+def test_a_corrupt_image_cache_is_replaced(tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    from recog.data import load_dataset
+
+    root = tmp_path / "data"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / cls / f"{i}.png")
+    load_dataset(str(root))
+    caches = list((Path(os.environ["RECOG_CACHE"]) / "images").glob("*/meta.json"))
+    newest = max(caches, key=lambda p: p.stat().st_mtime)
+    newest.write_text("{not json")
+    capsys.readouterr()
+    load_dataset(str(root))
+    assert "unreadable image cache" in capsys.readouterr().err
+    ds = load_dataset(str(root))  # the third run reads the repaired cache
+    assert any("loaded from the cache" in n for n in ds.notes) and "unreadable" not in capsys.readouterr().err
+
+
+def test_names_with_control_characters_cannot_forge_log_lines(tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    from recog.data import load_dataset
+
+    root = tmp_path / "data"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / cls / f"{i}.png")
+    (root / "a" / "x\nwarning: all weights deleted.png").write_bytes(b"broken")
+    load_dataset(str(root), cache=False)
+    err = capsys.readouterr().err
+    assert "\\nwarning: all weights deleted" in err
+    assert not any(line.startswith("warning: all weights deleted") for line in err.splitlines())
+
+
+def test_a_decompression_bomb_is_reported_once_in_recogs_words(tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    from recog.data import load_dataset
+
+    root = tmp_path / "data"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / cls / f"{i}.png")
+    Image.new("L", (300, 300)).save(root / "a" / "big.png")
+    ds = load_dataset(str(root), cache=False, max_image_pixels=50_000)
+    err = capsys.readouterr().err
+    assert len(ds.skipped) == 1 and "decompression bomb" in err and "DecompressionBombWarning" not in err
+
+
+def test_a_run_on_a_relative_folder_evaluates_from_anywhere_and_a_flat_folder_is_evaluated(
+        tmp_path: Path, monkeypatch) -> None:
+    from PIL import Image
+
+    work = tmp_path / "work"
+    for cls in ("a", "b"):
+        (work / "data" / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (8, 8), (40 * i, 120 * (cls == "b"), 0)).save(work / "data" / cls / f"{i}.png")
+    monkeypatch.chdir(work)
+    run = recog.train(data="data", model="airnet_small", epochs=1, project=str(tmp_path / "runs"), verbose=False)
+    assert Path(run.config.data).is_absolute()
+    monkeypatch.chdir(tmp_path)
+    assert recog.evaluate(run.path, out=tmp_path / "e1", verbose=False)["split"] == "val"
+    import shutil
+
+    shutil.copytree(work / "data", tmp_path / "other")  # another labelled folder, flat (no train/ or test/)
+    flat = recog.evaluate(run.path, data=str(tmp_path / "other"), out=tmp_path / "e2", verbose=False)
+    assert flat["split"] == "all" and flat["num_images"] == 12  # before: "has no test or val split"

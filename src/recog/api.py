@@ -23,7 +23,7 @@ from recog.engine.fit import EpochHook, Hooks, fit
 from recog.engine.memory import reuse_freed_memory
 from recog.errors import ConfigError, DataError, WeightsError
 from recog.evaluation import evaluate_split, write_predictions
-from recog.fileio import check_folder, next_run_dir
+from recog.fileio import check_folder, next_run_dir, remove_stale_temporaries
 from recog.inference import Classifier, load, predict
 from recog.models import create_model, list_models
 from recog.report import plot_curves, write_report, write_skipped
@@ -90,6 +90,7 @@ def _resolve(config: str | os.PathLike | None, resume: str | os.PathLike | None,
         raise ConfigError(f"cannot change {', '.join(sorted(changed)) or 'the config'} when resuming; "
                           f"the run continues with its saved config.yaml (only --device may change)")
     cfg = make_config(run_dir / "config.yaml", verbose=overrides.get("verbose"), device=overrides.get("device"))
+    remove_stale_temporaries(run_dir)  # a kill mid-write leaves .name.XXXX.tmp files; the real ones are whole
     saved = load_state(run_dir / "weights" / "state.pt")
     loop = saved["loop"]
     if loop["stopped_early"] or loop["epoch"] >= cfg.epochs:
@@ -183,9 +184,9 @@ def evaluate(
     if (ds.channels, ds.image_size) != (clf.meta["channels"], clf.meta["image_size"]):
         raise DataError(f"{data} has {ds.channels}x{ds.image_size}px images; the model takes "
                         f"{clf.meta['channels']}x{clf.meta['image_size']}px")
-    if ds.eval_split is None:
+    split_name, split = ds.eval_split or ("all", ds.train)  # a labelled folder without splits: all of it
+    if ds.eval_split is None and same:
         raise DataError(f"{data} has no test or val split to evaluate on")
-    split_name, split = ds.eval_split
     precision = cfg.precision if cfg else "fp32"
     with reuse_freed_memory(clf.device.type == "cpu" and (cfg.reuse_memory if cfg else True)):  # 1.4x with TTA
         report, rows = evaluate_split(clf, split, split_name, precision, tta, batch_size, cfg.workers if cfg else None)

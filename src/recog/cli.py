@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from recog.config import TrainConfig, field_names, unwrap_optional
-from recog.errors import RecogError, did_you_mean
+from recog.errors import RecogError, did_you_mean, shown
 
 EXAMPLES = """examples:
   recog train                                  # digits (bundled, offline), default model
@@ -156,7 +156,7 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     for r in results:
         if "error" in r:
             failed += 1
-            print(f"warning: skipped {r['path']}: {r['error']}", file=sys.stderr)
+            print(f"warning: skipped {shown(r['path'])}: {r['error']}", file=sys.stderr)
             continue
         key = "labels" if "labels" in r else "top"  # multi-label: every label over its threshold
         if ns.json:

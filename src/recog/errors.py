@@ -21,8 +21,19 @@ class WeightsError(RecogError):
     """A weights file that cannot be loaded safely or does not fit the model."""
 
 
+class OutputError(RecogError):
+    """A file recog writes could not be written (full disk, read-only folder); nothing was replaced."""
+
+
 class TrainingError(RecogError):
     """Training cannot go on (for example, the loss became NaN or infinite)."""
+
+
+def shown(path: object) -> str:
+    """A file name as messages show it: control characters (a newline in a name could forge a log
+    line) escaped, the rest as it is."""
+    text = str(path)
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def did_you_mean(word: str, choices: Iterable[str], template: str = "; did you mean {!r}?", cutoff: float = 0.6) -> str:

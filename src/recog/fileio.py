@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from recog.errors import ConfigError
+from recog.errors import ConfigError, OutputError, shown
 
 
 def _umask() -> int:
@@ -21,16 +21,21 @@ def _umask() -> int:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 (or the writer's): as readable as any other file
         os.replace(tmp_path, path)
+    except OSError as exc:  # a full disk, a read-only folder: one line, and the old file is still there
+        kept = " (the previous version is intact)" if path.exists() else ""
+        raise OutputError(f"could not write {shown(path)}: {exc.strerror or exc}{kept}") from None
     finally:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -46,6 +51,14 @@ def check_folder(path: str | os.PathLike, what: str) -> None:
             if not part.is_dir():
                 raise ConfigError(f"{what} {str(path)!r}: {part} is a file, not a folder")
             return
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Temporary files a killed run left beside its files (``.name.XXXX.tmp``), removed at its next start."""
+    stale = [p for p in folder.rglob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def next_run_dir(project: str | os.PathLike, name: str | None, default: str = "train") -> Path:

@@ -26,7 +26,7 @@ import torch
 from recog.config import LOADERS
 from recog.data.image import DEFAULT_MAX_PIXELS, GREY_MODES, ImageReadError, decode, peek, set_max_image_pixels
 from recog.data.splits import Dataset, FileSplit, Split, cache_dir, label_tensor
-from recog.errors import DataError
+from recog.errors import DataError, shown
 
 SPLITS = ("train", "val", "test")
 _PEEK_SAMPLE = 512  # headers read to choose the default size and channels
@@ -99,7 +99,7 @@ def decode_files(
             images[i], original[i] = decode(path, channels, size)
         except ImageReadError as exc:
             skipped.append((path, str(exc)))
-            warn(f"skipped {path}: {exc}")
+            warn(f"skipped {shown(path)}: {exc}")
 
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
         list(pool.map(work, range(len(pairs)), chunksize=64))
@@ -137,7 +137,7 @@ def _read_cache(folder: Path) -> tuple[dict[str, Split], list[tuple[str, str]], 
         }
     except (OSError, ValueError, KeyError) as exc:
         if (folder / "meta.json").exists():
-            warn(f"ignoring unreadable cache {folder} ({exc})")
+            warn(f"unreadable image cache {folder} ({exc}): decoding again and replacing it")
         return None
     return splits, [tuple(s) for s in meta["skipped"]], meta.get("sizes", {})
 
@@ -161,7 +161,7 @@ def _write_cache(folder: Path, splits: dict[str, Split], skipped: list[tuple[str
         warn(f"could not write the image cache {folder} ({exc}); the next run decodes again")
 
 
-def _total_memory() -> int:
+def total_memory() -> int:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
@@ -174,7 +174,7 @@ def choose_loader(loader: str, decoded_bytes: int, memory_fraction: float, devic
         raise DataError(f"loader must be one of {', '.join(LOADERS)}; got {loader!r}")
     if loader != "auto":
         return loader
-    budget = memory_fraction * _total_memory()
+    budget = memory_fraction * total_memory()
     if str(device).startswith("cuda") and torch.cuda.is_available():
         budget = min(budget, memory_fraction * torch.cuda.get_device_properties(0).total_memory)
     return "memory" if decoded_bytes <= budget else "stream"
@@ -218,6 +218,8 @@ def load_scan(
                   for s, pairs in scan.files.items()}
         sizes = dict(counter)
         if cache:
+            if folder.exists():  # there but unreadable (warned above): replaced, not decoded again every run
+                shutil.rmtree(folder, ignore_errors=True)
             _write_cache(folder, splits, skipped, sizes)
     if len(splits["train"]) == 0:
         raise DataError(f"no readable training images in {scan.root}")

@@ -146,7 +146,9 @@ def peek(path: Path) -> tuple[tuple[int, int], str] | None:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            return im.size, im.mode
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a decompression bomb is reported once, when the file is decoded
+            with Image.open(path) as im:
+                return im.size, im.mode
     except Exception:  # noqa: BLE001 - any failure means: learn nothing from this file here
         return None

@@ -23,6 +23,7 @@ from recog.data.augment import BatchAugment
 from recog.data.splits import FileSplit, Split
 from recog.data.image import ImageReadError, load_image, open_image
 from recog.data.loader import BatchLoader, MemoryLoader, Normalize
+from recog.errors import shown
 
 
 @dataclass
@@ -135,7 +136,7 @@ class StreamLoader(BatchLoader):
         )
         for images, labels, index, bad in loader:
             for path, why in bad:
-                print(f"warning: skipped {path}: {why}", file=sys.stderr)
+                print(f"warning: skipped {shown(path)}: {why}", file=sys.stderr)
             self.skipped.extend(bad)
             if len(labels) == 0:
                 continue

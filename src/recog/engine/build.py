@@ -22,8 +22,9 @@ from torch import nn
 
 from recog import __version__
 from recog.config import TrainConfig, save_yaml
-from recog.data import BatchAugment, Dataset, Normalize, channel_stats, load_dataset
+from recog.data import BatchAugment, Dataset, Normalize, channel_stats, list_sources, load_dataset
 from recog.data.image import DEFAULT_MAX_PIXELS
+from recog.data.files import total_memory
 from recog.data.stream import SamplePolicy, default_workers, make_loader
 from recog.device import autocast, deterministic_mode, resolve_device, resolve_precision, seed_everything
 from recog.engine.budget import Budget
@@ -92,6 +93,9 @@ def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path |
     device = resolve_device(cfg.device)
     if run_dir is None:
         check_folder(cfg.project, "project")  # before the data is loaded, not after minutes of decoding
+    check_batch_memory(cfg)
+    if cfg.data not in list_sources() and cfg.data.strip() and Path(cfg.data).expanduser().exists():
+        cfg = cfg.replace(data=str(Path(cfg.data).expanduser().resolve()))  # a path: recorded absolute, for eval
     ds = load_dataset(cfg.data, cfg.data_root, cfg.val_fraction, cfg.split_seed, cfg.image_size, cfg.channels,
                       **data_options(cfg, device))
     if cfg.mean is not None and not len(cfg.mean) == len(cfg.std) == ds.channels:
@@ -154,6 +158,21 @@ def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path |
     if is_main() and ds.skipped:
         write_skipped(run_dir / "skipped.csv", ds.skipped)
     return training
+
+
+def check_batch_memory(cfg: TrainConfig, fraction: float = 0.5) -> None:
+    """Refuse an ``image_size`` at which one batch of input images alone (as floats) would take more
+    than ``fraction`` of the machine's memory: a clear error now instead of the OOM killer later."""
+    if cfg.image_size is None:
+        return
+    channels = cfg.channels or 3
+    batch_bytes = cfg.batch_size * channels * cfg.image_size**2 * 4
+    total = total_memory()
+    if batch_bytes > fraction * total:
+        raise ConfigError(f"image_size {cfg.image_size}: one batch of {cfg.batch_size} images takes "
+                          f"{batch_bytes / 2**30:.1f} GiB as floats before any layer runs, more than "
+                          f"{fraction:.0%} of this machine's {total / 2**30:.0f} GiB; use a smaller --image-size "
+                          f"or --batch-size")
 
 
 def data_options(cfg: TrainConfig, device: torch.device | str) -> dict[str, Any]:
