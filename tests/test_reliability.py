@@ -221,3 +221,19 @@ def test_a_run_on_a_relative_folder_evaluates_from_anywhere_and_a_flat_folder_is
     shutil.copytree(work / "data", tmp_path / "other")  # another labelled folder, flat (no train/ or test/)
     flat = recog.evaluate(run.path, data=str(tmp_path / "other"), out=tmp_path / "e2", verbose=False)
     assert flat["split"] == "all" and flat["num_images"] == 12  # before: "has no test or val split"
+
+
+def test_a_folder_named_like_a_builtin_dataset_is_reachable_and_the_error_says_how(tmp_path: Path, monkeypatch,
+                                                                                   capsys) -> None:
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / "cifar10" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / "cifar10" / cls / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECOG_OFFLINE", "1")
+    assert main(["train", "--data", "cifar10", "--project", str(tmp_path / "runs")]) == 2
+    assert "say --data ./cifar10" in capsys.readouterr().err
+    ds = recog.data.load_dataset("./cifar10", val_fraction=0.0, cache=False)
+    assert ds.classes == ["a", "b"]

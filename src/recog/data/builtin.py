@@ -52,8 +52,9 @@ def torchvision_set(name: str, data_root: str | None) -> Dataset:
             pass  # not there (torchvision checks the files' checksums before reading them)
         if not download:
             where = f"--data-root {root}" if data_root else f"the cache {root} (RECOG_OFFLINE is set)"
+            local = f" To train on your folder named {name!r}, say --data ./{name}." if Path(name).is_dir() else ""
             raise DataError(
-                f"{name} was not found in {where}. Give --data-root a folder holding torchvision's copy "
+                f"{name} was not found in {where}.{local} Give --data-root a folder holding torchvision's copy "
                 f"of {name}, run once online without --data-root to download it into {cache_dir() / 'datasets'}, "
                 f"or use data that needs no download: --data digits, or --data PATH to an image folder."
             ) from None
