@@ -237,3 +237,46 @@ def test_a_folder_named_like_a_builtin_dataset_is_reachable_and_the_error_says_h
     assert "say --data ./cifar10" in capsys.readouterr().err
     ds = recog.data.load_dataset("./cifar10", val_fraction=0.0, cache=False)
     assert ds.classes == ["a", "b"]
+
+
+def test_resume_trusts_the_best_weights_on_disk_over_a_state_that_names_a_lost_epoch(tmp_path: Path, capsys) -> None:
+    # before: killed after state.pt named epoch 2 as best but before best.safetensors of epoch 2 was
+    # written, the resumed run reported "best epoch 2" and scored epoch-1 weights
+    import shutil
+
+    import torch
+
+    from recog.weights import read_meta
+
+    kept = tmp_path / "best-epoch-1.safetensors"
+
+    def stop(row: dict) -> None:
+        if row["epoch"] == 1:
+            shutil.copy(tmp_path / "r" / "weights" / "best.safetensors", kept)
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        recog.train(**QUICK, epochs=4, lr=0.1, schedule="constant", project=str(tmp_path), name="r", on_epoch_end=stop)
+    state = torch.load(tmp_path / "r" / "weights" / "state.pt", weights_only=True)
+    assert state["loop"]["best_epoch"] == 2  # epoch 2 improved (lr 0.1 on digits)
+    shutil.copy(kept, tmp_path / "r" / "weights" / "best.safetensors")  # as if killed before its write
+    capsys.readouterr()
+    recog.train(resume=tmp_path / "r", verbose=False)
+    err = capsys.readouterr().err
+    assert "named epoch 2 as best, but" in err and "holds epoch 1" in err
+    state = torch.load(tmp_path / "r" / "weights" / "state.pt", weights_only=True)
+    held = read_meta(tmp_path / "r" / "weights" / "best.safetensors")["epoch"]
+    assert state["loop"]["best_epoch"] == held  # the state and the file agree again
+
+
+def test_a_run_killed_before_its_first_state_was_saved_starts_again(tmp_path: Path, capsys) -> None:
+    def stop(row: dict) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        recog.train(**QUICK, epochs=2, project=str(tmp_path), name="r", on_epoch_end=stop)
+    (tmp_path / "r" / "weights" / "state.pt").unlink()  # as if killed while writing it
+    run = recog.train(resume=tmp_path / "r", verbose=False)
+    assert run.path == tmp_path / "r" and [m["epoch"] for m in run.metrics] == [1, 2]
+    assert "no saved training state yet" in capsys.readouterr().err

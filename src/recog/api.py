@@ -91,6 +91,10 @@ def _resolve(config: str | os.PathLike | None, resume: str | os.PathLike | None,
                           f"the run continues with its saved config.yaml (only --device may change)")
     cfg = make_config(run_dir / "config.yaml", verbose=overrides.get("verbose"), device=overrides.get("device"))
     remove_stale_temporaries(run_dir)  # a kill mid-write leaves .name.XXXX.tmp files; the real ones are whole
+    if not (run_dir / "weights" / "state.pt").is_file():  # killed before the first state was saved
+        print(f"note: {run_dir} has no saved training state yet (stopped in its first epoch): starting it "
+              f"again in the same folder", file=sys.stderr)
+        return cfg, None, run_dir
     saved = load_state(run_dir / "weights" / "state.pt")
     loop = saved["loop"]
     if loop["stopped_early"] or loop["epoch"] >= cfg.epochs:

@@ -42,6 +42,19 @@ def _is_safetensors(path: Path) -> bool:
     return head[8:9] == b"{" and 0 < length <= path.stat().st_size - 8
 
 
+def read_meta(path: str | os.PathLike) -> dict[str, Any] | None:
+    """recog's metadata of a safetensors file without loading its tensors; None when the file is
+    missing, unreadable or not recog's."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return json.loads(meta[META_KEY]) if META_KEY in meta else None
+    except (SafetensorError, OSError, ValueError):
+        return None
+
+
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """(state dict, recog metadata or None) from a safetensors file or a plain tensor state dict."""
     path = Path(path)

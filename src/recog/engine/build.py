@@ -28,7 +28,7 @@ from recog.data.files import total_memory
 from recog.data.stream import SamplePolicy, default_workers, make_loader
 from recog.device import autocast, deterministic_mode, resolve_device, resolve_precision, seed_everything
 from recog.engine.budget import Budget
-from recog.engine.checkpoint import LoopState, restore_state
+from recog.engine.checkpoint import LoopState, reconcile, restore_state
 from recog.engine.distributed import is_main
 from recog.engine.memory import reuse_freed_memory
 from recog.engine.optim import Lookahead, make_optimizer
@@ -127,6 +127,10 @@ def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path |
     lookahead = Lookahead(model) if cfg.lookahead else None
     state = restore_state(saved, model, optimizer, lookahead) if saved else LoopState()
     task = make_task(ds, cfg, device)
+    if saved and run_dir is not None:
+        correction = reconcile(state, run_dir / "weights", task.score)
+        if correction and is_main():
+            print(f"warning: {correction}", file=sys.stderr)
 
     # ---- loaders ---------------------------------------------------------------------------
     common = dict(channels_last=cfg.channels_last, workers=cfg.workers, force_stream=cfg.loader == "stream")

@@ -19,7 +19,7 @@ from torch import nn
 from recog.engine.optim import Lookahead
 from recog.errors import WeightsError
 from recog.fileio import atomic_path
-from recog.weights import unpickler_reason
+from recog.weights import read_meta, unpickler_reason
 
 
 @dataclass
@@ -65,6 +65,26 @@ def restore_state(saved: dict[str, Any], model: nn.Module, optimizer: torch.opti
     if "best_acc" in loop:  # state files written before tasks named their score
         loop["best_score"] = loop.pop("best_acc")
     return LoopState(**loop)
+
+
+def reconcile(state: LoopState, weights_dir: Path, score: str) -> str | None:
+    """Make a restored loop state agree with the ``best`` weights actually on disk. A kill between
+    writing ``state.pt`` and ``best.safetensors`` of an improving epoch leaves the state naming an
+    epoch whose weights were never saved; then the best epoch is the one the file holds (or none,
+    and the next epoch is saved as best). Returns what was corrected, or None."""
+    meta = read_meta(weights_dir / "best.safetensors")
+    held = meta.get("epoch") if meta else None
+    if held == state.best_epoch:
+        return None
+    said = state.best_epoch
+    if held is not None and 1 <= held <= len(state.history):
+        state.best_epoch, state.best_score = held, state.history[held - 1].get(score, -math.inf)
+    else:
+        state.best_epoch, state.best_score = 0, -math.inf
+    state.bad_epochs = state.epoch - state.best_epoch if state.best_epoch else 0
+    return (f"the training state named epoch {said} as best, but {weights_dir / 'best.safetensors'} holds "
+            f"{'epoch ' + str(held) if held else 'no weights'} (the run was killed between the two writes); "
+            f"continuing with what is on disk")
 
 
 def _numpy_state() -> list[Any]:
