@@ -26,7 +26,7 @@ from recog.evaluation import evaluate_split, write_predictions
 from recog.fileio import check_folder, next_run_dir, remove_stale_temporaries
 from recog.inference import Classifier, load, predict
 from recog.models import create_model, list_models
-from recog.report import plot_curves, write_report, write_skipped
+from recog.report import plot_curves, write_metrics_csv, write_report, write_skipped
 from recog.weights import load_into, read_weights
 
 __all__ = ["Classifier", "ConfigError", "DataError", "Run", "WeightsError", "create_model", "evaluate", "list_models",
@@ -97,7 +97,8 @@ def _resolve(config: str | os.PathLike | None, resume: str | os.PathLike | None,
         return cfg, None, run_dir
     saved = load_state(run_dir / "weights" / "state.pt")
     loop = saved["loop"]
-    if loop["stopped_early"] or loop["epoch"] >= cfg.epochs:
+    # curves.png is the last file a run writes: without it, a finished loop still owes its final report
+    if (loop["stopped_early"] or loop["epoch"] >= cfg.epochs) and (run_dir / "curves.png").is_file():
         raise ConfigError(f"{run_dir} already finished ({loop['epoch']} of {cfg.epochs} epochs)")
     return cfg, saved, run_dir
 
@@ -126,7 +127,8 @@ def _final_report(training: Training, state: LoopState) -> dict[str, Any]:
         if is_main():
             write_report(run_dir, report)
             write_predictions(run_dir / "predictions.csv", rows)
-    if is_main():
+    if is_main():  # metrics.csv again: a run resumed after a kill in its last epoch's writes has it complete
+        write_metrics_csv(run_dir / "metrics.csv", state.history, training.task.columns)
         plot_curves(run_dir / "curves.png", state.history)
     if cfg.verbose and is_main():
         print(_summary(report, state, training), file=sys.stdout)

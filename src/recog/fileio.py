@@ -4,11 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from recog.errors import ConfigError, OutputError, shown
+
+
+_fault_points = 0
+
+
+def _fault_point() -> None:
+    """Fault injection for the crash-consistency test: with ``RECOG_FAULT_KILL_AT=k`` in the
+    environment, the process kills itself (SIGKILL, as the OOM killer or a power cut would) at the
+    k-th point: after each temporary file is written, and after each rename. Unset: nothing."""
+    global _fault_points
+    kill_at = os.environ.get("RECOG_FAULT_KILL_AT")
+    if kill_at:
+        _fault_points += 1
+        if _fault_points == int(kill_at):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _umask() -> int:
@@ -29,7 +45,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp_path = Path(tmp)
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 (or the writer's): as readable as any other file
+        _fault_point()
         os.replace(tmp_path, path)
+        _fault_point()
     except OSError as exc:  # a full disk, a read-only folder: one line, and the old file is still there
         kept = " (the previous version is intact)" if path.exists() else ""
         raise OutputError(f"could not write {shown(path)}: {exc.strerror or exc}{kept}") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,23 +69,31 @@ def restore_state(saved: dict[str, Any], model: nn.Module, optimizer: torch.opti
 
 
 def reconcile(state: LoopState, weights_dir: Path, score: str) -> str | None:
-    """Make a restored loop state agree with the ``best`` weights actually on disk. A kill between
-    writing ``state.pt`` and ``best.safetensors`` of an improving epoch leaves the state naming an
-    epoch whose weights were never saved; then the best epoch is the one the file holds (or none,
-    and the next epoch is saved as best). Returns what was corrected, or None."""
-    meta = read_meta(weights_dir / "best.safetensors")
+    """Make a restored loop state and the ``best`` weights on disk agree again after a kill.
+
+    Each epoch writes ``last``, then ``state.pt`` (the commit), then ``best``. Killed between the
+    last two, the state names the latest epoch as best while ``best`` still holds an older one: that
+    epoch's weights are in ``last`` (written first), so they are copied to ``best``. Any other
+    disagreement (a file lost or replaced by hand) falls back to the epoch ``best`` actually holds,
+    or to none (the next epoch is then saved as best). Returns what was corrected, or None."""
+    best, last = weights_dir / "best.safetensors", weights_dir / "last.safetensors"
+    meta = read_meta(best)
     held = meta.get("epoch") if meta else None
     if held == state.best_epoch:
         return None
     said = state.best_epoch
+    last_meta = read_meta(last)
+    if said and last_meta and last_meta.get("epoch") == said:
+        with atomic_path(best) as tmp:
+            shutil.copyfile(last, tmp)
+        return f"the run was killed before epoch {said}'s best weights were saved: restored them from {last}"
     if held is not None and 1 <= held <= len(state.history):
         state.best_epoch, state.best_score = held, state.history[held - 1].get(score, -math.inf)
     else:
         state.best_epoch, state.best_score = 0, -math.inf
     state.bad_epochs = state.epoch - state.best_epoch if state.best_epoch else 0
-    return (f"the training state named epoch {said} as best, but {weights_dir / 'best.safetensors'} holds "
-            f"{'epoch ' + str(held) if held else 'no weights'} (the run was killed between the two writes); "
-            f"continuing with what is on disk")
+    return (f"the training state named epoch {said} as best, but {best} holds "
+            f"{'epoch ' + str(held) if held else 'no weights'}; continuing with what is on disk")
 
 
 def _numpy_state() -> list[Any]:
