@@ -221,6 +221,9 @@ def test_a_run_on_a_relative_folder_evaluates_from_anywhere_and_a_flat_folder_is
     shutil.copytree(work / "data", tmp_path / "other")  # another labelled folder, flat (no train/ or test/)
     flat = recog.evaluate(run.path, data=str(tmp_path / "other"), out=tmp_path / "e2", verbose=False)
     assert flat["split"] == "all" and flat["num_images"] == 12  # before: "has no test or val split"
+    shutil.copytree(work / "data", tmp_path / "only-test" / "test")  # FOLDER/test/<class>/*, no train/
+    only = recog.evaluate(run.path, data=str(tmp_path / "only-test"), out=tmp_path / "e3", verbose=False)
+    assert only["num_images"] == 12  # before: "has test/ but no train/ folder"
 
 
 def test_a_folder_named_like_a_builtin_dataset_is_reachable_and_the_error_says_how(tmp_path: Path, monkeypatch,

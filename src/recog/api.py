@@ -152,6 +152,16 @@ def _summary(report: dict[str, Any], state: LoopState, training: Training) -> st
     return "\n".join(lines)
 
 
+def _labelled_folder(data: str) -> str:
+    """A folder to evaluate on that holds only ``test/`` (or ``val/``) and no ``train/``: that split."""
+    path = Path(data).expanduser()
+    if path.is_dir() and not (path / "train").is_dir():
+        for split in ("test", "val"):
+            if (path / split).is_dir():
+                return str(path / split)
+    return data
+
+
 def _tensorboard(run_dir: Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -181,6 +191,7 @@ def evaluate(
             raise ConfigError("which data? pass --data (a dataset name or image folder) for a bare weights file")
         data, data_root = cfg.data, data_root or cfg.data_root
     same = cfg is not None and data == cfg.data
+    data = data if same else _labelled_folder(data)
     options = data_options(cfg, clf.device) if cfg is not None else {"device": str(clf.device)}
     ds = load_dataset(data, data_root, cfg.val_fraction if same else 0.0, cfg.split_seed if same else 0,
                       clf.meta["image_size"], clf.meta["channels"], **options)
