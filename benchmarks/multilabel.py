@@ -83,7 +83,7 @@ def main() -> None:
     print(f"{'epoch':>5} {'train_loss':>10} {'val_map':>8} {'seconds':>8}")
     for m in run.metrics:
         print(f"{m['epoch']:>5} {m['train_loss']:>10.4f} {m['val_map']:>8.4f} {m['seconds']:>8.1f}")
-    print(f"per label: " + ", ".join(f"{c['class']} AP {c['ap']:.3f} F1 {c['f1']:.3f} (t {c['threshold']:.2f})"
+    print("per label: " + ", ".join(f"{c['class']} AP {c['ap']:.3f} F1 {c['f1']:.3f} (t {c['threshold']:.2f})"
                                     for c in r["per_class"]))
     print(f"test mAP {r['map_macro']:.4f} macro, {r['map_micro']:.4f} micro; exact match {r['exact_match']:.4f}; "
           f"Hamming loss {r['hamming_loss']:.4f}; macro F1 {r['macro_f1']:.4f} (thresholds tuned on val)")

@@ -16,6 +16,17 @@ from recog.errors import ConfigError, DataError
 QUICK = {"data": "digits", "model": "airnet_small", "verbose": False}
 
 
+def _folder(root: Path, per_class: int = 3, classes: tuple[str, ...] = ("a", "b")) -> Path:
+    """A small labelled image folder: ``root/<class>/<i>.png`` (8x8, a colour per class and image)."""
+    from PIL import Image
+
+    for c, cls in enumerate(classes):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (8, 8), (40 * i, 120 * c, 0)).save(root / cls / f"{i}.png")
+    return root
+
+
 def test_project_or_out_that_is_a_file_is_refused_before_any_work(tmp_path: Path, capsys, digits_run) -> None:
     file = tmp_path / "runs"
     file.write_text("my notes")
@@ -46,13 +57,8 @@ def test_predict_on_a_folder_without_images_says_so(digits_run, tmp_path: Path, 
 
 
 def test_an_empty_class_is_named_not_reported_as_infinitely_imbalanced(tmp_path: Path, capsys) -> None:
-    from PIL import Image
 
-    root = tmp_path / "data"
-    for cls, n in (("a", 6), ("b", 6)):
-        (root / cls).mkdir(parents=True)
-        for i in range(n):
-            Image.new("RGB", (8, 8), (30 * i, 0, 0)).save(root / cls / f"{i}.png")
+    root = _folder(tmp_path / "data", per_class=6)
     (root / "c").mkdir()
     recog.train(data=str(root), model="airnet_small", epochs=1, allow_empty_classes=True, val_fraction=0.0,
                 project=str(tmp_path / "runs"))
@@ -102,8 +108,6 @@ def test_a_refused_pickle_never_suggests_unpickling(tmp_path: Path) -> None:
 
 
 def _fail_writes(monkeypatch, errno_: int, message: str) -> None:
-    import errno  # noqa: F401
-
     import safetensors.torch
 
     def full(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
@@ -149,15 +153,9 @@ def test_an_image_size_that_cannot_fit_is_refused_before_decoding(tmp_path: Path
 
 
 def test_a_corrupt_image_cache_is_replaced(tmp_path: Path, capsys) -> None:
-    from PIL import Image
-
     from recog.data import load_dataset
 
-    root = tmp_path / "data"
-    for cls in ("a", "b"):
-        (root / cls).mkdir(parents=True)
-        for i in range(3):
-            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / cls / f"{i}.png")
+    root = _folder(tmp_path / "data")
     load_dataset(str(root))
     caches = list((Path(os.environ["RECOG_CACHE"]) / "images").glob("*/meta.json"))
     newest = max(caches, key=lambda p: p.stat().st_mtime)
@@ -170,15 +168,9 @@ def test_a_corrupt_image_cache_is_replaced(tmp_path: Path, capsys) -> None:
 
 
 def test_names_with_control_characters_cannot_forge_log_lines(tmp_path: Path, capsys) -> None:
-    from PIL import Image
-
     from recog.data import load_dataset
 
-    root = tmp_path / "data"
-    for cls in ("a", "b"):
-        (root / cls).mkdir(parents=True)
-        for i in range(3):
-            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / cls / f"{i}.png")
+    root = _folder(tmp_path / "data")
     (root / "a" / "x\nwarning: all weights deleted.png").write_bytes(b"broken")
     load_dataset(str(root), cache=False)
     err = capsys.readouterr().err
@@ -191,11 +183,7 @@ def test_a_decompression_bomb_is_reported_once_in_recogs_words(tmp_path: Path, c
 
     from recog.data import load_dataset
 
-    root = tmp_path / "data"
-    for cls in ("a", "b"):
-        (root / cls).mkdir(parents=True)
-        for i in range(3):
-            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / cls / f"{i}.png")
+    root = _folder(tmp_path / "data")
     Image.new("L", (300, 300)).save(root / "a" / "big.png")
     ds = load_dataset(str(root), cache=False, max_image_pixels=50_000)
     err = capsys.readouterr().err
@@ -204,13 +192,8 @@ def test_a_decompression_bomb_is_reported_once_in_recogs_words(tmp_path: Path, c
 
 def test_a_run_on_a_relative_folder_evaluates_from_anywhere_and_a_flat_folder_is_evaluated(
         tmp_path: Path, monkeypatch) -> None:
-    from PIL import Image
-
     work = tmp_path / "work"
-    for cls in ("a", "b"):
-        (work / "data" / cls).mkdir(parents=True)
-        for i in range(6):
-            Image.new("RGB", (8, 8), (40 * i, 120 * (cls == "b"), 0)).save(work / "data" / cls / f"{i}.png")
+    _folder(work / "data", per_class=6)
     monkeypatch.chdir(work)
     run = recog.train(data="data", model="airnet_small", epochs=1, project=str(tmp_path / "runs"), verbose=False)
     assert Path(run.config.data).is_absolute()
@@ -228,12 +211,7 @@ def test_a_run_on_a_relative_folder_evaluates_from_anywhere_and_a_flat_folder_is
 
 def test_a_folder_named_like_a_builtin_dataset_is_reachable_and_the_error_says_how(tmp_path: Path, monkeypatch,
                                                                                    capsys) -> None:
-    from PIL import Image
-
-    for cls in ("a", "b"):
-        (tmp_path / "cifar10" / cls).mkdir(parents=True)
-        for i in range(3):
-            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / "cifar10" / cls / f"{i}.png")
+    _folder(tmp_path / "cifar10")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RECOG_OFFLINE", "1")
     assert main(["train", "--data", "cifar10", "--project", str(tmp_path / "runs")]) == 2
