@@ -60,3 +60,17 @@ def test_config_file_and_model_args_from_the_cli(tmp_path: Path) -> None:
     saved = (tmp_path / "train" / "config.yaml").read_text()
     assert "widths:\n  - 8\n  - 16\n  - 16" in saved or "widths: [8, 16, 16]" in saved
     assert "epochs: 1" in saved
+
+
+def test_progress_is_one_line_per_epoch_when_the_output_is_not_a_terminal(tmp_path: Path, capsys) -> None:
+    def train(*flags: str) -> str:
+        assert main(["train", "--model", "seednet", "--epochs", "2", "--project", str(tmp_path), *flags]) == 0
+        return capsys.readouterr().err
+
+    lines = train()  # stderr is captured here, not a terminal: auto means lines
+    assert "\r" not in lines and "epoch 1/2: train_loss" in lines and "epoch 2/2: train_loss" in lines
+    assert "img/s" in lines
+    assert "\r" in train("--progress", "bar")  # forced: the bar redraws its line
+    quiet = train("--progress", "none")
+    assert "epoch 1/2" not in quiet and "\r" not in quiet
+    assert main(["train", "--progress", "sometimes"]) == 2

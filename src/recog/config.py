@@ -23,6 +23,7 @@ SCHEDULES = ("onecycle", "cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16", "auto")
 LOADERS = ("auto", "memory", "stream")
 AUTO_AUGMENTS = ("randaugment", "trivialaugment")
+PROGRESS = ("auto", "bar", "lines", "none")
 CROP_SCALE = 0.35  # the smallest random-resized-crop area (torchvision uses 0.08; small images want more)
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3, "muon": 0.05}  # lr left unset: by optimizer
 
@@ -108,6 +109,8 @@ class TrainConfig:
     project: str = opt("runs", 'parent folder of run folders')
     name: str | None = opt(None, 'run folder name (auto-numbered when taken or unset)')
     tensorboard: bool = opt(False)
+    progress: str = opt("auto", 'auto | bar | lines | none: a progress bar on a terminal; one line per epoch when '
+                                'the output goes to a file (auto)')
     tta: bool = opt(False, 'test-time augmentation in the final evaluation')
     tta_translate: bool = opt(True, 'TTA also averages 1-px shifts (if trained with translate): 3x the views of flips alone')
     verbose: bool = opt(True)
@@ -132,6 +135,7 @@ class TrainConfig:
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("precision", self.precision, PRECISIONS)
         _choice("loader", self.loader, LOADERS)
+        _choice("progress", self.progress, PROGRESS)
         if self.auto_augment is not None:
             _choice("auto_augment", self.auto_augment, AUTO_AUGMENTS)
         if self.class_weights is not None:

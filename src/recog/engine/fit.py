@@ -45,7 +45,7 @@ def fit(training: Training, hooks: Hooks | None = None) -> LoopState:
     t, cfg, state, hooks = training, training.config, training.state, hooks or Hooks()
     spe = t.steps_per_epoch
     stepper = t.stepper()
-    show = cfg.verbose and is_main()
+    show = cfg.verbose and is_main() and progress_mode(cfg.progress) != "none"
     epoch = state.epoch
     while epoch < math.ceil(state.total_steps / spe):  # the total may change with a time budget
         # ---- train one epoch -----------------------------------------------------------------
@@ -108,7 +108,8 @@ def _train_epoch(t: Training, stepper: Stepper, epoch: int, show: bool) -> tuple
     correct = torch.zeros((), device=t.device, dtype=torch.long)
     images = decisions = ran = 0
     lr = 0.0
-    bar = _progress(t.train_loader, spe, f"epoch {epoch + 1}/{math.ceil(total / spe)}", show)
+    bar = _progress(t.train_loader, spe, f"epoch {epoch + 1}/{math.ceil(total / spe)}",
+                    show and progress_mode(cfg.progress) == "bar")
     for step, batch in enumerate(bar):
         global_step = epoch * spe + step
         if global_step >= total:
@@ -147,6 +148,7 @@ def _train_epoch(t: Training, stepper: Stepper, epoch: int, show: bool) -> tuple
     row = {"epoch": epoch + 1, "train_loss": loss_sum.item() / images, "train_acc": correct.item() / decisions,
            "val_loss": math.nan, "val_acc": math.nan, **{c: math.nan for c in t.task.columns}, "lr": lr,
            "train_seconds": time.perf_counter() - started}
+    row["images_per_s"] = images / max(row["train_seconds"], 1e-9)
     return row, ran
 
 
@@ -181,7 +183,15 @@ def _print_epoch(row: dict[str, Any], epochs: int, validated: bool, score: str) 
     if validated and score != "val_acc":
         val += f", {score} {row[score]:.4f}"
     print(f"epoch {row['epoch']}/{epochs}: train_loss {row['train_loss']:.4f}, train_acc {row['train_acc']:.4f}"
-          f"{val}, {row['seconds']:.1f}s", file=sys.stderr)
+          f"{val}, {row['images_per_s']:.0f} img/s, {row['seconds']:.1f}s", file=sys.stderr, flush=True)
+
+
+def progress_mode(setting: str) -> str:
+    """``auto``: a bar when stderr is a terminal; one line per epoch when it goes to a file or a pipe,
+    where a bar would write every update (thousands of carriage-return lines)."""
+    if setting != "auto":
+        return setting
+    return "bar" if sys.stderr.isatty() else "lines"
 
 
 def _progress(iterable: Any, total: int, desc: str, enabled: bool) -> Any:
