@@ -54,6 +54,11 @@ def average_precision(probs: torch.Tensor, truth: torch.Tensor) -> tuple[list[fl
     return ap, sum(per) / n, micro
 
 
+def decide(probs: torch.Tensor, thresholds: Sequence[float]) -> torch.Tensor:
+    """Which labels each image gets: probability at or over the label's threshold."""
+    return probs >= torch.tensor(thresholds, dtype=probs.dtype, device=probs.device)
+
+
 class MultiLabel(Task):
     name = "multilabel"
     score = "val_map"
@@ -79,15 +84,17 @@ class MultiLabel(Task):
     def logits_of(self, probabilities: torch.Tensor) -> torch.Tensor:
         return torch.logit(probabilities, eps=1e-7)
 
+    def cuts(self, labels: int) -> list[float]:
+        """The decision threshold of each label (0.5 until tuned)."""
+        return self.thresholds or [0.5] * labels
+
     def decisions(self, probs: torch.Tensor) -> torch.Tensor:
-        """Which labels each image gets: probability at or over the label's threshold."""
-        cut = torch.tensor(self.thresholds or [0.5] * probs.shape[1], dtype=probs.dtype, device=probs.device)
-        return probs >= cut
+        return decide(probs, self.cuts(probs.shape[1]))
 
     def validate(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[dict[str, float], dict[str, Any]]:
         probs = self.probabilities(logits)
         thresholds = tune_thresholds(probs, targets)
-        hits = (probs >= torch.tensor(thresholds)) == (targets > 0.5)
+        hits = decide(probs, thresholds) == (targets > 0.5)
         return {"val_loss": F.binary_cross_entropy_with_logits(logits.float(), targets).item(),
                 "val_acc": hits.float().mean().item(),  # per-label accuracy at the tuned thresholds
                 "val_map": average_precision(probs, targets.long())[1]}, {"thresholds": thresholds}
@@ -108,6 +115,7 @@ class MultiLabel(Task):
         recall = multilabel_recall(decided, truth, k, average="none").tolist()
         f1 = multilabel_f1_score(decided, truth, k, average="none").tolist()
         ap, map_macro, map_micro = average_precision(probs, truth)
+        cuts = self.cuts(k)
         support = truth.sum(0).tolist()
         return {
             "task": self.name,
@@ -121,7 +129,7 @@ class MultiLabel(Task):
             "micro_f1": multilabel_f1_score(decided, truth, k, average="micro").item(),
             "per_class": [
                 {"class": c, "precision": precision[i], "recall": recall[i], "f1": f1[i],
-                 "ap": ap[i], "support": int(support[i]), "threshold": (self.thresholds or [0.5] * k)[i]}
+                 "ap": ap[i], "support": int(support[i]), "threshold": cuts[i]}
                 for i, c in enumerate(classes)
             ],
             "label_frequency": (truth.float().mean(0)).tolist(),
