@@ -122,7 +122,8 @@ def _final_report(training: Training, state: LoopState) -> dict[str, Any]:
     if ds.eval_split is not None:
         split_name, split = ds.eval_split
         clf = Classifier(training.model, meta, training.device, best, cfg)
-        report, rows = evaluate_split(clf, split, split_name, cfg.precision, cfg.tta, workers=cfg.workers)
+        report, rows = evaluate_split(clf, split, split_name, cfg.precision, cfg.tta, workers=cfg.workers,
+                                      verbose=is_main())
         report["title"] = f"{run_dir.name} ({cfg.model} on {cfg.data})"
         if is_main():
             write_report(run_dir, report)
@@ -206,7 +207,8 @@ def evaluate(
         raise DataError(f"{data} has no test or val split to evaluate on")
     precision = cfg.precision if cfg else "fp32"
     with reuse_freed_memory(clf.device.type == "cpu" and (cfg.reuse_memory if cfg else True)):  # 1.4x with TTA
-        report, rows = evaluate_split(clf, split, split_name, precision, tta, batch_size, cfg.workers if cfg else None)
+        report, rows = evaluate_split(clf, split, split_name, precision, tta, batch_size, cfg.workers if cfg else None,
+                                      verbose)
     report["title"] = f"{clf.source} on {data}"
     out_dir = Path(out) if out else next_run_dir(cfg.project if cfg else "runs", "eval")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -95,14 +95,16 @@ def collect_logits(
 
 
 def evaluate_split(clf: Classifier, split: AnySplit, split_name: str, precision: str = "fp32", tta: bool = False,
-                   batch_size: int = 256, workers: int | None = None) -> tuple[dict[str, Any], list[list[Any]]]:
-    """The task's report on ``split`` and the rows of ``predictions.csv``."""
+                   batch_size: int = 256, workers: int | None = None,
+                   verbose: bool = True) -> tuple[dict[str, Any], list[list[Any]]]:
+    """The task's report on ``split`` and the rows of ``predictions.csv`` (``verbose``: notes on stderr;
+    under torchrun only rank 0 says them)."""
     started = time.perf_counter()
     meta = clf.meta
     loader = make_loader(split, meta["channels"], meta["image_size"], batch_size, clf.normalize, clf.device,
                          workers=workers)
     views = views_for(meta) if tta else None
-    if tta and len(views) == 1:
+    if tta and len(views) == 1 and verbose:
         print("note: --tta has no views for this model (trained without flip or translate); plain evaluation",
               file=sys.stderr)
     logits, targets = collect_logits(clf.model, loader, clf.device, precision, clf.task, views)

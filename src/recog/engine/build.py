@@ -128,7 +128,7 @@ def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path |
     state = restore_state(saved, model, optimizer, lookahead) if saved else LoopState()
     task = make_task(ds, cfg, device)
     if saved and run_dir is not None:
-        correction = reconcile(state, run_dir / "weights", task.score)
+        correction = reconcile(state, run_dir / "weights", task.score, write=is_main())
         if correction and is_main():
             print(f"warning: {correction}", file=sys.stderr)
 

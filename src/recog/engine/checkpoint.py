@@ -68,14 +68,15 @@ def restore_state(saved: dict[str, Any], model: nn.Module, optimizer: torch.opti
     return LoopState(**loop)
 
 
-def reconcile(state: LoopState, weights_dir: Path, score: str) -> str | None:
+def reconcile(state: LoopState, weights_dir: Path, score: str, write: bool = True) -> str | None:
     """Make a restored loop state and the ``best`` weights on disk agree again after a kill.
 
     Each epoch writes ``last``, then ``state.pt`` (the commit), then ``best``. Killed between the
     last two, the state names the latest epoch as best while ``best`` still holds an older one: that
     epoch's weights are in ``last`` (written first), so they are copied to ``best``. Any other
     disagreement (a file lost or replaced by hand) falls back to the epoch ``best`` actually holds,
-    or to none (the next epoch is then saved as best). Returns what was corrected, or None."""
+    or to none (the next epoch is then saved as best). Returns what was corrected, or None.
+    ``write``: this process may copy the file (rank 0 under torchrun; the others only follow)."""
     best, last = weights_dir / "best.safetensors", weights_dir / "last.safetensors"
     meta = read_meta(best)
     held = meta.get("epoch") if meta else None
@@ -84,8 +85,9 @@ def reconcile(state: LoopState, weights_dir: Path, score: str) -> str | None:
     said = state.best_epoch
     last_meta = read_meta(last)
     if said and last_meta and last_meta.get("epoch") == said:
-        with atomic_path(best) as tmp:
-            shutil.copyfile(last, tmp)
+        if write:
+            with atomic_path(best) as tmp:
+                shutil.copyfile(last, tmp)
         return f"the run was killed before epoch {said}'s best weights were saved: restored them from {last}"
     if held is not None and 1 <= held <= len(state.history):
         state.best_epoch, state.best_score = held, state.history[held - 1].get(score, -math.inf)
