@@ -20,6 +20,7 @@ from recog.engine.build import Training, build, data_options, session
 from recog.engine.checkpoint import LoopState, load_state
 from recog.engine.distributed import is_main
 from recog.engine.fit import EpochHook, Hooks, fit
+from recog.engine.plan import plan
 from recog.engine.memory import reuse_freed_memory
 from recog.errors import ConfigError, DataError, WeightsError
 from recog.evaluation import evaluate_split, write_predictions
@@ -81,7 +82,7 @@ def _resolve(config: str | os.PathLike | None, resume: str | os.PathLike | None,
              overrides: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any] | None, Path | None]:
     """(config, saved training state, run folder): a new run's, or the saved ones of a run to resume."""
     if resume is None:
-        return make_config(config, **overrides), None, None
+        return make_config(config, plan=plan, **overrides), None, None
     run_dir = Path(resume).expanduser()
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"cannot resume {run_dir}: no config.yaml there (is it a run folder?)")
@@ -175,14 +176,14 @@ def evaluate(
     source: str | os.PathLike,
     data: str | None = None,
     data_root: str | None = None,
-    tta: bool = False,
+    tta: bool | None = None,
     out: str | os.PathLike | None = None,
     device: str = "auto",
     batch_size: int = 256,
     verbose: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a run or weights file on ``data`` (default: the run's own data) and write a report
-    and ``predictions.csv``."""
+    and ``predictions.csv``. ``tta`` unset: as the run's final evaluation did."""
     if out is not None:
         check_folder(out, "--out")
     clf = load(source, device)
@@ -206,6 +207,7 @@ def evaluate(
     if ds.eval_split is None and same:
         raise DataError(f"{data} has no test or val split to evaluate on")
     precision = cfg.precision if cfg else "fp32"
+    tta = (cfg.tta if cfg is not None else False) if tta is None else tta
     with reuse_freed_memory(clf.device.type == "cpu" and (cfg.reuse_memory if cfg else True)):  # 1.4x with TTA
         report, rows = evaluate_split(clf, split, split_name, precision, tta, batch_size, cfg.workers if cfg else None,
                                       verbose)

@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", metavar="RUN_OR_WEIGHTS")
     p.add_argument("--data", help="dataset name or image folder (default: the run's own data)")
     p.add_argument("--data-root", help="folder with an existing copy of a torchvision dataset")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation (flip/translate as trained)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time augmentation (flip/translate as trained; default: as the run's own evaluation)")
     p.add_argument("--out", metavar="DIR", help="report folder (default: runs/eval, auto-numbered)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=256)

@@ -25,6 +25,8 @@ LOADERS = ("auto", "memory", "stream")
 AUTO_AUGMENTS = ("randaugment", "trivialaugment")
 PROGRESS = ("auto", "bar", "lines", "none")
 CROP_SCALE = 0.35  # the smallest random-resized-crop area (torchvision uses 0.08; small images want more)
+RECIPE_AUTO = "auto"
+NO_RECIPE = "none"
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3, "muon": 0.05}  # lr left unset: by optimizer
 
 
@@ -40,7 +42,9 @@ def opt(default: Any = None, help: str | None = None, factory: Any = None) -> An
 class TrainConfig:
     """Everything that defines a training run. Saved as ``config.yaml`` in each run folder."""
 
-    recipe: str | None = opt(None, 'a named set of defaults (recog/recipes/NAME.yaml) under the YAML and flags')
+    recipe: str | None = opt(RECIPE_AUTO, "auto: chosen from the images and the time budget (small at <= 64 px, "
+                                          "photos above); a named set of defaults under the YAML and flags "
+                                          "(recog/recipes/NAME.yaml); none: the plain defaults")
     # data
     data: str = opt("digits", 'digits | cifar10 | cifar100 | mnist | fashion-mnist | PATH to an image folder '
                               'or to a CSV/JSONL label manifest')
@@ -75,10 +79,10 @@ class TrainConfig:
     model_args: dict[str, Any] = opt(None, 'builder keyword arguments', factory=dict)
     weights: str | None = opt(None, 'initial weights: a .safetensors or a plain state dict file')
     # optimisation
-    epochs: int = opt(20)
+    epochs: int | None = opt(None, 'default: planned from the data (and the time budget)')
     time_budget: str | None = opt(None, 'e.g. 5m: measure the first steps and choose the epochs to fit')
     steps: int | None = opt(None, 'stop after this many optimizer steps (a partial last epoch; the LR ends there)')
-    batch_size: int = opt(64)
+    batch_size: int | None = opt(None, 'default: planned from the data and the memory the model needs per image')
     micro_batch: int | None = opt(None, 'forward/backward in chunks of this many images, one optimizer step per batch')
     optimizer: str = opt("sgd", 'sgd | adamw | muon (orthogonalised updates for conv filters, SGD for the rest)')
     lr: float | None = opt(None, "default: 0.05 for sgd (and muon's non-filter parameters), 0.001 for adamw")
@@ -98,8 +102,8 @@ class TrainConfig:
     lookahead: bool = opt(False, "airbench's lookahead: pull weights to a trailing average every 5 steps")
     patience: int | None = opt(None, 'early stopping: epochs without val_acc improvement')
     # speed and reproducibility
-    precision: str = opt("fp32", 'fp32 | bf16 (autocast on CPU and CUDA) | auto (bf16 where the hardware has it)')
-    channels_last: bool = opt(False)
+    precision: str = opt("auto", 'fp32 | bf16 (autocast on CPU and CUDA) | auto (bf16 where the hardware has it)')
+    channels_last: bool = opt(True, 'NHWC tensors (faster convolutions on CPUs and GPUs)')
     compile: bool = opt(False, 'torch.compile the model')
     reuse_memory: bool = opt(True, 'CPU, Linux: keep freed memory for reuse while training (no per-step page faults)')
     device: str = opt("auto", 'auto | cpu | cuda | cuda:N')
@@ -167,7 +171,7 @@ class TrainConfig:
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"steps must be at least 1, got {self.steps}")
         for key in ("epochs", "batch_size"):
-            if getattr(self, key) < 1:
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
         if self.optimizer == "muon" and self.lr == 0:
             raise ConfigError("lr must be positive with optimizer muon: the filters' muon_lr follows lr's schedule "
@@ -302,7 +306,10 @@ def list_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
 
-def recipe_values(name: str) -> dict[str, Any]:
+def recipe_values(name: str | None) -> dict[str, Any]:
+    """The recipe's values (none for ``none``, unset or ``auto``: auto is decided by the planner)."""
+    if name in (None, NO_RECIPE, RECIPE_AUTO):
+        return {}
     path = RECIPES_DIR / f"{name}.yaml"
     if not path.is_file():
         hint = did_you_mean(name, list_recipes())
@@ -310,16 +317,26 @@ def recipe_values(name: str) -> dict[str, Any]:
     return load_yaml(path)
 
 
-def make_config(config: str | os.PathLike | None = None, **overrides: Any) -> TrainConfig:
-    """Defaults, then the recipe, then the YAML file, then overrides (keys whose value is None are
-    left out)."""
+_MODEL_KEYS = ("model_args", "freeze_stem_epochs")  # a recipe's values that belong to its model
+# the planner of ``recipe: auto``: (the values the user gave) -> (recipe name, planned values)
+Planner = typing.Callable[[dict[str, Any]], tuple[str, dict[str, Any]]]
+
+
+def make_config(config: str | os.PathLike | None = None, plan: Planner | None = None, **overrides: Any) -> TrainConfig:
+    """Defaults, then the recipe (and what ``plan`` chose for ``recipe: auto``), then the YAML file,
+    then overrides (keys whose value is None are left out): what the user gives always wins."""
     from_file = load_yaml(config) if config is not None else {}
     check_keys(overrides, "arguments")
-    given = {k: v for k, v in overrides.items() if v is not None}
-    recipe = given.get("recipe", from_file.get("recipe"))
-    values = recipe_values(recipe) if recipe else {}
-    values.update(from_file)
-    values.update(given)
+    given = {**from_file, **{k: v for k, v in overrides.items() if v is not None}}
+    recipe = given.get("recipe", RECIPE_AUTO)  # an old config.yaml's ``recipe: null`` is no recipe
+    planned: dict[str, Any] = {}
+    if recipe == RECIPE_AUTO and plan is not None:
+        recipe, planned = plan({k: coerce(k, v) for k, v in given.items()})
+    values = {**recipe_values(recipe), **planned}
+    if "model" in given and given["model"] != values.get("model", given["model"]):
+        for key in _MODEL_KEYS:  # the recipe's settings of its own model do not fit another
+            values.pop(key, None)
+    values.update(given, recipe=recipe)
     return TrainConfig(**{k: coerce(k, v) for k, v in values.items()})
 
 

@@ -6,7 +6,7 @@ from recog.data.augment import BatchAugment
 from recog.data.builtin import BUILTIN, BUILTIN_SHAPES
 from recog.data.image import ImageReadError, load_image, open_image
 from recog.data.loader import MemoryLoader, Normalize, channel_stats
-from recog.data.sources import list_sources, load_dataset, register_source
+from recog.data.sources import Probe, list_sources, load_dataset, probe_dataset, register_source
 from recog.data.splits import Dataset, FileSplit, Split
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "FileSplit",
     "ImageReadError",
     "MemoryLoader",
+    "Probe",
     "Normalize",
     "Split",
     "channel_stats",
@@ -24,5 +25,6 @@ __all__ = [
     "load_dataset",
     "load_image",
     "open_image",
+    "probe_dataset",
     "register_source",
 ]

@@ -20,6 +20,14 @@ BUILTIN_SHAPES = {
     "mnist": (1, 28, 10),
     "fashion-mnist": (1, 28, 10),
 }
+# (train, test) images of the built-in datasets (digits: its fixed 80/20 split)
+BUILTIN_COUNTS = {
+    "digits": (1437, 360),
+    "cifar10": (50000, 10000),
+    "cifar100": (50000, 10000),
+    "mnist": (60000, 10000),
+    "fashion-mnist": (60000, 10000),
+}
 
 
 def digits() -> Dataset:

@@ -8,10 +8,11 @@ Built in: ``digits`` (bundled, offline), the torchvision sets (``cifar10``, ``ci
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recog.data.builtin import TORCHVISION, digits, torchvision_set
+from recog.data.builtin import BUILTIN_COUNTS, BUILTIN_SHAPES, TORCHVISION, digits, torchvision_set
 from recog.data.splits import Dataset, hold_out
 from recog.errors import DataError, did_you_mean
 
@@ -34,6 +35,46 @@ def list_sources() -> list[str]:
 register_source("digits", lambda data_root=None, **_: digits())
 for _name in TORCHVISION:
     register_source(_name, lambda data_root=None, _name=_name, **_: torchvision_set(_name, data_root))
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What the planner needs to know about data before it is decoded (file headers, counts)."""
+
+    side: int  # the images' most common shorter side (their native size)
+    channels: int
+    train: int  # training images (after the validation split is carved)
+    val: int
+    test: int
+
+
+def probe_dataset(data: str, data_root: str | None = None, val_fraction: float = 0.1, channels: int | None = None,
+                  **options: Any) -> Probe:
+    """Sizes and counts of a source without decoding it: known for the built-in sets, from a
+    sample of file headers for folders and manifests; another registered source is loaded."""
+    if data in BUILTIN_SHAPES:
+        (c, side, _), (train, test) = BUILTIN_SHAPES[data], BUILTIN_COUNTS[data]
+        val = round(train * val_fraction)
+        return Probe(side, c, train - val, val, test)
+    path = Path(str(data)).expanduser()
+    if data not in _SOURCES and path.exists():
+        from recog.data.files import default_shape
+        from recog.data.manifest import is_manifest, scan_manifest
+
+        if is_manifest(path):
+            scan = scan_manifest(path)
+        else:
+            from recog.data.folder import scan_folder
+
+            scan = scan_folder(path, allow_empty_classes=True)
+        side, c, _ = default_shape(scan, None, channels)
+        train, val, test = (len(scan.files.get(s, ())) for s in ("train", "val", "test"))
+        if not val:
+            val = round(train * val_fraction)
+            train -= val
+        return Probe(side, c, train, val, test)
+    ds = load_dataset(data, data_root, val_fraction, channels=channels, **options)
+    return Probe(ds.image_size, ds.channels, len(ds.train), len(ds.val or ()), len(ds.test or ()))
 
 
 def load_dataset(

@@ -32,6 +32,7 @@ from recog.engine.checkpoint import LoopState, reconcile, restore_state
 from recog.engine.distributed import is_main
 from recog.engine.memory import reuse_freed_memory
 from recog.engine.optim import Lookahead, make_optimizer
+from recog.engine.plan import MemoryPlan, activation_bytes, available_memory, fill_defaults, plan_memory
 from recog.engine.schedule import epochs_to_steps
 from recog.engine.step import Stepper
 from recog.errors import ConfigError
@@ -91,6 +92,7 @@ def session(cfg: TrainConfig) -> Iterator[None]:
 def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path | None = None) -> Training:
     """The data, model, optimizer and loaders of a run; ``saved`` is the training state to resume."""
     device = resolve_device(cfg.device)
+    cfg = fill_defaults(cfg)
     if run_dir is None:
         check_folder(cfg.project, "project")  # before the data is loaded, not after minutes of decoding
     check_batch_memory(cfg)
@@ -122,6 +124,7 @@ def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path |
         model.data_init(_init_sample(ds, cfg, normalize, device))  # e.g. airnet's patch-whitening stem
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    cfg, memory = _plan_memory(cfg, model, ds, device)
     optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov,
                                cfg.bias_lr_scale, cfg.muon_lr, cfg.muon_momentum)
     lookahead = Lookahead(model) if cfg.lookahead else None
@@ -159,9 +162,40 @@ def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path |
     training.config = cfg = cfg.replace(warmup_epochs=_warmup_epochs(cfg, state.total_steps, steps_per_epoch),
                                         name=run_dir.name)
     training.record(state.total_steps)
+    if cfg.verbose and is_main():
+        print(plan_line(training, memory), file=sys.stderr)
     if is_main() and ds.skipped:
         write_skipped(run_dir / "skipped.csv", ds.skipped)
     return training
+
+
+def plan_line(training: Training, memory: MemoryPlan) -> str:
+    """The plan in one line a person reads: recipe, model, size, precision, batch, epochs, time, memory."""
+    cfg, model = training.config, training.model
+    params = sum(p.numel() for p in model.parameters())
+    stride = cfg.model_args.get("stem_stride", 1)
+    budget = training.budget.plan if training.budget is not None else None
+    epochs = training.state.total_steps / training.steps_per_epoch
+    timing = (f" in {cfg.time_budget} (est. {budget.epoch_s:.0f} s/epoch + {budget.final_eval_s:.0f} s final "
+              f"evaluation)" if budget is not None else "")
+    return (f"plan: {cfg.recipe or 'no'} recipe: {cfg.model} {params / 1e6:.2f} M params at {training.data.image_size} px"
+            f"{f' (stem {stride}x{stride} patches)' if stride > 1 else ''}, {cfg.precision}"
+            f"{', channels-last' if cfg.channels_last else ''}, batch {cfg.batch_size}, {epochs:.3g} epochs{timing}; "
+            f"{memory.describe(cfg.batch_size)}")
+
+
+def _plan_memory(cfg: TrainConfig, model: nn.Module, ds: Dataset, device: torch.device) -> tuple[TrainConfig,
+                                                                                                   MemoryPlan]:
+    """Measure the activations per image; micro-batches when a batch would not fit (said once)."""
+    per_image = activation_bytes(model, ds.channels, ds.image_size, cfg.precision, device)
+    memory = plan_memory(per_image, cfg.batch_size, cfg.micro_batch, available_memory(device),
+                         f"{cfg.model} at {ds.image_size} px, batch {cfg.batch_size}")
+    if memory.micro_batch != cfg.micro_batch:
+        if cfg.verbose and is_main():
+            print(f"note: a batch of {cfg.batch_size} would not fit in memory: forward and backward run in "
+                  f"micro-batches of {memory.micro_batch} (one optimizer step per batch)", file=sys.stderr)
+        cfg = cfg.replace(micro_batch=memory.micro_batch)
+    return cfg, memory
 
 
 def check_batch_memory(cfg: TrainConfig, fraction: float = 0.5) -> None:
@@ -231,7 +265,9 @@ def _initial_weights(model: nn.Module, cfg: TrainConfig) -> None:
 
 def _init_sample(ds: Dataset, cfg: TrainConfig, normalize: Normalize, device: torch.device,
                  n: int = 5000) -> torch.Tensor:
-    """Up to ``n`` normalised training images, for data-dependent initialisation."""
+    """Up to ``n`` normalised training images (fewer for large images: as many pixels as 5,000 at 32
+    px), for data-dependent initialisation."""
+    n = max(64, min(n, n * 32**2 // ds.image_size**2))
     index = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(cfg.seed))[:n]
     loader = make_loader(ds.train.subset(index), ds.channels, ds.image_size, 1000, normalize, device,
                          workers=cfg.workers)

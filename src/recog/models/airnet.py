@@ -68,27 +68,34 @@ class AirNet(nn.Module):
         dirac: bool = False,
         kernel_size: int = 3,
         depth: int = 2,
+        stem_stride: int = 1,
     ) -> None:
         super().__init__()
+        if stem_stride < 1:
+            raise ConfigError(f"airnet: stem_stride must be at least 1, got {stem_stride}")
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ConfigError(f"airnet: kernel_size must be odd (3, 5, 7…) to keep the map size, got {kernel_size}")
         if depth < 1:
             raise ConfigError(f"airnet: depth (convolutions per group) must be at least 1, got {depth}")
         if not widths or any(int(w) < 1 for w in widths):
             raise ConfigError(f"airnet: widths must be positive channel counts, got {list(widths)}")
+        # stride 1: airbench's overlapping 2x2 patches; stride s > 1 (photos): s x s patches side by
+        # side, so that the groups see a small map (e.g. 128 px / 4 = 32) and cost what they cost at 32 px
+        patch = 2 if stem_stride == 1 else stem_stride
         if stem == "whiten":
-            stem_width = 2 * in_channels * 4  # each whitening direction with both signs
-            self.whiten = nn.Conv2d(in_channels, stem_width, 2, padding=0, bias=True)
+            stem_width = 2 * in_channels * patch**2  # each whitening direction with both signs
+            self.whiten = nn.Conv2d(in_channels, stem_width, patch, stride=stem_stride, padding=0, bias=True)
             self.whiten.weight.requires_grad = False
             self.stem = nn.Sequential(self.whiten, nn.GELU())
-            side = image_size - 1
+            side = image_size - 1 if stem_stride == 1 else image_size // stem_stride
         elif stem == "conv":
+            kernel, pad = (3, 1) if stem_stride == 1 else (stem_stride, 0)
             self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, stem_width, 3, padding=1, bias=False),
+                nn.Conv2d(in_channels, stem_width, kernel, stride=stem_stride, padding=pad, bias=False),
                 nn.BatchNorm2d(stem_width),
                 nn.GELU(),
             )
-            side = image_size
+            side = image_size // stem_stride
         else:
             raise ValueError(f"stem must be 'conv' or 'whiten', got {stem!r}")
         groups, c_in = [], stem_width
@@ -118,8 +125,8 @@ class AirNet(nn.Module):
         training images, scaled by 1/sqrt(eigenvalue), with both signs. No-op for the conv stem."""
         if not hasattr(self, "whiten"):
             return
-        c, (h, w) = images.shape[1], self.whiten.weight.shape[2:]
-        patches = images.float().unfold(2, h, 1).unfold(3, w, 1).transpose(1, 3).reshape(-1, c * h * w)
+        c, (h, w), step = images.shape[1], self.whiten.weight.shape[2:], self.whiten.stride[0]
+        patches = images.float().unfold(2, h, step).unfold(3, w, step).transpose(1, 3).reshape(-1, c * h * w)
         covariance = patches.T @ patches / len(patches)
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
         filters = eigenvectors.T.reshape(-1, c, h, w) / torch.sqrt(eigenvalues.view(-1, 1, 1, 1) + eps)
@@ -139,13 +146,15 @@ def airnet(
     dirac: bool = False,
     kernel_size: int = 3,
     depth: int = 2,
+    stem_stride: int = 1,
 ) -> nn.Module:
     """airbench-style conv-pool-BN-GELU net; ``widths`` sets the channels of each group, ``depth`` the
-    convolutions per group and ``kernel_size`` their (odd) size.
+    convolutions per group and ``kernel_size`` their (odd) size; ``stem_stride`` s > 1 makes the stem
+    s x s patches side by side (photos: the planner sets it so that the groups see ~32 px).
     ``stem="whiten", bn_momentum=0.4, learn_scale=False, dirac=True`` is airbench94's net."""
     return AirNet(num_classes, in_channels, image_size, tuple(int(w) for w in widths), int(stem_width),
                   stem=stem, bn_momentum=float(bn_momentum), learn_scale=bool(learn_scale), dirac=bool(dirac),
-                  kernel_size=int(kernel_size), depth=int(depth))
+                  kernel_size=int(kernel_size), depth=int(depth), stem_stride=int(stem_stride))
 
 
 @register_model

@@ -1,0 +1,284 @@
+"""The planner: what a run trains with where the user left it unset (``recipe: auto``, the default).
+
+One rule per choice, each stated here and in the README:
+
+* **resolution** (photos, ``image_size`` unset): the largest size on :data:`LADDER`, never above the
+  images' native size, at which the time budget fits at least :data:`MIN_EPOCHS` epochs plus the
+  final evaluation — timed on this machine with the model each size would train (a few steps on
+  synthetic images). Without a budget: :data:`PHOTO_SIZE` (or the native size when smaller).
+  When no size fits, the smallest is taken and the plan says so.
+* **recipe**: ``small`` at a working size of at most :data:`SMALL_MAX` px, else ``photos``; for
+  ``photos`` with airnet the stem's stride makes the groups see ~32 px; under :data:`TINY` px
+  (8-px digits) airnet's learned conv stem replaces the whitening one.
+* **batch size**: a power of two near 1/20 of the training images, 32..1,024, so that a small set
+  still gets steps; the recipe's learning rates (stated for 1,024) scale with it (the head's
+  linearly, Muon's with the square root).
+* **epochs** (no budget): enough for :data:`MIN_STEPS` steps, 8..50.
+* **memory** (:func:`plan_memory`, every run): the activation memory per image is measured on the
+  built model; a batch that does not fit :data:`MEMORY_FRACTION` of the available memory is split
+  into micro-batches, and a run where even one image does not fit is refused before training.
+
+Explicit values (flags, YAML, keyword arguments) always win: the planner only fills what is unset.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from recog.config import TrainConfig, parse_duration, recipe_values
+from recog.data import Probe, probe_dataset
+from recog.device import autocast, resolve_device, resolve_precision
+from recog.errors import ConfigError
+
+LADDER = (32, 48, 64, 96, 128, 160, 192, 224, 256)
+SMALL_MAX = 64  # px: at most this, the small-image recipe
+TINY = 16  # px: under this, airnet's learned conv stem instead of the whitening one
+PHOTO_SIZE = 128  # px: photos without a time budget (the fastai Imagenette leaderboard's size)
+MIN_EPOCHS = 8  # the budget rule: the largest size that fits at least this many epochs
+MIN_STEPS = 320  # no budget: at least this many optimizer steps (8..50 epochs)
+REFERENCE_BATCH = 1024  # the small and photos recipes' learning rates are for this batch
+MEMORY_FRACTION = 0.5  # of the available memory (RAM, or free GPU memory), for one step's activations
+PLAIN = {"batch_size": 64, "epochs": 20}  # recipe none: the plain defaults
+
+
+@dataclass(frozen=True)
+class SizeChoice:
+    size: int
+    epochs_fit: float | None  # epochs the budget fits at this size (None: no budget)
+    why: str
+
+
+def plan(given: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The :data:`recog.config.Planner` of ``recipe: auto``: (recipe, planned values) from the
+    values the user gave. Probes the data (file headers), and with a time budget times the model."""
+    verbose = given.get("verbose", True)
+    probe = probe_dataset(given.get("data", TrainConfig.data), given.get("data_root"),
+                          given.get("val_fraction", TrainConfig.val_fraction), given.get("channels"))
+    planned: dict[str, Any] = {}
+    size = given.get("image_size")
+    choice = None
+    if size is None:
+        choice = choose_size(given, probe)
+        size = choice.size
+        if size != probe.side:
+            planned["image_size"] = size
+    recipe = "small" if size <= SMALL_MAX else "photos"
+    planned.update(sizing(recipe, given, probe, size))
+    if verbose:
+        why = f" ({choice.why})" if choice is not None and choice.why else ""
+        print(f"plan: {recipe} recipe at {size} px{why}; images {probe.side} px, {probe.train:,} for training",
+              file=sys.stderr)
+    return recipe, planned
+
+
+def sizing(recipe: str, given: dict[str, Any], probe: Probe, size: int) -> dict[str, Any]:
+    """Batch size (and the learning rates scaled to it), epochs and the stem's stride, for what
+    neither the recipe nor the user set."""
+    values = {**recipe_values(recipe), **given}
+    if given.get("model", values.get("model")) != recipe_values(recipe).get("model"):
+        values.pop("model_args", None)
+    planned: dict[str, Any] = {}
+    if values.get("model", TrainConfig.model) == "airnet" and "model_args" not in given:
+        if size > SMALL_MAX:
+            planned["model_args"] = {**values.get("model_args", {}), "stem_stride": stem_stride(size)}
+        elif size < TINY:  # too few 2x2 patches to whiten: the learned stem (digits: 98.3% vs 97.5%)
+            planned["model_args"] = {**values.get("model_args", {}), "stem": "conv"}
+    batch = values.get("batch_size")
+    if batch is None:
+        batch = planned["batch_size"] = batch_for(probe.train)
+        if "lr" not in given and "lr" in values:
+            planned["lr"] = round(values["lr"] * batch / REFERENCE_BATCH, 6)
+        if "muon_lr" not in given and "muon_lr" in values:
+            planned["muon_lr"] = round(values["muon_lr"] * math.sqrt(batch / REFERENCE_BATCH), 6)
+    if values.get("epochs") is None and values.get("steps") is None and values.get("time_budget") is None:
+        planned["epochs"] = epochs_for(math.ceil(probe.train / batch))
+    return planned
+
+
+def stem_stride(size: int) -> int:
+    """airnet on photos: s x s patches so that the groups see ~32 px (1 at small sizes)."""
+    return 1 if size <= SMALL_MAX else max(2, round(size / 32))
+
+
+def batch_for(train_images: int) -> int:
+    """A power of two near 1/20 of the training images, 32..1,024."""
+    return int(min(REFERENCE_BATCH, max(32, 2 ** math.floor(math.log2(max(1, train_images / 20))))))
+
+
+def epochs_for(steps_per_epoch: int) -> int:
+    return int(min(50, max(8, math.ceil(MIN_STEPS / max(1, steps_per_epoch)))))
+
+
+def ladder(native: int) -> list[int]:
+    """The sizes to consider, largest first, never above the native size (which is one when small)."""
+    sizes = [s for s in LADDER if s <= native]
+    return sorted(sizes or [native], reverse=True)
+
+
+def choose_size(given: dict[str, Any], probe: Probe) -> SizeChoice:
+    """The working resolution by the stated rule (module docstring)."""
+    if probe.side <= SMALL_MAX:
+        return SizeChoice(probe.side, None, "")
+    budget = given.get("time_budget")
+    if budget is None:
+        size = max(s for s in ladder(probe.side) if s <= PHOTO_SIZE) if probe.side >= LADDER[0] else probe.side
+        return SizeChoice(size, None, f"{PHOTO_SIZE} px without a time budget" if size == PHOTO_SIZE else "")
+    seconds = parse_duration(budget)
+    epochs = {}
+    for size in ladder(probe.side):
+        train_s, eval_s = time_per_image(given, probe, size)
+        epochs[size] = fit = epochs_in(seconds, probe, train_s, eval_s, 2 if given.get("tta", True) else 1)
+        if fit >= MIN_EPOCHS:
+            return SizeChoice(size, fit, f"the largest size at which {budget} fits >= {MIN_EPOCHS} epochs: "
+                                         f"~{fit:.0f} measured")
+    size = min(epochs)
+    return SizeChoice(size, epochs[size], f"{budget} fits no size {MIN_EPOCHS} epochs; the smallest, "
+                                          f"{size} px, fits ~{epochs[size]:.1f}")
+
+
+def epochs_in(seconds: float, probe: Probe, train_s: float, eval_s: float, final_views: int) -> float:
+    """Epochs (training + validation) that fit after the final evaluation and a 10% margin."""
+    final = (probe.test or probe.val) * final_views * eval_s
+    epoch = probe.train * train_s + probe.val * eval_s
+    return max(0.0, 0.9 * seconds - final) / epoch
+
+
+def time_per_image(given: dict[str, Any], probe: Probe, size: int, images: int = 32) -> tuple[float, float]:
+    """(training, evaluation) seconds per image at ``size`` for the model and optimizer that size
+    would train with: a warm-up step and two timed steps on synthetic images."""
+    from recog.config import make_config
+    from recog.engine.optim import make_optimizer
+    from recog.engine.step import Stepper
+    from recog.models import create_model
+    from recog.tasks import Classification
+
+    recipe = "small" if size <= SMALL_MAX else "photos"
+    probe_sized = Probe(size, probe.channels, probe.train, probe.val, probe.test)
+    cfg = make_config(**{**given, "recipe": recipe, "image_size": size, "verbose": False,
+                         **sizing(recipe, given, probe_sized, size)})
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device, verbose=False)
+    model = create_model(cfg.model, 10, probe.channels, size, **cfg.model_args).to(device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov,
+                               cfg.bias_lr_scale, cfg.muon_lr, cfg.muon_momentum)  # a throw-away model
+    step = Stepper(model, model, optimizer, Classification(), device, precision)
+    x = torch.randn(images, probe.channels, size, size, device=device).contiguous(memory_format=memory_format)
+    batch = (x, torch.randint(0, 10, (images,), device=device))
+    train_s = _timed(lambda: step(batch), device) / images
+    model.eval()
+    with torch.no_grad(), autocast(device, precision):
+        eval_s = _timed(lambda: model(x), device) / images
+    return train_s, eval_s
+
+
+def _timed(fn: Any, device: torch.device, repeats: int = 2) -> float:
+    fn()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
+def fill_defaults(cfg: TrainConfig) -> TrainConfig:
+    """Batch size and epochs still unset (``recipe: none``, or a config made without the planner)."""
+    unset = {k: v for k, v in PLAIN.items() if getattr(cfg, k) is None}
+    if "epochs" in unset and (cfg.steps is not None or cfg.time_budget is not None):
+        unset.pop("epochs")
+    return cfg.replace(**unset) if unset else cfg
+
+
+# ---- memory ------------------------------------------------------------------------------------
+
+
+def activation_bytes(model: nn.Module, channels: int, size: int, precision: str, device: torch.device,
+                     images: int = 2) -> float:
+    """Bytes per image that one training forward pass keeps for its backward (measured: every
+    tensor autograd saves, parameters left out), for this model, size and precision."""
+    params = {p.data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.data_ptr() not in params:
+            seen[t.data_ptr()] = max(seen.get(t.data_ptr(), 0), t.numel() * t.element_size())
+        return t
+
+    was_training = model.training
+    model.train()
+    x = torch.randn(images, channels, size, size, device=device)
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # batch-norm statistics are restored
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(device, precision):
+        model(x)
+    model.load_state_dict(state)
+    model.train(was_training)
+    return sum(seen.values()) / images
+
+
+def available_memory(device: torch.device) -> int:
+    """Free GPU memory, or the RAM the kernel says is available (MemAvailable)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    from recog.data.files import total_memory
+
+    return total_memory() // 2
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    per_image: float  # bytes of activations per training image
+    limit: float  # bytes allowed for one step's activations
+    micro_batch: int | None  # the micro-batch the plan needs (None: the whole batch fits)
+
+    def describe(self, batch: int) -> str:
+        chunk = self.micro_batch or batch
+        return (f"{_gib(self.per_image * chunk * _OVERHEAD)} of activations per "
+                f"{'micro-batch of ' if self.micro_batch else 'batch of '}{chunk} "
+                f"(limit {_gib(self.limit)}, {MEMORY_FRACTION:.0%} of the available memory)")
+
+
+_OVERHEAD = 1.5  # the backward pass's gradients and workspaces on top of the saved activations
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
+
+
+def plan_memory(per_image: float, batch: int, micro_batch: int | None, available: float,
+                what: str) -> MemoryPlan:
+    """Split the batch into micro-batches (a power of two) when one step's activations would not
+    fit; refuse when one image does not (``what`` names the model and size in the message)."""
+    limit = MEMORY_FRACTION * available
+    need = per_image * _OVERHEAD
+    if need > limit:
+        raise ConfigError(f"{what}: one training image needs {_gib(need)} of activations, more than "
+                          f"{MEMORY_FRACTION:.0%} of the {_gib(available)} available; use a smaller --image-size "
+                          f"or a smaller model")
+    chunk = micro_batch or batch
+    if need * chunk <= limit:
+        return MemoryPlan(per_image, limit, micro_batch)
+    fits = 2 ** int(math.floor(math.log2(limit / need)))
+    if micro_batch is not None:  # the user's micro-batch does not fit either
+        raise ConfigError(f"{what}: a micro-batch of {micro_batch} needs {_gib(need * micro_batch)} of activations, "
+                          f"more than {MEMORY_FRACTION:.0%} of the {_gib(available)} available; use "
+                          f"--micro-batch {fits} or less")
+    return MemoryPlan(per_image, limit, fits)
+

@@ -1,0 +1,143 @@
+"""The planner (recipe: auto): resolution, recipe, batch and epochs from the data and the budget;
+memory planned before training; explicit values always win."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import recog
+from recog.config import make_config
+from recog.engine import plan as planner
+from recog.errors import ConfigError
+from recog.models import create_model
+
+
+def _photos(root: Path, size: tuple[int, int] = (200, 150), per_class: int = 12) -> Path:
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(("cats", "dogs")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 80, (size[1], size[0], 3), dtype=np.uint8) + np.uint8(120 * k)
+            Image.fromarray(pixels).save(root / name / f"{i}.jpg")
+    return root
+
+
+def test_small_images_get_the_small_recipe_with_batch_and_epochs_for_the_data() -> None:
+    recipe, planned = planner.plan({"data": "digits", "verbose": False})
+    # 1,293 training digits: a batch of 64 (about 1/20), 16 epochs for >= 320 steps; the recipe's
+    # learning rates (for 1,024) scaled to 64
+    assert recipe == "small"
+    assert planned.pop("model_args")["stem"] == "conv"  # 8 px: too small to whiten 2x2 patches
+    assert planned == {"batch_size": 64, "lr": 1.5 * 64 / 1024, "muon_lr": round(0.17 * 0.25, 6), "epochs": 16}
+    cfg = make_config(plan=planner.plan, data="mnist", verbose=False)
+    assert (cfg.recipe, cfg.optimizer, cfg.model_args["stem"], cfg.tta, cfg.val_fraction, cfg.batch_size) == \
+        ("small", "muon", "whiten", True, 0.1, 1024)  # the fast methods, with a validation split kept
+
+
+def test_photos_get_a_working_resolution_and_a_strided_stem(tmp_path: Path) -> None:
+    data = _photos(tmp_path / "photos")
+    recipe, planned = planner.plan({"data": str(data), "verbose": False})
+    assert recipe == "photos" and planned["image_size"] == 128  # shorter side 150: 128 without a budget
+    assert planned["model_args"]["stem_stride"] == 4 and planned["batch_size"] == 32
+    small = _photos(tmp_path / "thumbs", size=(100, 90))
+    assert planner.plan({"data": str(small), "verbose": False})[1]["image_size"] == 64  # never above native
+    assert planner.ladder(90) == [64, 48, 32] and planner.ladder(20) == [20]
+
+
+def test_explicit_values_always_win(tmp_path: Path) -> None:
+    data = _photos(tmp_path / "photos")
+    recipe, planned = planner.plan({"data": str(data), "image_size": 48, "batch_size": 16, "verbose": False})
+    assert recipe == "small" and "image_size" not in planned and not {"batch_size", "lr"} & set(planned)
+    cfg = make_config(plan=planner.plan, data=str(data), model="resnet18", lr=0.3, epochs=2, verbose=False)
+    assert cfg.recipe == "photos" and cfg.model_args == {} and cfg.lr == 0.3 and cfg.epochs == 2
+    assert cfg.freeze_stem_epochs is None  # the recipe's airnet stem setting does not follow to another model
+    assert make_config(plan=planner.plan, data="digits", recipe="none").batch_size is None  # filled in build
+
+
+def test_a_budget_picks_the_largest_size_that_fits_and_lowers_it_when_short(tmp_path: Path, monkeypatch,
+                                                                            capsys) -> None:
+    data = _photos(tmp_path / "photos", size=(240, 240), per_class=500)
+    # a cost that grows with the pixels: 1 ms per image at 32 px
+    monkeypatch.setattr(planner, "time_per_image", lambda given, probe, size: (1e-3 * (size / 32) ** 2,) * 2)
+    probe = recog.data.probe_dataset(str(data))
+    cost = {s: 1e-3 * (s / 32) ** 2 for s in planner.LADDER}
+    for budget, seconds, expected in (("10m", 600, 224), ("2m", 120, 96), ("5s", 5, 32)):
+        choice = planner.choose_size({"time_budget": budget}, probe)
+        assert choice.size == expected, budget
+        fits = {s: planner.epochs_in(seconds, probe, cost[s], cost[s], 2) for s in planner.ladder(probe.side)}
+        if budget != "5s":  # the largest size (never above the native 240) that fits 8 epochs
+            assert expected == max(s for s, e in fits.items() if e >= planner.MIN_EPOCHS)
+            assert choice.epochs_fit == pytest.approx(fits[expected])
+        else:  # nothing fits 8 epochs: the smallest size, and the plan says so
+            assert max(fits.values()) < planner.MIN_EPOCHS and "fits no size" in choice.why
+    recipe, planned = planner.plan({"data": str(data), "time_budget": "2m"})
+    assert (recipe, planned["image_size"]) == ("photos", 96)
+    assert "plan: photos recipe at 96 px" in capsys.readouterr().err
+
+
+def test_the_resolution_timing_measures_the_model_that_size_trains(tmp_path: Path) -> None:
+    data = _photos(tmp_path / "photos")
+    probe = recog.data.probe_dataset(str(data))
+    small, large = (planner.time_per_image({"data": str(data)}, probe, s)[0] for s in (32, 128))
+    assert small > 0 and large > 0
+
+
+def test_activation_memory_is_measured_and_grows_with_the_pixels() -> None:
+    model = create_model("airnet", 10, 3, 32)
+    at32 = planner.activation_bytes(model, 3, 32, "fp32", torch.device("cpu"))
+    big = create_model("airnet", 10, 3, 64)
+    at64 = planner.activation_bytes(big, 3, 64, "fp32", torch.device("cpu"))
+    assert 3.5 < at64 / at32 < 4.5
+    # the first conv's output alone is 24 x 32 x 32 floats per image
+    assert at32 > 24 * 32 * 32 * 4
+
+
+def test_a_batch_that_does_not_fit_is_split_or_refused() -> None:
+    gib = 2**30
+    fits = planner.plan_memory(0.01 * gib, 64, None, 16 * gib, "m")
+    assert fits.micro_batch is None
+    split = planner.plan_memory(1 * gib, 64, None, 16 * gib, "m")  # 8 GiB allowed, 1.5 GiB per image
+    assert split.micro_batch == 4 and "micro-batch of 4" in split.describe(64)
+    with pytest.raises(ConfigError, match="airnet at 512 px.*one training image needs"):
+        planner.plan_memory(20 * gib, 64, None, 16 * gib, "airnet at 512 px")
+    with pytest.raises(ConfigError, match="--micro-batch 4 or less"):
+        planner.plan_memory(1 * gib, 64, 16, 16 * gib, "m")
+
+
+def test_a_run_too_big_for_memory_trains_in_micro_batches(tmp_path: Path, monkeypatch, capsys) -> None:
+    import recog.engine.build as build
+
+    monkeypatch.setattr(build, "available_memory", lambda device: 40 * 2**20)  # 40 MiB: 20 for activations
+    run = recog.train(data="digits", model="airnet_small", epochs=1, batch_size=512, project=str(tmp_path))
+    err = capsys.readouterr().err
+    assert run.config.micro_batch is not None and run.config.micro_batch < 512
+    assert "micro-batches of" in err and f"micro-batch of {run.config.micro_batch}" in err
+    saved = yaml.safe_load((run.path / "config.yaml").read_text())
+    assert saved["micro_batch"] == run.config.micro_batch and saved["batch_size"] == 512
+    monkeypatch.setattr(build, "available_memory", lambda device: 2**10)
+    with pytest.raises(ConfigError, match="one training image needs"):
+        recog.train(data="digits", model="airnet_small", epochs=1, project=str(tmp_path), verbose=False)
+
+
+def test_photos_train_end_to_end_from_the_cli(tmp_path: Path, capsys) -> None:
+    from recog.cli import main
+
+    data = _photos(tmp_path / "photos", size=(160, 120))
+    assert main(["train", "--data", str(data), "--epochs", "2", "--project", str(tmp_path / "runs"),
+                 "--progress", "none"]) == 0
+    err = capsys.readouterr().err
+    assert "plan: photos recipe at 96 px" in err  # shorter side 120: 96 is the largest rung under it
+    assert "plan: photos recipe: airnet" in err and "(stem 3x3 patches)" in err and "batch 32" in err
+    saved = yaml.safe_load((tmp_path / "runs" / "train" / "config.yaml").read_text())
+    assert (saved["recipe"], saved["image_size"], saved["model_args"]["stem_stride"]) == ("photos", 96, 3)
+    # the cache holds the images at the working resolution, not at full size
+    import recog.data.files as files
+
+    cached = [np.load(p, mmap_mode="r").shape for p in files.cache_dir().glob("images/*/train.images.npy")]
+    assert cached == [(24, 3, 96, 96)]  # all 24 photos (the split is carved after the cache)
