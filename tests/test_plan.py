@@ -55,8 +55,13 @@ def test_explicit_values_always_win(tmp_path: Path) -> None:
     recipe, planned = planner.plan({"data": str(data), "image_size": 48, "batch_size": 16, "verbose": False})
     assert recipe == "small" and "image_size" not in planned and not {"batch_size", "lr"} & set(planned)
     cfg = make_config(plan=planner.plan, data=str(data), model="resnet18", lr=0.3, epochs=2, verbose=False)
-    assert cfg.recipe == "photos" and cfg.model_args == {} and cfg.lr == 0.3 and cfg.epochs == 2
-    assert cfg.freeze_stem_epochs is None  # the recipe's airnet stem setting does not follow to another model
+    # another model than the recipes' airnet: the plain defaults (their settings are tuned for airnet),
+    # at the planned resolution
+    assert (cfg.recipe, cfg.image_size, cfg.optimizer, cfg.lr, cfg.epochs) == ("none", 128, "sgd", 0.3, 2)
+    assert cfg.model_args == {} and cfg.freeze_stem_epochs is None
+    # the recipe's optimizer settings do not follow to another optimizer: AdamW gets its own lr
+    cfg = make_config(plan=planner.plan, data="mnist", optimizer="adamw", verbose=False)
+    assert (cfg.recipe, cfg.lr, cfg.label_smoothing) == ("small", 1e-3, 0.2)
     assert make_config(plan=planner.plan, data="digits", recipe="none").batch_size is None  # filled in build
 
 
@@ -78,7 +83,8 @@ def test_a_budget_picks_the_largest_size_that_fits_and_lowers_it_when_short(tmp_
             assert max(fits.values()) < planner.MIN_EPOCHS and "fits no size" in choice.why
     recipe, planned = planner.plan({"data": str(data), "time_budget": "2m"})
     assert (recipe, planned["image_size"]) == ("photos", 96)
-    assert "plan: photos recipe at 96 px" in capsys.readouterr().err
+    assert "resolution: 96 px for images of 240 px (the largest size at which 2m fits >= 8 epochs" in \
+        capsys.readouterr().err
 
 
 def test_the_resolution_timing_measures_the_model_that_size_trains(tmp_path: Path) -> None:
@@ -132,8 +138,7 @@ def test_photos_train_end_to_end_from_the_cli(tmp_path: Path, capsys) -> None:
     assert main(["train", "--data", str(data), "--epochs", "2", "--project", str(tmp_path / "runs"),
                  "--progress", "none"]) == 0
     err = capsys.readouterr().err
-    assert "plan: photos recipe at 96 px" in err  # shorter side 120: 96 is the largest rung under it
-    assert "plan: photos recipe: airnet" in err and "(stem 3x3 patches)" in err and "batch 32" in err
+    assert "plan: photos recipe: airnet" in err and "(stem 3x3 patches)" in err and "batch 32" in err and " at 96 px" in err
     saved = yaml.safe_load((tmp_path / "runs" / "train" / "config.yaml").read_text())
     assert (saved["recipe"], saved["image_size"], saved["model_args"]["stem_stride"]) == ("photos", 96, 3)
     # the cache holds the images at the working resolution, not at full size
@@ -141,3 +146,11 @@ def test_photos_train_end_to_end_from_the_cli(tmp_path: Path, capsys) -> None:
 
     cached = [np.load(p, mmap_mode="r").shape for p in files.cache_dir().glob("images/*/train.images.npy")]
     assert cached == [(24, 3, 96, 96)]  # all 24 photos (the split is carved after the cache)
+
+
+def test_photos_with_a_time_budget_train_and_record_the_plan(tmp_path: Path) -> None:
+    data = _photos(tmp_path / "photos", size=(160, 120))
+    run = recog.train(data=str(data), time_budget="15s", project=str(tmp_path / "runs"), verbose=False)
+    saved = yaml.safe_load((run.path / "config.yaml").read_text())
+    assert saved["image_size"] in planner.ladder(120) and saved["recipe"] in ("small", "photos")
+    assert saved["steps"] >= 1 and saved["epochs"] >= 1 and saved["batch_size"] == 32

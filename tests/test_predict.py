@@ -80,6 +80,7 @@ def test_a_run_trained_channels_last_is_loaded_channels_last(tmp_path: Path) -> 
                       verbose=False)
     conv = [m for m in recog.load(run.path).model.modules() if isinstance(m, torch.nn.Conv2d)][-1]  # in > 1
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
-    plain = recog.train(data="digits", model="airnet_small", epochs=1, project=str(tmp_path), verbose=False)
+    plain = recog.train(data="digits", model="airnet_small", epochs=1, channels_last=False, project=str(tmp_path),
+                        verbose=False)
     conv = [m for m in recog.load(plain.path).model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
     assert not conv.weight.is_contiguous(memory_format=torch.channels_last)

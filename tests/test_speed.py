@@ -201,7 +201,7 @@ def test_muon_groups_filters_and_keeps_scale_invariant_filters_at_a_fixed_norm()
 
 
 def test_muon_trains_resumes_and_freezes_the_stem(tmp_path: Path) -> None:
-    common = dict(data="digits", model="airnet", model_args={"stem": "whiten", "learn_scale": False},
+    common = dict(recipe="none", data="digits", model="airnet", model_args={"stem": "whiten", "learn_scale": False},
                   optimizer="muon", schedule="linear", warmup_epochs=0, freeze_stem_epochs=1, seed=3,
                   project=str(tmp_path), verbose=False)
     run = recog.train(epochs=3, name="straight", **common)

@@ -318,6 +318,20 @@ def recipe_values(name: str | None) -> dict[str, Any]:
 
 
 _MODEL_KEYS = ("model_args", "freeze_stem_epochs")  # a recipe's values that belong to its model
+_OPTIMIZER_KEYS = ("lr", "momentum", "nesterov", "weight_decay", "bias_lr_scale")  # ... and to its optimizer
+
+
+def recipe_layer(recipe: str | None, given: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's values under what the user ``given``: without its settings of its model when the
+    user chose another model, nor of its optimizer when the user chose another optimizer (the fast
+    recipe's lr of 1.5 is for SGD on airnet's scaled head, not for AdamW)."""
+    values = recipe_values(recipe)
+    for keys, key in ((_MODEL_KEYS, "model"), (_OPTIMIZER_KEYS, "optimizer")):
+        if key in given and key in values and given[key] != values[key]:
+            values = {k: v for k, v in values.items() if k not in keys}
+    return values
+
+
 # the planner of ``recipe: auto``: (the values the user gave) -> (recipe name, planned values)
 Planner = typing.Callable[[dict[str, Any]], tuple[str, dict[str, Any]]]
 
@@ -331,12 +345,10 @@ def make_config(config: str | os.PathLike | None = None, plan: Planner | None = 
     recipe = given.get("recipe", RECIPE_AUTO)  # an old config.yaml's ``recipe: null`` is no recipe
     planned: dict[str, Any] = {}
     if recipe == RECIPE_AUTO and plan is not None:
-        recipe, planned = plan({k: coerce(k, v) for k, v in given.items()})
-    values = {**recipe_values(recipe), **planned}
-    if "model" in given and given["model"] != values.get("model", given["model"]):
-        for key in _MODEL_KEYS:  # the recipe's settings of its own model do not fit another
-            values.pop(key, None)
-    values.update(given, recipe=recipe)
+        given = {k: coerce(k, v) for k, v in given.items()}
+        TrainConfig(**given)  # bad values are reported before the planner reads the data
+        recipe, planned = plan(given)
+    values = {**recipe_layer(recipe, given), **planned, **given, "recipe": recipe}
     return TrainConfig(**{k: coerce(k, v) for k, v in values.items()})
 
 

@@ -151,7 +151,7 @@ def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path |
     steps_per_epoch = len(train_loader)
     budget = Budget(cfg.budget_s, started, cfg.verbose and is_main()) if cfg.budget_s and saved is None else None
     if state.total_steps is None:  # --steps wins over --epochs; a resumed run keeps its plan
-        state.total_steps = cfg.steps or cfg.epochs * steps_per_epoch
+        state.total_steps = cfg.steps or (cfg.epochs or 1) * steps_per_epoch  # a time budget sizes it below
     if run_dir is None:
         run_dir = next_run_dir(cfg.project, cfg.name) if is_main() else Path(cfg.project) / "_rank"
     meta = weights_meta(cfg, ds, task)

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from recog.config import TrainConfig, parse_duration, recipe_values
+from recog.config import NO_RECIPE, TrainConfig, parse_duration, recipe_layer
 from recog.data import Probe, probe_dataset
 from recog.device import autocast, resolve_device, resolve_precision
 from recog.errors import ConfigError
@@ -69,22 +69,30 @@ def plan(given: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         size = choice.size
         if size != probe.side:
             planned["image_size"] = size
-    recipe = "small" if size <= SMALL_MAX else "photos"
+    recipe = recipe_for(size, given)
     planned.update(sizing(recipe, given, probe, size))
-    if verbose:
-        why = f" ({choice.why})" if choice is not None and choice.why else ""
-        print(f"plan: {recipe} recipe at {size} px{why}; images {probe.side} px, {probe.train:,} for training",
+    if verbose and choice is not None and choice.why:
+        print(f"resolution: {size} px for images of {probe.side} px ({choice.why}): the {recipe} recipe",
               file=sys.stderr)
     return recipe, planned
 
 
+def recipe_for(size: int, given: dict[str, Any]) -> str:
+    """``small`` up to :data:`SMALL_MAX` px, else ``photos``; ``none`` (the plain defaults) for a
+    model the user chose other than the recipes' airnet, whose settings are tuned for it."""
+    if given.get("model", "airnet") != "airnet":
+        return NO_RECIPE
+    return "small" if size <= SMALL_MAX else "photos"
+
+
 def sizing(recipe: str, given: dict[str, Any], probe: Probe, size: int) -> dict[str, Any]:
     """Batch size (and the learning rates scaled to it), epochs and the stem's stride, for what
-    neither the recipe nor the user set."""
-    values = {**recipe_values(recipe), **given}
-    if given.get("model", values.get("model")) != recipe_values(recipe).get("model"):
-        values.pop("model_args", None)
+    neither the recipe nor the user set (the plain defaults keep their batch of 64)."""
+    layer = recipe_layer(recipe, given)
+    values = {**layer, **given}
     planned: dict[str, Any] = {}
+    if recipe == NO_RECIPE:
+        return planned
     if values.get("model", TrainConfig.model) == "airnet" and "model_args" not in given:
         if size > SMALL_MAX:
             planned["model_args"] = {**values.get("model_args", {}), "stem_stride": stem_stride(size)}
@@ -93,9 +101,9 @@ def sizing(recipe: str, given: dict[str, Any], probe: Probe, size: int) -> dict[
     batch = values.get("batch_size")
     if batch is None:
         batch = planned["batch_size"] = batch_for(probe.train)
-        if "lr" not in given and "lr" in values:
+        if "lr" not in given and "lr" in layer:
             planned["lr"] = round(values["lr"] * batch / REFERENCE_BATCH, 6)
-        if "muon_lr" not in given and "muon_lr" in values:
+        if "muon_lr" not in given and "muon_lr" in layer:
             planned["muon_lr"] = round(values["muon_lr"] * math.sqrt(batch / REFERENCE_BATCH), 6)
     if values.get("epochs") is None and values.get("steps") is None and values.get("time_budget") is None:
         planned["epochs"] = epochs_for(math.ceil(probe.train / batch))
@@ -159,7 +167,7 @@ def time_per_image(given: dict[str, Any], probe: Probe, size: int, images: int =
     from recog.models import create_model
     from recog.tasks import Classification
 
-    recipe = "small" if size <= SMALL_MAX else "photos"
+    recipe = recipe_for(size, given)
     probe_sized = Probe(size, probe.channels, probe.train, probe.val, probe.test)
     cfg = make_config(**{**given, "recipe": recipe, "image_size": size, "verbose": False,
                          **sizing(recipe, given, probe_sized, size)})
@@ -203,16 +211,24 @@ def fill_defaults(cfg: TrainConfig) -> TrainConfig:
 # ---- memory ------------------------------------------------------------------------------------
 
 
-def activation_bytes(model: nn.Module, channels: int, size: int, precision: str, device: torch.device,
-                     images: int = 2) -> float:
+def activation_bytes(model: nn.Module, channels: int, size: int, precision: str, device: torch.device) -> float:
     """Bytes per image that one training forward pass keeps for its backward (measured: every
-    tensor autograd saves, parameters left out), for this model, size and precision."""
-    params = {p.data_ptr() for p in model.parameters()}
+    tensor autograd saves, counted once per storage, parameters left out), for this model, size
+    and precision: the growth from 2 to 4 images, so what does not grow with the batch (autocast's
+    low-precision copies of the weights) is not counted per image."""
+    return (_saved_bytes(model, channels, size, precision, device, 4) -
+            _saved_bytes(model, channels, size, precision, device, 2)) / 2
+
+
+def _saved_bytes(model: nn.Module, channels: int, size: int, precision: str, device: torch.device,
+                 images: int) -> int:
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.data_ptr() not in params:
-            seen[t.data_ptr()] = max(seen.get(t.data_ptr(), 0), t.numel() * t.element_size())
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = max(seen.get(storage.data_ptr(), 0), storage.nbytes())
         return t
 
     was_training = model.training
@@ -223,7 +239,7 @@ def activation_bytes(model: nn.Module, channels: int, size: int, precision: str,
         model(x)
     model.load_state_dict(state)
     model.train(was_training)
-    return sum(seen.values()) / images
+    return sum(seen.values())
 
 
 def available_memory(device: torch.device) -> int:
