@@ -145,7 +145,7 @@ def test_photos_train_end_to_end_from_the_cli(tmp_path: Path, capsys) -> None:
     import recog.data.files as files
 
     cached = [np.load(p, mmap_mode="r").shape for p in files.cache_dir().glob("images/*/train.images.npy")]
-    assert cached == [(24, 3, 96, 96)]  # all 24 photos (the split is carved after the cache)
+    assert (24, 3, 96, 96) in cached  # all 24 photos (the split is carved after the cache), at 96 px
 
 
 def test_photos_with_a_time_budget_train_and_record_the_plan(tmp_path: Path) -> None:

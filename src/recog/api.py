@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,9 +61,11 @@ def train(
     """Train a classifier. Keyword arguments are the config keys (``data``, ``model``, ``epochs``…);
     ``config`` is a YAML file of them. ``resume`` continues a run folder from its last epoch.
     ``on_epoch_end(row)`` is called with each epoch's metrics; returning True stops training."""
+    planning = time.perf_counter()
     cfg, saved, run_dir = _resolve(config, resume, overrides)
+    planning = time.perf_counter() - planning
     with session(cfg):
-        training = build(cfg, saved, run_dir)
+        training = build(cfg, saved, run_dir, planning)
         writer = _tensorboard(training.run_dir) if cfg.tensorboard and is_main() else None
         try:
             state = fit(training, Hooks(writer, on_epoch_end))

@@ -89,8 +89,10 @@ def session(cfg: TrainConfig) -> Iterator[None]:
         yield
 
 
-def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path | None = None) -> Training:
-    """The data, model, optimizer and loaders of a run; ``saved`` is the training state to resume."""
+def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path | None = None,
+          planning_s: float = 0.0) -> Training:
+    """The data, model, optimizer and loaders of a run; ``saved`` is the training state to resume.
+    ``planning_s``: what planning took before (timing sizes), counted in a time budget; decoding is not."""
     device = resolve_device(cfg.device)
     cfg = fill_defaults(cfg)
     if run_dir is None:
@@ -109,7 +111,7 @@ def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path |
                       workers=default_workers() if cfg.workers is None else cfg.workers,
                       max_image_pixels=cfg.max_image_pixels or DEFAULT_MAX_PIXELS)
     _describe(ds, cfg)
-    started = time.perf_counter()
+    started = time.perf_counter() - planning_s
 
     # ---- model, optimizer, task ------------------------------------------------------------
     seed_everything(cfg.seed)
