@@ -136,7 +136,7 @@ class Budget:
         training, run slower); at least one more step."""
         left = max(0, math.floor((self.deadline - self.clock()) / (step_s + val_s / steps_per_epoch)))
         steps = max(steps_done + 1, steps_done + left)
-        if steps != planned and self.verbose:
+        if abs(steps - planned) > 0.02 * planned and self.verbose:  # said when the plan moves, not every epoch
             print(f"time budget: {step_s * 1000:.0f} ms/step measured -> {steps} steps in all "
                   f"({steps / steps_per_epoch:.2f} epochs; planned {planned})", file=sys.stderr)
         return steps

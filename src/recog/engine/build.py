@@ -178,7 +178,7 @@ def plan_line(training: Training, memory: MemoryPlan) -> str:
     stride = cfg.model_args.get("stem_stride", 1)
     budget = training.budget.plan if training.budget is not None else None
     epochs = training.state.total_steps / training.steps_per_epoch
-    timing = (f" in {cfg.time_budget} (est. {budget.epoch_s:.0f} s/epoch + {budget.final_eval_s:.0f} s final "
+    timing = (f" in {cfg.time_budget} (est. {budget.epoch_s:.3g} s/epoch + {budget.final_eval_s:.0f} s final "
               f"evaluation)" if budget is not None else "")
     return (f"plan: {cfg.recipe or 'no'} recipe: {cfg.model} {params / 1e6:.2f} M params at {training.data.image_size} px"
             f"{f' (stem {stride}x{stride} patches)' if stride > 1 else ''}, {cfg.precision}"
