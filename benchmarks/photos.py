@@ -91,7 +91,8 @@ def train(data: Path, *flags: str) -> dict[str, object]:
         import yaml
 
         cfg = yaml.safe_load((run / "config.yaml").read_text())
-    plan = [line for line in proc.stderr.splitlines() if line.startswith(("plan:", "time budget", "training and"))]
+    said = ("resolution:", "plan:", "time budget ", "training and")  # not the per-epoch re-plans
+    plan = [line for line in proc.stderr.splitlines() if line.startswith(said)]
     speeds = [float(m) for m in re.findall(r"(\d+) img/s", proc.stderr)]
     result = {"flags": " ".join(flags) or "(defaults)", "accuracy": round(report["accuracy"], 4),
               "split": report.get("split"), "recipe": cfg["recipe"], "image_size": cfg["image_size"],

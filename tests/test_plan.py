@@ -36,8 +36,9 @@ def test_small_images_get_the_small_recipe_with_batch_and_epochs_for_the_data() 
     assert planned.pop("model_args")["stem"] == "conv"  # 8 px: too small to whiten 2x2 patches
     assert planned == {"batch_size": 64, "lr": 1.5 * 64 / 1024, "muon_lr": round(0.17 * 0.25, 6), "epochs": 16}
     cfg = make_config(plan=planner.plan, data="mnist", verbose=False)
-    assert (cfg.recipe, cfg.optimizer, cfg.model_args["stem"], cfg.tta, cfg.val_fraction, cfg.batch_size) == \
-        ("small", "muon", "whiten", True, 0.1, 1024)  # the fast methods, with a validation split kept
+    assert (cfg.recipe, cfg.optimizer, cfg.model_args["stem"], cfg.val_fraction, cfg.batch_size) == \
+        ("small", "muon", "whiten", 0.1, 1024)  # the fast methods, with a validation split kept
+    assert cfg.tta is None  # decided in build: on, or as many views as a time budget affords
 
 
 def test_photos_get_a_working_resolution_and_a_strided_stem(tmp_path: Path) -> None:
@@ -138,7 +139,7 @@ def test_photos_train_end_to_end_from_the_cli(tmp_path: Path, capsys) -> None:
     assert main(["train", "--data", str(data), "--epochs", "2", "--project", str(tmp_path / "runs"),
                  "--progress", "none"]) == 0
     err = capsys.readouterr().err
-    assert "plan: photos recipe: airnet" in err and "(stem 3x3 patches)" in err and "batch 32" in err and " at 96 px" in err
+    assert "plan: photos recipe: airnet" in err and "at 96 px (stem 3x3 patches)" in err and "batch 32" in err
     saved = yaml.safe_load((tmp_path / "runs" / "train" / "config.yaml").read_text())
     assert (saved["recipe"], saved["image_size"], saved["model_args"]["stem_stride"]) == ("photos", 96, 3)
     # the cache holds the images at the working resolution, not at full size
@@ -154,3 +155,36 @@ def test_photos_with_a_time_budget_train_and_record_the_plan(tmp_path: Path) -> 
     saved = yaml.safe_load((run.path / "config.yaml").read_text())
     assert saved["image_size"] in planner.ladder(120) and saved["recipe"] in ("small", "photos")
     assert saved["steps"] >= 1 and saved["epochs"] >= 1 and saved["batch_size"] == 32
+    assert saved["tta"] in (True, False)  # decided from the measured evaluation time, and recorded
+
+
+def test_a_budget_sizes_the_batch_and_the_tta_it_can_afford() -> None:
+    from recog.config import TrainConfig
+    from recog.engine.build import afford_tta
+
+    # 190 images/s for 3 minutes: three quarters of it train ~25,650 images, 320 steps of 64
+    assert planner.budget_batch(180, 1 / 190) == 64
+    assert planner.budget_batch(5, 1.0) == 32  # never under 32
+    assert planner.budget_batch(3600, 1 / 1000) == 8192  # then capped by the data's rule (at most 1,024)
+    cfg = TrainConfig(flip=True, translate=2)  # 6 views with the shifts, 2 with the flip alone
+    assert afford_tta(cfg, view_s=1.0, budget_s=60) == (True, True)  # 6 s: 10% of the budget
+    assert afford_tta(cfg, view_s=2.0, budget_s=60) == (True, False)  # 12 s for 6 views: the flip alone
+    assert afford_tta(cfg, view_s=4.0, budget_s=60)[0] is False  # 8 s even for 2 views: none
+
+
+def test_resume_continues_the_recorded_plan(tmp_path: Path) -> None:
+    data = _photos(tmp_path / "photos", size=(160, 120))
+
+    def stop_after_one(row: dict) -> None:
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        recog.train(data=str(data), epochs=3, project=str(tmp_path / "runs"), verbose=False,
+                    on_epoch_end=stop_after_one)
+    run_dir = tmp_path / "runs" / "train"
+    planned = yaml.safe_load((run_dir / "config.yaml").read_text())
+    resumed = recog.train(resume=str(run_dir), verbose=False)
+    assert len(resumed.metrics) == 3
+    for key in ("recipe", "image_size", "model_args", "batch_size", "lr", "muon_lr", "steps"):
+        assert getattr(resumed.config, key) == planned[key], key

@@ -30,7 +30,8 @@ from recog.errors import DataError, shown
 
 SPLITS = ("train", "val", "test")
 _PEEK_SAMPLE = 512  # headers read to choose the default size and channels
-_CACHE_VERSION = "3"  # 3: JPEGs decoded at a reduced DCT scale; 2: multi-hot labels, paths kept  # bump when decoding changes, so old caches are not reused
+# bumped when decoding changes, so old caches are not reused
+_CACHE_VERSION = "3"  # 3: JPEGs decoded at a reduced DCT scale; 2: multi-hot labels, paths kept
 
 Label = int | tuple[int, ...]  # a class index, or a multi-hot row
 

@@ -108,11 +108,12 @@ class Budget:
     def calibrate(self, step: Callable[[tuple], object], model: nn.Module, optimizer: torch.optim.Optimizer,
                   train_batches: Iterable[tuple], eval_batch: torch.Tensor, autocast: Callable[[], object],
                   sizes: dict[str, int], freeze: Callable[[], Callable[[], None]] | None = None,
-                  freeze_step: int | None = None, timed_steps: int = 2) -> int:
+                  freeze_step: int | None = None, timed_steps: int = 2, eval_image_s: float | None = None) -> int:
         """Time a few real steps (then undo them: weights, optimizer and RNG are restored) and the
         evaluation of one batch; adopt the plan and return its steps. ``sizes``: steps_per_epoch,
         val_images, final_images, final_views. ``freeze`` freezes part of the model (e.g. airnet's
-        whitening stem after ``freeze_step``) and returns its undo: those steps are timed apart."""
+        whitening stem after ``freeze_step``) and returns its undo: those steps are timed apart.
+        ``eval_image_s``: the evaluation's time per image when already measured."""
         saved_model = copy.deepcopy(model.state_dict())
         saved_opt = copy.deepcopy(optimizer.state_dict())
         rng = torch.get_rng_state()
@@ -123,7 +124,8 @@ class Budget:
             undo = freeze()
             frozen_step_s = _time_steps(step, batches, max(1, timed_steps // 2))
             undo()
-        eval_image_s = _time_eval(model, eval_batch, autocast)
+        if eval_image_s is None:
+            eval_image_s = time_eval(model, eval_batch, autocast)
         model.load_state_dict(saved_model)
         optimizer.load_state_dict(saved_opt)
         torch.set_rng_state(rng)
@@ -147,7 +149,7 @@ class Budget:
 
 
 @torch.no_grad()
-def _time_eval(model: nn.Module, x: torch.Tensor, autocast: Callable[[], object], repeats: int = 3) -> float:
+def time_eval(model: nn.Module, x: torch.Tensor, autocast: Callable[[], object], repeats: int = 3) -> float:
     """Seconds per image of evaluation: the fastest of ``repeats`` batches after a warm-up (the
     evaluation runs thousands of batches, so a one-off stall should not size the budget)."""
     was_training = model.training

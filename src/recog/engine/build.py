@@ -27,7 +27,7 @@ from recog.data.image import DEFAULT_MAX_PIXELS
 from recog.data.files import total_memory
 from recog.data.stream import SamplePolicy, default_workers, make_loader
 from recog.device import autocast, deterministic_mode, resolve_device, resolve_precision, seed_everything
-from recog.engine.budget import Budget
+from recog.engine.budget import Budget, time_eval
 from recog.engine.checkpoint import LoopState, reconcile, restore_state
 from recog.engine.distributed import is_main
 from recog.engine.memory import reuse_freed_memory
@@ -161,6 +161,9 @@ def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path |
                         meta, state, budget, started)
     if budget is not None:
         state.total_steps = _calibrate(training, normalize)
+    elif cfg.tta is None:  # no budget to spend: the recipes' TTA on, all views
+        training.config = cfg.replace(tta=cfg.recipe in ("small", "photos"))
+    cfg = training.config
     training.config = cfg = cfg.replace(warmup_epochs=_warmup_epochs(cfg, state.total_steps, steps_per_epoch),
                                         name=run_dir.name)
     training.record(state.total_steps)
@@ -180,7 +183,8 @@ def plan_line(training: Training, memory: MemoryPlan) -> str:
     epochs = training.state.total_steps / training.steps_per_epoch
     timing = (f" in {cfg.time_budget} (est. {budget.epoch_s:.3g} s/epoch + {budget.final_eval_s:.0f} s final "
               f"evaluation)" if budget is not None else "")
-    return (f"plan: {cfg.recipe or 'no'} recipe: {cfg.model} {params / 1e6:.2f} M params at {training.data.image_size} px"
+    size = training.data.image_size
+    return (f"plan: {cfg.recipe or 'no'} recipe: {cfg.model} {params / 1e6:.2f} M params at {size} px"
             f"{f' (stem {stride}x{stride} patches)' if stride > 1 else ''}, {cfg.precision}"
             f"{', channels-last' if cfg.channels_last else ''}, batch {cfg.batch_size}, {epochs:.3g} epochs{timing}; "
             f"{memory.describe(cfg.batch_size)}")
@@ -285,6 +289,12 @@ def _calibrate(training: Training, normalize: Normalize) -> int:
     eval_split = ds.eval_split[1] if ds.eval_split else ds.train
     eval_batch = next(iter(make_loader(eval_split, ds.channels, ds.image_size, 256, normalize, training.device,
                                        workers=cfg.workers, channels_last=cfg.channels_last)))[0]
+    eval_image_s = time_eval(training.net, eval_batch, lambda: autocast(training.device, cfg.precision))
+    if cfg.tta is None:  # the recipe's TTA, as many views as 10% of the budget affords
+        final_images = len(eval_split) if ds.eval_split else 0
+        tta, translate = afford_tta(cfg, final_images * eval_image_s, training.budget.seconds)
+        training.config = cfg = cfg.replace(tta=tta, tta_translate=translate)
+        training.meta["tta_translate"] = translate
     views = len(tta_views(cfg.flip, cfg.translate, cfg.tta_translate)) if cfg.tta else 1
     freeze_step = epochs_to_steps(cfg.freeze_stem_epochs, training.steps_per_epoch)
 
@@ -297,7 +307,19 @@ def _calibrate(training: Training, normalize: Normalize) -> int:
                  final_images=len(eval_split) if ds.eval_split else 0, final_views=views)
     return training.budget.calibrate(stepper, training.net, training.optimizer, training.train_loader, eval_batch,
                                      lambda: autocast(training.device, cfg.precision), sizes,
-                                     freeze if freeze_step is not None else None, freeze_step)
+                                     freeze if freeze_step is not None else None, freeze_step,
+                                     eval_image_s=eval_image_s)
+
+
+def afford_tta(cfg: TrainConfig, view_s: float, budget_s: float, share: float = 0.1) -> tuple[bool, bool]:
+    """(tta, tta_translate) for a recipe's TTA under a time budget: all views (flip x 1-px shifts)
+    when the final evaluation with them takes at most ``share`` of the budget, else the flip alone,
+    else none. ``view_s``: one view of the final evaluation's images."""
+    for translate in (True, False):
+        views = len(tta_views(cfg.flip, cfg.translate, translate and cfg.tta_translate))
+        if views > 1 and views * view_s <= share * budget_s:
+            return True, translate and cfg.tta_translate
+    return False, cfg.tta_translate
 
 
 def _warmup_epochs(cfg: TrainConfig, total_steps: int, steps_per_epoch: int) -> float:

@@ -11,8 +11,11 @@ One rule per choice, each stated here and in the README:
   ``photos`` with airnet the stem's stride makes the groups see ~32 px; under :data:`TINY` px
   (8-px digits) airnet's learned conv stem replaces the whitening one.
 * **batch size**: a power of two near 1/20 of the training images, 32..1,024, so that a small set
-  still gets steps; the recipe's learning rates (stated for 1,024) scale with it (the head's
-  linearly, Muon's with the square root).
+  still gets steps; with a time budget no larger than gives :data:`MIN_STEPS` steps to the images
+  that three quarters of the budget train at the measured speed. The recipe's learning rates
+  (stated for 1,024) scale with it (the head's linearly, Muon's with the square root).
+* **TTA** (the recipes'): all views without a budget; with one, as many as 10% of it affords
+  (flip x 1-px shifts, the flip alone, or none), decided in build when the evaluation is timed.
 * **epochs** (no budget): enough for :data:`MIN_STEPS` steps, 8..50.
 * **memory** (:func:`plan_memory`, every run): the activation memory per image is measured on the
   built model; a batch that does not fit :data:`MEMORY_FRACTION` of the available memory is split
@@ -53,6 +56,7 @@ class SizeChoice:
     size: int
     epochs_fit: float | None  # epochs the budget fits at this size (None: no budget)
     why: str
+    train_s: float | None = None  # seconds per training image measured at this size
 
 
 def plan(given: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -70,7 +74,10 @@ def plan(given: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         if size != probe.side:
             planned["image_size"] = size
     recipe = recipe_for(size, given)
-    planned.update(sizing(recipe, given, probe, size))
+    train_s = None
+    if given.get("time_budget") is not None and recipe != NO_RECIPE and given.get("batch_size") is None:
+        train_s = choice.train_s if choice is not None and choice.train_s else time_per_image(given, probe, size)[0]
+    planned.update(sizing(recipe, given, probe, size, train_s))
     if verbose and choice is not None and choice.why:
         print(f"resolution: {size} px for images of {probe.side} px ({choice.why}): the {recipe} recipe",
               file=sys.stderr)
@@ -85,9 +92,11 @@ def recipe_for(size: int, given: dict[str, Any]) -> str:
     return "small" if size <= SMALL_MAX else "photos"
 
 
-def sizing(recipe: str, given: dict[str, Any], probe: Probe, size: int) -> dict[str, Any]:
+def sizing(recipe: str, given: dict[str, Any], probe: Probe, size: int, train_s: float | None = None
+           ) -> dict[str, Any]:
     """Batch size (and the learning rates scaled to it), epochs and the stem's stride, for what
-    neither the recipe nor the user set (the plain defaults keep their batch of 64)."""
+    neither the recipe nor the user set (the plain defaults keep their batch of 64). ``train_s``:
+    seconds per training image measured at ``size``, for a time budget."""
     layer = recipe_layer(recipe, given)
     values = {**layer, **given}
     planned: dict[str, Any] = {}
@@ -100,7 +109,10 @@ def sizing(recipe: str, given: dict[str, Any], probe: Probe, size: int) -> dict[
             planned["model_args"] = {**values.get("model_args", {}), "stem": "conv"}
     batch = values.get("batch_size")
     if batch is None:
-        batch = planned["batch_size"] = batch_for(probe.train)
+        batch = batch_for(probe.train)
+        if train_s is not None:  # a budget that trains few images: a smaller batch, for enough steps
+            batch = min(batch, budget_batch(parse_duration(given["time_budget"]), train_s))
+        planned["batch_size"] = batch
         if "lr" not in given and "lr" in layer:
             planned["lr"] = round(values["lr"] * batch / REFERENCE_BATCH, 6)
         if "muon_lr" not in given and "muon_lr" in layer:
@@ -118,6 +130,13 @@ def stem_stride(size: int) -> int:
 def batch_for(train_images: int) -> int:
     """A power of two near 1/20 of the training images, 32..1,024."""
     return int(min(REFERENCE_BATCH, max(32, 2 ** math.floor(math.log2(max(1, train_images / 20))))))
+
+
+def budget_batch(seconds: float, train_s: float) -> int:
+    """The batch that gives :data:`MIN_STEPS` steps to the images three quarters of the budget
+    train (the rest: set-up and evaluation), a power of two, at least 32."""
+    images = 0.75 * seconds / train_s
+    return int(max(32, 2 ** math.floor(math.log2(max(1.0, images / MIN_STEPS)))))
 
 
 def epochs_for(steps_per_epoch: int) -> int:
@@ -139,16 +158,17 @@ def choose_size(given: dict[str, Any], probe: Probe) -> SizeChoice:
         size = max(s for s in ladder(probe.side) if s <= PHOTO_SIZE) if probe.side >= LADDER[0] else probe.side
         return SizeChoice(size, None, f"{PHOTO_SIZE} px without a time budget" if size == PHOTO_SIZE else "")
     seconds = parse_duration(budget)
-    epochs = {}
+    epochs, timed = {}, {}
     for size in ladder(probe.side):
         train_s, eval_s = time_per_image(given, probe, size)
         epochs[size] = fit = epochs_in(seconds, probe, train_s, eval_s, 2 if given.get("tta", True) else 1)
+        timed[size] = train_s
         if fit >= MIN_EPOCHS:
             return SizeChoice(size, fit, f"the largest size at which {budget} fits >= {MIN_EPOCHS} epochs: "
-                                         f"~{fit:.0f} measured")
+                                         f"~{fit:.0f} measured", train_s)
     size = min(epochs)
     return SizeChoice(size, epochs[size], f"{budget} fits no size {MIN_EPOCHS} epochs; the smallest, "
-                                          f"{size} px, fits ~{epochs[size]:.1f}")
+                                          f"{size} px, fits ~{epochs[size]:.1f}", timed[size])
 
 
 def epochs_in(seconds: float, probe: Probe, train_s: float, eval_s: float, final_views: int) -> float:

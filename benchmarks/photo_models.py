@@ -1,0 +1,61 @@
+"""Candidate models for the photos recipe, side by side in one process: training and evaluation
+images/s at photo resolutions, each with the optimizer and precision it would train with, timed
+by the planner's own code (recog.engine.plan.time_per_image: a warm-up and two steps of 32
+synthetic images), plus parameters and multiply-adds.
+
+    python benchmarks/photo_models.py [--sizes 96 128 160] [--repeats 2]
+
+The photos recipe's net is airnet with an s x s-patch stem (s = size / 32), so that its groups
+see ~32 px whatever the resolution; the others downsample with torchvision's stems. Last line JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from _common import command, machine
+
+CANDIDATES = {
+    "airnet, whitened patch stem (photos recipe)": {"model": "airnet"},
+    "airnet, learned patch stem": {"model": "airnet", "model_args": {"stem": "conv"}},
+    "tv:resnet18": {"model": "tv:resnet18"},
+    "tv:mobilenet_v3_small": {"model": "tv:mobilenet_v3_small"},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", type=int, default=[96, 128, 160])
+    parser.add_argument("--repeats", type=int, default=2, help="rounds over all candidates (the best is kept)")
+    args = parser.parse_args()
+    from recog.data import Probe
+    from recog.engine import plan
+    from recog.models import create_model, model_stats
+
+    info = machine()
+    print(f"machine: {info['cpu']}, {info['cores']} cores, AVX-512-BF16 {info['avx512_bf16']}, AMX {info['amx']}, "
+          f"torch {info['torch']}", flush=True)
+    probe = Probe(side=max(args.sizes), channels=3, train=9500, val=500, test=3900)
+    rows = []
+    for size in args.sizes:
+        for name, given in CANDIDATES.items():
+            recipe = plan.recipe_for(size, given)
+            sized = {**given}
+            if given["model"] == "airnet":
+                extra = plan.sizing(recipe, given, probe, size).get("model_args", {})
+                sized["model_args"] = {**given.get("model_args", {}), **extra} if "model_args" in given else extra
+            best = min((plan.time_per_image(sized, probe, size) for _ in range(args.repeats)), key=lambda t: t[0])
+            model = create_model(given["model"], 10, 3, size, **sized.get("model_args", {}))
+            params, macs = model_stats(model, 3, size)
+            row = {"model": name, "size": size, "train_img_s": round(1 / best[0]), "eval_img_s": round(1 / best[1]),
+                   "params_m": round(params / 1e6, 2), "gmacs": round(macs / 1e9, 3)}
+            rows.append(row)
+            print(f"{size:>4} px  {name:<44} train {row['train_img_s']:>6} img/s  eval {row['eval_img_s']:>6} img/s  "
+                  f"{row['params_m']:>6} M params  {row['gmacs']:>6} GMACs", flush=True)
+    print(f"command: {command()}")
+    print(json.dumps({"benchmark": "photo_models", "rows": rows, "machine": info}))
+
+
+if __name__ == "__main__":
+    main()
