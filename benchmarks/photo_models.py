@@ -42,9 +42,9 @@ def main() -> None:
         for name, given in CANDIDATES.items():
             recipe = plan.recipe_for(size, given)
             sized = {**given}
-            if given["model"] == "airnet":
-                extra = plan.sizing(recipe, given, probe, size).get("model_args", {})
-                sized["model_args"] = {**given.get("model_args", {}), **extra} if "model_args" in given else extra
+            if given["model"] == "airnet":  # the planner's stem stride, under the candidate's own arguments
+                planned = plan.sizing(recipe, {"model": "airnet"}, probe, size).get("model_args", {})
+                sized["model_args"] = {**planned, **given.get("model_args", {})}
             best = min((plan.time_per_image(sized, probe, size) for _ in range(args.repeats)), key=lambda t: t[0])
             model = create_model(given["model"], 10, 3, size, **sized.get("model_args", {}))
             params, macs = model_stats(model, 3, size)
