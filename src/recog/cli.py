@@ -19,12 +19,13 @@ from recog.config import TrainConfig, field_names, unwrap_optional
 from recog.errors import RecogError, did_you_mean, shown
 
 EXAMPLES = """examples:
-  recog train                                  # digits (bundled, offline), default model
+  recog train                                  # digits (bundled, offline), planned defaults
+  recog train --data path/to/photos --time-budget 20m   # resolution, batch, epochs planned to fit
   recog train --data cifar10 --model resnet18 --epochs 30 --flip --translate 4
   recog train --data path/to/images --image-size 64 --patience 5
   recog train --config configs/seed-article.yaml --data-root ~/data
   recog train --resume runs/train-3
-  recog eval runs/train --tta
+  recog eval runs/train
   recog predict runs/train photo.jpg more_photos/ --json
   recog models --data cifar10
 """
