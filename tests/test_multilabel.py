@@ -213,3 +213,14 @@ def test_missing_images_are_skipped_and_listed(cifar_png: Path, tmp_path: Path) 
     skipped = list(csv.DictReader((run.path / "skipped.csv").open()))
     assert [r["path"] for r in skipped] == [str(tmp_path / "gone.png")]
     assert "not found" in skipped[0]["reason"]
+
+
+def test_multilabel_with_the_planned_defaults(manifest: Path, tmp_path: Path) -> None:
+    # no options: the planner's small recipe (airnet, Muon, label smoothing, flips, 6-view TTA) on
+    # multi-hot labels, through to the report and predict
+    run = recog.train(data=str(manifest), epochs=2, project=str(tmp_path), verbose=False)
+    cfg = run.config
+    assert (cfg.recipe, cfg.optimizer, cfg.tta, cfg.batch_size) == ("small", "muon", True, 32)
+    assert run.report["task"] == "multilabel" and run.report["tta"] is True and 0 <= run.report["map_macro"] <= 1
+    first = recog.predict(run.path, [str(manifest.parent / next(csv.DictReader(manifest.open()))["image"])])[0]
+    assert "labels" in first and "error" not in first

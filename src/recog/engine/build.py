@@ -186,7 +186,8 @@ def plan_line(training: Training, memory: MemoryPlan) -> str:
     size = training.data.image_size
     return (f"plan: {cfg.recipe or 'no'} recipe: {cfg.model} {params / 1e6:.2f} M params at {size} px"
             f"{f' (stem {stride}x{stride} patches)' if stride > 1 else ''}, {cfg.precision}"
-            f"{', channels-last' if cfg.channels_last else ''}, batch {cfg.batch_size}, {epochs:.3g} epoch{'' if epochs == 1 else 's'}{timing}; "
+            f"{', channels-last' if cfg.channels_last else ''}, batch {cfg.batch_size}, "
+            f"{epochs:.3g} epoch{'' if epochs == 1 else 's'}{timing}; "
             f"{memory.describe(cfg.batch_size)}")
 
 
