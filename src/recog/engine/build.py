@@ -44,6 +44,9 @@ from recog.tasks import Classification, MultiLabel, Task
 from recog.weights import load_into, read_weights
 
 
+TTA_RECIPES = ("small", "photos")  # ``tta`` unset: on with these recipes (as a time budget affords), else off
+
+
 @dataclass
 class Training:
     """Everything one run trains with; ``config`` is the resolved record of the run."""
@@ -162,7 +165,7 @@ def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path |
     if budget is not None:
         state.total_steps = _calibrate(training, normalize)
     elif cfg.tta is None:  # no budget to spend: the recipes' TTA on, all views
-        training.config = cfg.replace(tta=cfg.recipe in ("small", "photos"))
+        training.config = cfg.replace(tta=cfg.recipe in TTA_RECIPES)
     cfg = training.config
     training.config = cfg = cfg.replace(warmup_epochs=_warmup_epochs(cfg, state.total_steps, steps_per_epoch),
                                         name=run_dir.name)
@@ -291,9 +294,10 @@ def _calibrate(training: Training, normalize: Normalize) -> int:
     eval_batch = next(iter(make_loader(eval_split, ds.channels, ds.image_size, 256, normalize, training.device,
                                        workers=cfg.workers, channels_last=cfg.channels_last)))[0]
     eval_image_s = time_eval(training.net, eval_batch, lambda: autocast(training.device, cfg.precision))
-    if cfg.tta is None:  # the recipe's TTA, as many views as 10% of the budget affords
+    if cfg.tta is None:  # the recipes' TTA, as many views as 10% of the budget affords; none without a recipe
         final_images = len(eval_split) if ds.eval_split else 0
-        tta, translate = afford_tta(cfg, final_images * eval_image_s, training.budget.seconds)
+        tta, translate = (afford_tta(cfg, final_images * eval_image_s, training.budget.seconds)
+                          if cfg.recipe in TTA_RECIPES else (False, cfg.tta_translate))
         training.config = cfg = cfg.replace(tta=tta, tta_translate=translate)
         training.meta["tta_translate"] = translate
     views = len(tta_views(cfg.flip, cfg.translate, cfg.tta_translate)) if cfg.tta else 1
