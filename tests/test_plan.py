@@ -64,6 +64,12 @@ def test_explicit_values_always_win(tmp_path: Path) -> None:
     cfg = make_config(plan=planner.plan, data="mnist", optimizer="adamw", verbose=False)
     assert (cfg.recipe, cfg.lr, cfg.label_smoothing) == ("small", 1e-3, 0.2)
     assert make_config(plan=planner.plan, data="digits", recipe="none").batch_size is None  # filled in build
+    # a named recipe is sized, not chosen: the small recipe's lrs follow the batch it gets on digits,
+    # the fast recipe keeps its own batch, lrs and stem
+    small = make_config(plan=planner.plan, data="digits", recipe="small", verbose=False)
+    assert (small.batch_size, small.lr, small.epochs, small.model_args["stem"]) == (64, 1.5 * 64 / 1024, 16, "whiten")
+    fast = make_config(plan=planner.plan, data="digits", recipe="fast", verbose=False)
+    assert (fast.batch_size, fast.lr, fast.epochs, fast.model_args["stem"]) == (1024, 1.5, 8, "whiten")
 
 
 def test_a_budget_picks_the_largest_size_that_fits_and_lowers_it_when_short(tmp_path: Path, monkeypatch,
@@ -188,3 +194,22 @@ def test_resume_continues_the_recorded_plan(tmp_path: Path) -> None:
     assert len(resumed.metrics) == 3
     for key in ("recipe", "image_size", "model_args", "batch_size", "lr", "muon_lr", "steps"):
         assert getattr(resumed.config, key) == planned[key], key
+
+
+def test_a_budget_plan_inside_one_epoch_is_replanned_as_it_runs(tmp_path: Path, monkeypatch) -> None:
+    from recog.engine import budget as budget_module
+
+    # a calibration far too pessimistic (as on a busy machine): 20 steps planned, with 3 s to go;
+    # the re-plans inside the epoch use the step time measured there, so more steps run
+    def pessimistic(self, *args, **kwargs) -> int:
+        timings = budget_module.Timings(step_s=1.0, eval_image_s=1e-4, setup_s=0.0)
+        spe = kwargs.get("sizes", args[6] if len(args) > 6 else {})["steps_per_epoch"]
+        self.plan = budget_module.BudgetPlan(20, 1, timings, 1.0, 0.1, spe)
+        self.deadline = self.clock() + 3.0
+        return 20
+
+    monkeypatch.setattr(budget_module.Budget, "calibrate", pessimistic)
+    run = recog.train(data="digits", model="airnet_small", batch_size=8, time_budget="1m", project=str(tmp_path),
+                      verbose=False)
+    assert run.config.steps > 20  # re-planned within the first epoch (162 steps of 8), and it ended
+    assert run.config.epochs == len(run.metrics)

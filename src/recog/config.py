@@ -333,7 +333,8 @@ def recipe_layer(recipe: str | None, given: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-# the planner of ``recipe: auto``: (the values the user gave) -> (recipe name, planned values)
+# the planner: (the values the user gave) -> (recipe name, planned values); it chooses the recipe
+# for ``recipe: auto`` and sizes what a named recipe leaves unset
 Planner = typing.Callable[[dict[str, Any]], tuple[str, dict[str, Any]]]
 
 
@@ -345,10 +346,10 @@ def make_config(config: str | os.PathLike | None = None, plan: Planner | None = 
     given = {**from_file, **{k: v for k, v in overrides.items() if v is not None}}
     recipe = given.get("recipe", RECIPE_AUTO)  # an old config.yaml's ``recipe: null`` is no recipe
     planned: dict[str, Any] = {}
-    if recipe == RECIPE_AUTO and plan is not None:
+    if recipe not in (None, NO_RECIPE) and plan is not None:  # auto, or a named recipe to size
         given = {k: coerce(k, v) for k, v in given.items()}
         TrainConfig(**given)  # bad values are reported before the planner reads the data
-        recipe, planned = plan(given)
+        recipe, planned = plan({**given, "recipe": recipe})
     values = {**recipe_layer(recipe, given), **planned, **given, "recipe": recipe}
     return TrainConfig(**{k: coerce(k, v) for k, v in values.items()})
 

@@ -112,6 +112,8 @@ def _train_epoch(t: Training, stepper: Stepper, epoch: int, show: bool) -> tuple
                     show and progress_mode(cfg.progress) == "bar")
     for step, batch in enumerate(bar):
         global_step = epoch * spe + step
+        if t.budget is not None and ran and total < (epoch + 1) * spe and global_step % max(1, total // 10) == 0:
+            total = _replan_within(t, global_step, (time.perf_counter() - started) / ran)
         if global_step >= total:
             break  # a partial last epoch (--steps, or sized by --time-budget)
         if freeze_step is not None and global_step >= freeze_step:
@@ -150,6 +152,20 @@ def _train_epoch(t: Training, stepper: Stepper, epoch: int, show: bool) -> tuple
            "train_seconds": time.perf_counter() - started}
     row["images_per_s"] = images / max(row["train_seconds"], 1e-9)
     return row, ran
+
+
+def _replan_within(t: Training, steps_done: int, step_s: float) -> int:
+    """A time budget whose plan ends inside this epoch (a large set, a slow or busy machine) is
+    re-planned every tenth of its steps from the step time measured so far, instead of only at the
+    epoch's end: a pessimistic calibration then still uses the budget, and an optimistic one ends
+    on time."""
+    timings = t.budget.plan.timings if t.budget.plan is not None else None
+    val_s = len(t.data.val) * timings.eval_image_s if timings is not None and t.data.val is not None else 0.0
+    total = t.budget.replan(steps_done, step_s, val_s, t.steps_per_epoch, t.state.total_steps)
+    if total != t.state.total_steps:
+        t.state.total_steps = total
+        t.record(total)
+    return total
 
 
 def _check_finite(t: Training, row: dict[str, Any], epoch: int) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from recog.config import NO_RECIPE, TrainConfig, parse_duration, recipe_layer
+from recog.config import NO_RECIPE, RECIPE_AUTO, TrainConfig, parse_duration, recipe_layer
 from recog.data import Probe, probe_dataset
 from recog.device import autocast, resolve_device, resolve_precision
 from recog.errors import ConfigError
@@ -66,18 +66,20 @@ def plan(given: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     probe = probe_dataset(given.get("data", TrainConfig.data), given.get("data_root"),
                           given.get("val_fraction", TrainConfig.val_fraction), given.get("channels"))
     planned: dict[str, Any] = {}
+    named = given.get("recipe", RECIPE_AUTO) != RECIPE_AUTO  # --recipe NAME: sized, not chosen
     size = given.get("image_size")
     choice = None
-    if size is None:
+    if size is None and not named:
         choice = choose_size(given, probe)
         size = choice.size
         if size != probe.side:
             planned["image_size"] = size
-    recipe = recipe_for(size, given)
+    size = size or probe.side
+    recipe = given["recipe"] if named else recipe_for(size, given)
     train_s = None
     if given.get("time_budget") is not None and recipe != NO_RECIPE and given.get("batch_size") is None:
         train_s = choice.train_s if choice is not None and choice.train_s else time_per_image(given, probe, size)[0]
-    planned.update(sizing(recipe, given, probe, size, train_s))
+    planned.update(sizing(recipe, given, probe, size, train_s, adapt_model=not named or recipe == "photos"))
     if verbose and choice is not None and choice.why:
         print(f"resolution: {size} px for images of {probe.side} px ({choice.why}): the {recipe} recipe",
               file=sys.stderr)
@@ -92,17 +94,17 @@ def recipe_for(size: int, given: dict[str, Any]) -> str:
     return "small" if size <= SMALL_MAX else "photos"
 
 
-def sizing(recipe: str, given: dict[str, Any], probe: Probe, size: int, train_s: float | None = None
-           ) -> dict[str, Any]:
-    """Batch size (and the learning rates scaled to it), epochs and the stem's stride, for what
-    neither the recipe nor the user set (the plain defaults keep their batch of 64). ``train_s``:
-    seconds per training image measured at ``size``, for a time budget."""
+def sizing(recipe: str, given: dict[str, Any], probe: Probe, size: int, train_s: float | None = None,
+           adapt_model: bool = True) -> dict[str, Any]:
+    """Batch size (and the learning rates scaled to it), epochs and (``adapt_model``) airnet's stem
+    for the size, for what neither the recipe nor the user set (the plain defaults keep their batch
+    of 64). ``train_s``: seconds per training image measured at ``size``, for a time budget."""
     layer = recipe_layer(recipe, given)
     values = {**layer, **given}
     planned: dict[str, Any] = {}
     if recipe == NO_RECIPE:
         return planned
-    if values.get("model", TrainConfig.model) == "airnet" and "model_args" not in given:
+    if adapt_model and values.get("model", TrainConfig.model) == "airnet" and "model_args" not in given:
         if size > SMALL_MAX:
             planned["model_args"] = {**values.get("model_args", {}), "stem_stride": stem_stride(size)}
         elif size < TINY:  # too few 2x2 patches to whiten: the learned stem (digits: 98.3% vs 97.5%)
@@ -187,7 +189,7 @@ def time_per_image(given: dict[str, Any], probe: Probe, size: int, images: int =
     from recog.models import create_model
     from recog.tasks import Classification
 
-    recipe = recipe_for(size, given)
+    recipe = given["recipe"] if given.get("recipe", RECIPE_AUTO) != RECIPE_AUTO else recipe_for(size, given)
     probe_sized = Probe(size, probe.channels, probe.train, probe.val, probe.test)
     cfg = make_config(**{**given, "recipe": recipe, "image_size": size, "verbose": False,
                          **sizing(recipe, given, probe_sized, size)})
