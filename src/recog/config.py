@@ -116,7 +116,7 @@ class TrainConfig:
     progress: str = opt("auto", 'auto | bar | lines | none: a progress bar on a terminal; one line per epoch when '
                                 'the output goes to a file (auto)')
     tta: bool | None = opt(None, 'test-time augmentation in the final evaluation (default: on with the small and '
-                                 'photos recipes, fewer views or off when it would take over 10%% of a time budget)')
+                                 'photos recipes, fewer views or off when it would take over 10% of a time budget)')
     tta_translate: bool = opt(True, 'TTA also averages 1-px shifts (if trained with translate): 3x the views of flips alone')
     verbose: bool = opt(True)
 
