@@ -213,3 +213,22 @@ def test_a_budget_plan_inside_one_epoch_is_replanned_as_it_runs(tmp_path: Path, 
                       verbose=False)
     assert run.config.steps > 20  # re-planned within the first epoch (162 steps of 8), and it ended
     assert run.config.epochs == len(run.metrics)
+
+
+def test_a_large_jpeg_decodes_at_a_reduced_scale_with_the_same_picture(tmp_path: Path) -> None:
+    from recog.data.image import decode, open_image
+
+    rng = np.random.default_rng(1)
+    smooth = np.kron(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8), np.ones((10, 10, 1), dtype=np.uint8))
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(smooth).save(path, quality=95)  # 400 x 300
+    fast, original = decode(path, 3, 64)  # 64 / 300 < 1/2: libjpeg's DCT scaling
+    assert fast.shape == (3, 64, 64) and original == (400, 300)  # the original size is still reported
+    full = open_image(path, 3)  # the whole image, then the same resize and crop
+    reference = np.asarray(full.resize((85, 64), Image.Resampling.BILINEAR, reducing_gap=3.0).crop((10, 0, 74, 64)))
+    assert np.abs(fast.transpose(1, 2, 0).astype(int) - reference.astype(int)).mean() < 8
+
+
+def test_a_stem_stride_under_one_is_refused() -> None:
+    with pytest.raises(ConfigError, match="stem_stride must be at least 1, got 0"):
+        create_model("airnet", 10, 3, 128, stem_stride=0)

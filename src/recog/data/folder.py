@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
-from recog.data.files import SPLITS, Scan, check_empty, load_scan, warn
+from recog.data.files import SPLITS, Scan, check_empty, warn
 from recog.data.image import is_image_file
-from recog.data.splits import Dataset
 from recog.errors import DataError
 
 
@@ -90,8 +88,3 @@ def scan_folder(path: Path, allow_empty_classes: bool = False) -> Scan:
         files[split] = pairs
     check_empty(empty, allow_empty_classes, "holds no images")
     return Scan(path, classes, files, empty=empty, train_root=roots["train"])
-
-
-def load_folder(path: Path, allow_empty_classes: bool = False, **options: Any) -> Dataset:
-    """An image folder as a :class:`Dataset` (options: those of :func:`recog.data.files.load_scan`)."""
-    return load_scan(scan_folder(path, allow_empty_classes), allow_empty_classes=allow_empty_classes, **options)

@@ -18,8 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from recog.data.files import SPLITS, Label, Scan, load_scan, warn
-from recog.data.splits import Dataset
+from recog.data.files import SPLITS, Label, Scan, warn
 from recog.errors import DataError, did_you_mean
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
@@ -127,8 +126,3 @@ def scan_manifest(path: Path) -> Scan:
         warn(f"{len(skipped)} images named in {path} were not found (first: {skipped[0][0]}); "
              f"they are listed in the run folder's skipped.csv")
     return Scan(path, classes, pairs, multilabel=multi, skipped=skipped)
-
-
-def load_manifest(path: Path, allow_empty_classes: bool = False, **options: Any) -> Dataset:
-    """A label manifest as a :class:`Dataset` (options: those of :func:`recog.data.files.load_scan`)."""
-    return load_scan(scan_manifest(path), allow_empty_classes=allow_empty_classes, **options)

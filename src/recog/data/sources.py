@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recog.data.builtin import BUILTIN_COUNTS, BUILTIN_SHAPES, TORCHVISION, digits, torchvision_set
 from recog.data.splits import Dataset, hold_out
+
+if TYPE_CHECKING:
+    from recog.data.files import Scan
 from recog.errors import DataError, did_you_mean
 
 # a named source: (data_root, **options) -> Dataset; options are those of the path sources
@@ -56,17 +59,10 @@ def probe_dataset(data: str, data_root: str | None = None, val_fraction: float =
         (c, side, _), (train, test) = BUILTIN_SHAPES[data], BUILTIN_COUNTS[data]
         val = round(train * val_fraction)
         return Probe(side, c, train - val, val, test)
-    path = Path(str(data)).expanduser()
-    if data not in _SOURCES and path.exists():
+    if data not in _SOURCES:
         from recog.data.files import default_shape
-        from recog.data.manifest import is_manifest, scan_manifest
 
-        if is_manifest(path):
-            scan = scan_manifest(path)
-        else:
-            from recog.data.folder import scan_folder
-
-            scan = scan_folder(path, allow_empty_classes=True)
+        scan = _scan(data, allow_empty_classes=True)
         side, c, _ = default_shape(scan, None, channels)
         train, val, test = (len(scan.files.get(s, ())) for s in ("train", "val", "test"))
         if not val:
@@ -91,24 +87,32 @@ def load_dataset(
 
     ``options`` go to the path sources (:func:`recog.data.files.load_scan`: loader,
     memory_fraction, max_image_pixels, allow_empty_classes, cache, device)."""
-    if not str(data).strip():
-        raise DataError("--data is empty: give a dataset name (" + ", ".join(list_sources()) + "), an image folder "
-                        "or a label manifest (use --data . for the current folder)")
     if data in _SOURCES:
         ds = _SOURCES[data](data_root, **options)
     else:
-        from recog.data.manifest import is_manifest, load_manifest
+        from recog.data.files import load_scan
 
-        path = Path(data).expanduser()
-        if is_manifest(path):
-            ds = load_manifest(path, image_size=image_size, channels=channels, **options)
-        elif path.is_dir():
-            from recog.data.folder import load_folder
-
-            ds = load_folder(path, image_size=image_size, channels=channels, **options)
-        else:
-            hint = did_you_mean(data, _SOURCES, " Did you mean {!r}?")
-            what = "a manifest file of an unknown type" if path.is_file() else "an existing folder or manifest"
-            raise DataError(f"--data {data!r} is neither a dataset name ({', '.join(list_sources())}) nor "
-                            f"{what} (an image folder, or a .csv/.jsonl label manifest).{hint}")
+        scan = _scan(data, options.get("allow_empty_classes", False))
+        ds = load_scan(scan, image_size=image_size, channels=channels, **options)
     return hold_out(ds, val_fraction, split_seed)
+
+
+def _scan(data: str, allow_empty_classes: bool) -> Scan:
+    """The files of a path source: a label manifest or an image folder; anything else is an error
+    naming the value (shared by loading and probing)."""
+    if not str(data).strip():
+        raise DataError("--data is empty: give a dataset name (" + ", ".join(list_sources()) + "), an image folder "
+                        "or a label manifest (use --data . for the current folder)")
+    from recog.data.manifest import is_manifest, scan_manifest
+
+    path = Path(data).expanduser()
+    if is_manifest(path):
+        return scan_manifest(path)
+    if path.is_dir():
+        from recog.data.folder import scan_folder
+
+        return scan_folder(path, allow_empty_classes)
+    hint = did_you_mean(data, _SOURCES, " Did you mean {!r}?")
+    what = "a manifest file of an unknown type" if path.is_file() else "an existing folder or manifest"
+    raise DataError(f"--data {data!r} is neither a dataset name ({', '.join(list_sources())}) nor "
+                    f"{what} (an image folder, or a .csv/.jsonl label manifest).{hint}")

@@ -118,11 +118,11 @@ class Budget:
         saved_opt = copy.deepcopy(optimizer.state_dict())
         rng = torch.get_rng_state()
         batches = _cycle(train_batches)
-        step_s = _time_steps(step, batches, timed_steps)
+        step_s = time_steps(step, batches, timed_steps)
         frozen_step_s = None
         if freeze is not None and freeze_step is not None:
             undo = freeze()
-            frozen_step_s = _time_steps(step, batches, max(1, timed_steps // 2))
+            frozen_step_s = time_steps(step, batches, max(1, timed_steps // 2))
             undo()
         if eval_image_s is None:
             eval_image_s = time_eval(model, eval_batch, autocast)
@@ -167,7 +167,7 @@ def time_eval(model: nn.Module, x: torch.Tensor, autocast: Callable[[], object],
     return min(times) / len(x)
 
 
-def _time_steps(step: Callable[[tuple], object], batches: Iterator[tuple], steps: int) -> float:
+def time_steps(step: Callable[[tuple], object], batches: Iterator[tuple], steps: int) -> float:
     """Seconds per step over ``steps`` steps after one warm-up step."""
     step(next(batches))
     start = time.perf_counter()

@@ -32,7 +32,8 @@ from recog.engine.checkpoint import LoopState, reconcile, restore_state
 from recog.engine.distributed import is_main
 from recog.engine.memory import reuse_freed_memory
 from recog.engine.optim import Lookahead, make_optimizer
-from recog.engine.plan import MemoryPlan, activation_bytes, available_memory, fill_defaults, plan_memory
+from recog.engine.plan import (MEMORY_FRACTION, MemoryPlan, activation_bytes, available_memory, fill_defaults,
+                               plan_memory)
 from recog.engine.schedule import epochs_to_steps
 from recog.engine.step import Stepper
 from recog.errors import ConfigError
@@ -208,7 +209,7 @@ def _plan_memory(cfg: TrainConfig, model: nn.Module, ds: Dataset, device: torch.
     return cfg, memory
 
 
-def check_batch_memory(cfg: TrainConfig, fraction: float = 0.5) -> None:
+def check_batch_memory(cfg: TrainConfig, fraction: float = MEMORY_FRACTION) -> None:
     """Refuse an ``image_size`` at which one batch of input images alone (as floats) would take more
     than ``fraction`` of the machine's memory: a clear error now instead of the OOM killer later."""
     if cfg.image_size is None:

@@ -80,9 +80,7 @@ def fit(training: Training, hooks: Hooks | None = None) -> LoopState:
         # ---- re-plan a time budget with the step time this epoch measured ----------------------
         steps_done = min(state.total_steps, epoch * spe)
         if t.budget is not None and steps_done < state.total_steps:
-            state.total_steps = t.budget.replan(steps_done, row["train_seconds"] / max(1, steps_run),
-                                                row["seconds"] - row["train_seconds"], spe, state.total_steps)
-            t.record(state.total_steps)
+            _replan(t, steps_done, row["train_seconds"] / max(1, steps_run), row["seconds"] - row["train_seconds"])
 
         # ---- stop? ---------------------------------------------------------------------------
         if hooks.on_epoch_end is not None and hooks.on_epoch_end(dict(row, model=t.model)):
@@ -113,7 +111,11 @@ def _train_epoch(t: Training, stepper: Stepper, epoch: int, show: bool) -> tuple
     for step, batch in enumerate(bar):
         global_step = epoch * spe + step
         if t.budget is not None and ran and total < (epoch + 1) * spe and global_step % max(1, total // 10) == 0:
-            total = _replan_within(t, global_step, (time.perf_counter() - started) / ran)
+            # a plan that ends inside this epoch (a large set, a slow or busy machine) is re-planned every
+            # tenth of its steps, not only at the epoch's end: a pessimistic calibration still uses the
+            # budget, an optimistic one ends on time; the validation is the calibrated estimate
+            total = _replan(t, global_step, (time.perf_counter() - started) / ran,
+                            len(t.data.val or ()) * t.budget.plan.timings.eval_image_s)
         if global_step >= total:
             break  # a partial last epoch (--steps, or sized by --time-budget)
         if freeze_step is not None and global_step >= freeze_step:
@@ -154,18 +156,12 @@ def _train_epoch(t: Training, stepper: Stepper, epoch: int, show: bool) -> tuple
     return row, ran
 
 
-def _replan_within(t: Training, steps_done: int, step_s: float) -> int:
-    """A time budget whose plan ends inside this epoch (a large set, a slow or busy machine) is
-    re-planned every tenth of its steps from the step time measured so far, instead of only at the
-    epoch's end: a pessimistic calibration then still uses the budget, and an optimistic one ends
-    on time."""
-    timings = t.budget.plan.timings if t.budget.plan is not None else None
-    val_s = len(t.data.val) * timings.eval_image_s if timings is not None and t.data.val is not None else 0.0
-    total = t.budget.replan(steps_done, step_s, val_s, t.steps_per_epoch, t.state.total_steps)
-    if total != t.state.total_steps:
-        t.state.total_steps = total
-        t.record(total)
-    return total
+def _replan(t: Training, steps_done: int, step_s: float, val_s: float) -> int:
+    """The steps a time budget fits from ``steps_done`` on at ``step_s`` per step and ``val_s`` per
+    validation, kept in the loop state and the run's config.yaml."""
+    t.state.total_steps = t.budget.replan(steps_done, step_s, val_s, t.steps_per_epoch, t.state.total_steps)
+    t.record(t.state.total_steps)
+    return t.state.total_steps
 
 
 def _check_finite(t: Training, row: dict[str, Any], epoch: int) -> None:

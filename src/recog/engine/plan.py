@@ -26,9 +26,9 @@ Explicit values (flags, YAML, keyword arguments) always win: the planner only fi
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ from torch import nn
 from recog.config import NO_RECIPE, RECIPE_AUTO, TrainConfig, parse_duration, recipe_layer
 from recog.data import Probe, probe_dataset
 from recog.device import autocast, resolve_device, resolve_precision
+from recog.engine.budget import time_eval, time_steps
 from recog.errors import ConfigError
 
 LADDER = (32, 48, 64, 96, 128, 160, 192, 224, 256)
@@ -66,7 +67,7 @@ def plan(given: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     probe = probe_dataset(given.get("data", TrainConfig.data), given.get("data_root"),
                           given.get("val_fraction", TrainConfig.val_fraction), given.get("channels"))
     planned: dict[str, Any] = {}
-    named = given.get("recipe", RECIPE_AUTO) != RECIPE_AUTO  # --recipe NAME: sized, not chosen
+    named = given.get("recipe", RECIPE_AUTO) != RECIPE_AUTO  # --recipe NAME: sized, not chosen (see recipe_for)
     size = given.get("image_size")
     choice = None
     if size is None and not named:
@@ -75,7 +76,7 @@ def plan(given: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         if size != probe.side:
             planned["image_size"] = size
     size = size or probe.side
-    recipe = given["recipe"] if named else recipe_for(size, given)
+    recipe = recipe_for(size, given)
     train_s = None
     if given.get("time_budget") is not None and recipe != NO_RECIPE and given.get("batch_size") is None:
         train_s = choice.train_s if choice is not None and choice.train_s else time_per_image(given, probe, size)[0]
@@ -87,8 +88,11 @@ def plan(given: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def recipe_for(size: int, given: dict[str, Any]) -> str:
-    """``small`` up to :data:`SMALL_MAX` px, else ``photos``; ``none`` (the plain defaults) for a
-    model the user chose other than the recipes' airnet, whose settings are tuned for it."""
+    """The recipe a run at ``size`` trains with: the one the user named; else ``small`` up to
+    :data:`SMALL_MAX` px and ``photos`` above; ``none`` (the plain defaults) for a model the user
+    chose other than the recipes' airnet, whose settings are tuned for it."""
+    if given.get("recipe", RECIPE_AUTO) != RECIPE_AUTO:
+        return given["recipe"]
     if given.get("model", "airnet") != "airnet":
         return NO_RECIPE
     return "small" if size <= SMALL_MAX else "photos"
@@ -189,10 +193,9 @@ def time_per_image(given: dict[str, Any], probe: Probe, size: int, images: int =
     from recog.models import create_model
     from recog.tasks import Classification
 
-    recipe = given["recipe"] if given.get("recipe", RECIPE_AUTO) != RECIPE_AUTO else recipe_for(size, given)
-    probe_sized = Probe(size, probe.channels, probe.train, probe.val, probe.test)
+    recipe = recipe_for(size, given)
     cfg = make_config(**{**given, "recipe": recipe, "image_size": size, "verbose": False,
-                         **sizing(recipe, given, probe_sized, size)})
+                         **sizing(recipe, given, probe, size)})
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device, verbose=False)
     model = create_model(cfg.model, 10, probe.channels, size, **cfg.model_args).to(device)
@@ -203,23 +206,8 @@ def time_per_image(given: dict[str, Any], probe: Probe, size: int, images: int =
     step = Stepper(model, model, optimizer, Classification(), device, precision)
     x = torch.randn(images, probe.channels, size, size, device=device).contiguous(memory_format=memory_format)
     batch = (x, torch.randint(0, 10, (images,), device=device))
-    train_s = _timed(lambda: step(batch), device) / images
-    model.eval()
-    with torch.no_grad(), autocast(device, precision):
-        eval_s = _timed(lambda: model(x), device) / images
-    return train_s, eval_s
-
-
-def _timed(fn: Any, device: torch.device, repeats: int = 2) -> float:
-    fn()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
+    train_s = time_steps(step, itertools.repeat(batch), 2) / images  # the budget's own timing
+    return train_s, time_eval(model, x, lambda: autocast(device, precision))
 
 
 def fill_defaults(cfg: TrainConfig) -> TrainConfig:
