@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import tarfile
 from pathlib import Path
@@ -59,3 +60,44 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory):
 
     project = tmp_path_factory.mktemp("runs")
     return recog.train(data="digits", model="airnet_small", epochs=6, project=str(project), verbose=False)
+
+
+VEHICLES = {"airplane", "automobile", "ship", "truck"}
+
+
+def manifest_rows(root: Path, split: str) -> list[dict[str, str]]:
+    rows = []
+    for path in sorted((root / split).glob("*/*.png")):
+        cls = path.parent.name
+        rows.append({"image": str(path.relative_to(root)), "labels": f"{cls};{'vehicle' if cls in VEHICLES else 'animal'}",
+                     "split": split})
+    return rows
+
+
+def write_manifest(path: Path, rows: list[dict[str, str]], columns: tuple[str, ...] = ("image", "labels", "split")) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def manifest(cifar_png: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """labels.csv naming 300 training and 100 test images of the CIFAR-10 subset, two labels each, by
+    paths relative to the manifest's own folder (``../cifar_png0/train/cat/…``)."""
+    folder = tmp_path_factory.mktemp("manifest")
+    rows = manifest_rows(cifar_png, "train") + manifest_rows(cifar_png, "test")
+    for row in rows:
+        row["image"] = os.path.relpath(cifar_png / row["image"], folder)
+    return write_manifest(folder / "labels.csv", rows)
+
+
+@pytest.fixture(scope="session")
+def multilabel_run(manifest: Path, tmp_path_factory: pytest.TempPathFactory):
+    import recog
+
+    # 270 training images (30 held out for validation and the thresholds): AdamW gets there in 20 epochs
+    return recog.train(data=str(manifest), model="airnet_small", epochs=20, batch_size=32, optimizer="adamw",
+                       lr=3e-3, flip=True, translate=2, seed=0, project=str(tmp_path_factory.mktemp("ml_runs")),
+                       verbose=False)

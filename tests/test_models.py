@@ -4,7 +4,7 @@ from torch import nn
 
 import recog
 from recog.errors import ConfigError
-from recog.models import cam_layer, model_stats, register_model
+from recog.models import cam_layer, conv_maps, model_stats, register_model
 
 SHAPES = [(1, 8), (1, 28), (3, 32)]
 
@@ -15,8 +15,24 @@ def test_every_registered_model_classifies_every_builtin_input_shape(name: str, 
     model = recog.create_model(name, num_classes=7, in_channels=channels, image_size=size)
     out = model(torch.randn(2, channels, size, size))
     assert out.shape == (2, 7)
-    layer = cam_layer(model)
-    assert any(isinstance(m, nn.Conv2d) for m in layer.modules())
+    name_, map_size = cam_layer(model, channels, size)
+    assert isinstance(model.get_submodule(name_), nn.Conv2d)
+    assert len(map_size) == 2
+
+
+@pytest.mark.parametrize("name", recog.list_models())
+def test_gradcam_layer_gives_at_least_7x7_maps_at_32px(name: str) -> None:
+    """The deepest conv with a 7x7+ map, not the last one (1x1..4x4 at 32 px: a constant map)."""
+    model = recog.create_model(name, num_classes=10, in_channels=3, image_size=32)
+    layer, (h, w) = cam_layer(model, 3, 32)
+    assert h >= 7 and w >= 7
+    deeper = [n for n, _ in conv_maps(model, 3, 32)]
+    assert all(min(s) < 7 for n, s in conv_maps(model, 3, 32)[deeper.index(layer) + 1:])
+
+
+def test_vision_transformer_has_no_gradcam_layer() -> None:
+    model = recog.create_model("tv:vit_b_16", num_classes=3, in_channels=3, image_size=224)
+    assert conv_maps(model, 3, 224) == []  # its one conv is the patch embedding
 
 
 def test_seednet_is_the_article_net_on_cifar_shapes() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -18,43 +17,7 @@ from recog.cli import main
 from recog.errors import DataError
 from recog.tasks.multilabel import MultiLabel, tune_thresholds
 
-VEHICLES = {"airplane", "automobile", "ship", "truck"}
-
-
-def _rows(root: Path, split: str) -> list[dict[str, str]]:
-    rows = []
-    for path in sorted((root / split).glob("*/*.png")):
-        cls = path.parent.name
-        rows.append({"image": str(path.relative_to(root)), "labels": f"{cls};{'vehicle' if cls in VEHICLES else 'animal'}",
-                     "split": split})
-    return rows
-
-
-def _write_csv(path: Path, rows: list[dict[str, str]], columns: tuple[str, ...] = ("image", "labels", "split")) -> Path:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-@pytest.fixture(scope="module")
-def manifest(cifar_png: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """labels.csv naming 300 training and 100 test images of the CIFAR-10 subset, two labels each, by
-    paths relative to the manifest's own folder (``../cifar_png0/train/cat/…``)."""
-    folder = tmp_path_factory.mktemp("manifest")
-    rows = _rows(cifar_png, "train") + _rows(cifar_png, "test")
-    for row in rows:
-        row["image"] = os.path.relpath(cifar_png / row["image"], folder)
-    return _write_csv(folder / "labels.csv", rows)
-
-
-@pytest.fixture(scope="module")
-def multilabel_run(manifest: Path, tmp_path_factory: pytest.TempPathFactory):
-    # 270 training images (30 held out for validation and the thresholds): AdamW gets there in 20 epochs
-    return recog.train(data=str(manifest), model="airnet_small", epochs=20, batch_size=32, optimizer="adamw",
-                       lr=3e-3, flip=True, translate=2, seed=0, project=str(tmp_path_factory.mktemp("ml_runs")),
-                       verbose=False)
+from conftest import manifest_rows as _rows, write_manifest as _write_csv  # noqa: E402
 
 
 def test_multilabel_trains_evaluates_and_beats_the_label_frequencies(multilabel_run) -> None:

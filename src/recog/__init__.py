@@ -10,8 +10,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = ("train", "evaluate", "predict", "load", "Run", "Classifier")
+_FEATURES = ("explain",)
 _MODELS = ("create_model", "list_models", "register_model")
-__all__ = [*_API, *_MODELS, "TrainConfig", "__version__"]
+__all__ = [*_API, *_FEATURES, *_MODELS, "TrainConfig", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,6 +20,10 @@ def __getattr__(name: str) -> Any:
         from recog import api
 
         return getattr(api, name)
+    if name in _FEATURES:
+        from recog import explanations  # not recog/explain.py: a submodule would shadow the function
+
+        return explanations.explain
     if name in _MODELS:
         from recog import models
 

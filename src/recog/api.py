@@ -17,7 +17,7 @@ from torch import nn
 
 from recog.config import TrainConfig, make_config
 from recog.data import load_dataset
-from recog.engine.build import Training, build, data_options, session
+from recog.engine.build import Training, build, data_options, run_data, session
 from recog.engine.checkpoint import LoopState, load_state
 from recog.engine.distributed import is_main
 from recog.engine.fit import EpochHook, Hooks, fit
@@ -197,9 +197,11 @@ def evaluate(
         data, data_root = cfg.data, data_root or cfg.data_root
     same = cfg is not None and data == cfg.data
     data = data if same else _labelled_folder(data)
-    options = data_options(cfg, clf.device) if cfg is not None else {"device": str(clf.device)}
-    ds = load_dataset(data, data_root, cfg.val_fraction if same else 0.0, cfg.split_seed if same else 0,
-                      clf.meta["image_size"], clf.meta["channels"], **options)
+    if same:
+        ds = run_data(cfg.replace(data_root=data_root), clf.meta["image_size"], clf.meta["channels"], clf.device)
+    else:
+        options = data_options(cfg, clf.device) if cfg is not None else {"device": str(clf.device)}
+        ds = load_dataset(data, data_root, 0.0, 0, clf.meta["image_size"], clf.meta["channels"], **options)
     if ds.classes != clf.classes:
         raise DataError(f"the classes of {data} ({', '.join(ds.classes[:6])}…) are not the model's "
                         f"({', '.join(clf.classes[:6])}…)")

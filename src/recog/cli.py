@@ -27,6 +27,8 @@ EXAMPLES = """examples:
   recog train --resume runs/train-3
   recog eval runs/train
   recog predict runs/train photo.jpg more_photos/ --json
+  recog explain runs/train photo.jpg --method ig     # heatmaps: why the model decided
+  recog explain runs/train --misclassified 16        # the most confident mistakes, explained
   recog models --data cifar10
 """
 
@@ -101,6 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--csv", action="store_true", help="CSV: path, rank, class, prob")
     p.add_argument("--device", default="auto")
 
+    p = sub.add_parser("explain", help="heatmaps of where the model found its evidence (Grad-CAM, integrated "
+                                       "gradients, saliency, occlusion), one PNG per image", allow_abbrev=False)
+    p.add_argument("source", metavar="RUN_OR_WEIGHTS")
+    p.add_argument("images", nargs="*", metavar="IMAGE_OR_DIR")
+    p.add_argument("--method", default="gradcam", help="gradcam, ig, saliency or occlusion (default: gradcam)")
+    p.add_argument("--target", metavar="CLASS", help="the class to explain (default: each image's prediction)")
+    p.add_argument("--layer", metavar="NAME", help="Grad-CAM's layer (default: the deepest conv with a 7x7+ map)")
+    p.add_argument("--layers", action="store_true", help="list Grad-CAM's candidate layers and their map sizes")
+    p.add_argument("--misclassified", type=int, metavar="K",
+                   help="one grid of the run's K most confident mistakes (from its predictions.csv)")
+    p.add_argument("--out", metavar="DIR", help="figure folder (default: runs/explain, auto-numbered; "
+                                                "--misclassified: the run folder)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+
     p = sub.add_parser("models", help="list models with parameters and multiply-adds", allow_abbrev=False)
     p.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'air*' or 'tv:resnet*'")
     p.add_argument("--data", default="digits", help="dataset whose input size the counts are for")
@@ -172,6 +189,39 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     return 1 if failed and failed == len(results) else 0
 
 
+def cmd_explain(ns: argparse.Namespace) -> int:
+    from recog import explanations as ex
+
+    if ns.layers:
+        clf = ex.load(ns.source, ns.device)
+        default = ex.cam_layer(clf.model, clf.meta["channels"], clf.meta["image_size"], ex.MIN_MAP_SIDE)[0] \
+            if ex.gradcam_layers(clf) else None
+        print(f"Grad-CAM layers of {clf.meta['model']} at {clf.meta['image_size']}px (in the order they run):")
+        for name, (h, w) in ex.gradcam_layers(clf) or [("(none: use --method ig, saliency or occlusion)", (0, 0))]:
+            print(f"  {name:<32}{f'{h}x{w}' if h else '':>8}{'  (default)' if name == default else ''}")
+        return 0
+    if ns.misclassified is not None:
+        if ns.images:
+            raise RecogError("--misclassified reads the run's predictions.csv: give no images with it")
+        result, grid = ex.explain_mistakes(ns.source, ns.misclassified, ns.method, ns.layer, ns.out, ns.device)
+        print(f"{len(result)} most confident mistakes explained ({ns.method}"
+              f"{' at ' + result.layer if result.layer else ''}): {grid}")
+        return 0
+    if not ns.images:
+        raise RecogError("which images? give image files or folders (or --misclassified K, or --layers)")
+    clf = ex.load(ns.source, ns.device)
+    ex.check_method(ns.method)
+    out = ns.out or ex.default_out(clf)
+    result = ex.explain(clf, ns.images, method=ns.method, target=ns.target, layer=ns.layer, out=out,
+                        batch_size=ns.batch_size)
+    ex.warn_unreadable(result.errors)
+    for i, path in enumerate(result.files):
+        print(f"{result.paths[i]}: {result.title(i)} -> {path}")
+    print(f"{len(result.files)} figures ({ns.method}{' at ' + result.layer if result.layer else ''}, "
+          f"map {result.map_size[0]}x{result.map_size[1]}) in {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_models(ns: argparse.Namespace) -> int:
     from recog.data import BUILTIN_SHAPES
     from recog.models import create_model, list_models, model_stats
@@ -204,7 +254,8 @@ def cmd_models(ns: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "models": cmd_models}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "explain": cmd_explain,
+            "models": cmd_models}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -107,6 +107,12 @@ def _multilabel_markdown(report: dict[str, Any]) -> str:
 
 
 def report_markdown(report: dict[str, Any]) -> str:
+    """report.md: the headline figures, the per-class table and links to the figures made for it."""
+    figures = "".join(f"\n## {f['title']}\n\n![{f['title']}]({f['path']})\n" for f in report.get("figures", []))
+    return _report_markdown(report) + figures
+
+
+def _report_markdown(report: dict[str, Any]) -> str:
     if report.get("task") == "multilabel":
         return _multilabel_markdown(report)
     lines = _header(report, [

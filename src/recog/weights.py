@@ -100,6 +100,8 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, str
     and returned. Strict: any mismatch raises naming the keys."""
     own = model.state_dict()
     state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state.items()}
+    # weights saved before 0.2 carry a duplicate of the last block under "cam_layer." (a module alias)
+    state = {k: v for k, v in state.items() if not k.startswith("cam_layer.") or k in own}
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

@@ -104,8 +104,7 @@ def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path |
     check_batch_memory(cfg)
     if cfg.data not in list_sources() and cfg.data.strip() and Path(cfg.data).expanduser().exists():
         cfg = cfg.replace(data=str(Path(cfg.data).expanduser().resolve()))  # a path: recorded absolute, for eval
-    ds = load_dataset(cfg.data, cfg.data_root, cfg.val_fraction, cfg.split_seed, cfg.image_size, cfg.channels,
-                      **data_options(cfg, device))
+    ds = run_data(cfg, cfg.image_size, cfg.channels, device)
     if cfg.mean is not None and not len(cfg.mean) == len(cfg.std) == ds.channels:
         raise ConfigError(f"mean and std need one value per channel: the images have {ds.channels}, "
                           f"got mean {list(cfg.mean)} and std {list(cfg.std)}")
@@ -229,6 +228,12 @@ def data_options(cfg: TrainConfig, device: torch.device | str) -> dict[str, Any]
     return dict(loader=cfg.loader, memory_fraction=cfg.memory_fraction, cache=cfg.cache,
                 max_image_pixels=cfg.max_image_pixels, allow_empty_classes=cfg.allow_empty_classes,
                 device=str(device))
+
+
+def run_data(cfg: TrainConfig, image_size: int, channels: int, device: torch.device | str) -> Dataset:
+    """The data a run was trained on, split as it was (evaluation and explanations read it again)."""
+    return load_dataset(cfg.data, cfg.data_root, cfg.val_fraction, cfg.split_seed, image_size, channels,
+                        **data_options(cfg, device))
 
 
 def _describe(ds: Dataset, cfg: TrainConfig) -> None:

@@ -107,7 +107,6 @@ class AirNet(nn.Module):
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.head = nn.Linear(c_in, num_classes, bias=False)  # read and replaced by models.replace_head
         self.scale = scale
-        self.cam_layer = self.groups[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.groups(self.stem(x))

@@ -89,15 +89,40 @@ def replace_head(model: nn.Module, new: int | nn.Module) -> nn.Module:
     return new
 
 
-def cam_layer(model: nn.Module) -> nn.Module:
-    """The layer whose activations explanations (Grad-CAM) use: the model's ``cam_layer`` or its last conv."""
-    named = getattr(model, "cam_layer", None)
-    if isinstance(named, nn.Module):
-        return named
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+def conv_maps(model: nn.Module, in_channels: int, image_size: int) -> list[tuple[str, tuple[int, int]]]:
+    """(name, output h×w) of the model's convolutions in the order they run on one image, leaving
+    out patch embeddings (kernel = stride > 1: a vision transformer's only conv is one; its "map" is
+    the token grid, not a feature map that Grad-CAM can read)."""
+    import torch
+
+    found: list[tuple[str, tuple[int, int]]] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out, n=n: found.append((n, tuple(out.shape[-2:]))))
+             for n, m in model.named_modules()
+             if isinstance(m, nn.Conv2d) and not (m.kernel_size == m.stride and max(m.stride) > 1)]
+    was_training = model.training
+    model.eval()
+    try:
+        p = next(model.parameters())
+        with torch.no_grad():
+            model(torch.zeros(1, in_channels, image_size, image_size, device=p.device, dtype=p.dtype))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return found
+
+
+def cam_layer(model: nn.Module, in_channels: int, image_size: int, min_side: int = 7) -> tuple[str, tuple[int, int]]:
+    """(name, map size) of the layer Grad-CAM reads by default: the deepest convolution whose output
+    is at least ``min_side``×``min_side`` at this input size (the last convs of small-image nets give
+    1×1..4×4 maps, which say nothing about where); when none is, the one with the largest map."""
+    convs = conv_maps(model, in_channels, image_size)
     if not convs:
-        raise ValueError(f"{type(model).__name__} has no convolution layer")
-    return convs[-1]
+        raise ValueError(f"{type(model).__name__} has no convolution layer with a spatial map")
+    large = [c for c in convs if min(c[1]) >= min_side]
+    if large:
+        return large[-1]
+    return max(reversed(convs), key=lambda c: c[1][0] * c[1][1])
 
 
 def model_stats(model: nn.Module, in_channels: int, image_size: int) -> tuple[int, int]:

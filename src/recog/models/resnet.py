@@ -15,5 +15,4 @@ def resnet18(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) 
     model = tv_resnet18(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
-    model.cam_layer = model.layer4
     return model

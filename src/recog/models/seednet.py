@@ -52,7 +52,6 @@ class SeedNet(nn.Module):
             setattr(self, f"fc{i}", nn.Linear(a, b))
         self.convs = len(channels)
         self.fcs = len(widths) - 1
-        self.cam_layer = getattr(self, f"conv{self.convs}")
         self.head_name = f"fc{self.fcs}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
