@@ -54,8 +54,8 @@ def test_explain_cli_writes_one_titled_figure_per_image(cifar_run, cifar_png: Pa
     assert main(["explain", str(cifar_run.path), *map(str, files), "--out", str(out)]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     pngs = sorted(out.glob("*.png"))
-    assert [p.name for p in pngs] == sorted(f"{f.stem}-gradcam.png" for f in files)
-    assert len(printed) == 3 and all("predicted: " in line and line.endswith("-gradcam.png") for line in printed)
+    assert [p.name for p in pngs] == sorted(f"{f.stem}-ig.png" for f in files)  # the default method
+    assert len(printed) == 3 and all("predicted: " in line and line.endswith("-ig.png") for line in printed)
     with Image.open(pngs[0]) as im:  # image, heatmap and overlay side by side
         assert im.width > 2 * im.height
 
@@ -86,7 +86,7 @@ def test_target_class_is_explained_and_shown_in_the_title(test_images, tmp_path:
 
 def test_explain_layer_override_and_layers_listing(cifar_run, test_images, capsys) -> None:
     clf, images, _ = test_images
-    result = recog.explain(clf, images[:2], layer="groups.2.conv2")
+    result = recog.explain(clf, images[:2], method="gradcam", layer="groups.2.conv2")
     assert result.map_size == (4, 4) and result.maps.shape == (2, 32, 32)
     assert main(["explain", "--layers", str(cifar_run.path)]) == 0
     out = capsys.readouterr().out
@@ -94,12 +94,12 @@ def test_explain_layer_override_and_layers_listing(cifar_run, test_images, capsy
 
 
 def test_misclassified_grid_is_written_and_linked_from_the_report(cifar_run, capsys) -> None:
-    assert main(["explain", str(cifar_run.path), "--misclassified", "6"]) == 0
+    assert main(["explain", str(cifar_run.path), "--misclassified", "6", "--method", "gradcam"]) == 0
     grid = cifar_run.path / "misclassified-gradcam.png"
     assert grid.is_file() and str(grid) in capsys.readouterr().out
     assert "![Most confident mistakes (gradcam)](misclassified-gradcam.png)" in (cifar_run.path / "report.md").read_text()
     assert json.loads((cifar_run.path / "report.json").read_text())["figures"][0]["path"] == grid.name
-    assert main(["explain", str(cifar_run.path), "--misclassified", "6"]) == 0  # again: linked once
+    assert main(["explain", str(cifar_run.path), "--misclassified", "6", "--method", "gradcam"]) == 0  # linked once
     assert (cifar_run.path / "report.md").read_text().count("misclassified-gradcam.png") == 1
 
 
@@ -172,9 +172,11 @@ def test_maps_change_when_the_weights_are_randomised(test_images, method: str) -
 
 
 def test_deleting_the_most_attributed_pixels_first_beats_random_pixels(test_images) -> None:
+    """RISE's deletion and insertion for the default method, on a small scale (the benchmark: 250 images)."""
     clf, images, _ = test_images
     images = images[:64]
-    result = recog.explain(clf, images, method="gradcam")
+    result = recog.explain(clf, images)
+    assert result.method == "ig"
     targets = torch.tensor([clf.classes.index(c) for c in result.targets])
     deletion, insertion = deletion_insertion(clf, images, result.maps, targets, steps=8)
     torch.manual_seed(0)
@@ -206,9 +208,10 @@ def test_bad_method_target_and_layer_name_the_valid_ones(cifar_run, cifar_png: P
     assert main(["explain", str(cifar_run.path), image, "--target", "kitten"]) == 2
     err = capsys.readouterr().err
     assert "'kitten' is not one of the model's classes" in err and "airplane, automobile, bird" in err
-    assert main(["explain", str(cifar_run.path), image, "--layer", "groups.0.conv"]) == 2
+    assert main(["explain", str(cifar_run.path), image, "--method", "gradcam", "--layer", "groups.0.conv"]) == 2
     assert "did you mean 'groups.0.conv" in capsys.readouterr().err
-    assert main(["explain", str(cifar_run.path), image, "--method", "ig", "--layer", "groups.0.conv1"]) == 2
+    assert main(["explain", str(cifar_run.path), image, "--layer", "groups.0.conv1"]) == 2
+    assert "add --method gradcam" in capsys.readouterr().err
     assert main(["explain", str(cifar_run.path)]) == 2
     assert "which images?" in capsys.readouterr().err
 
@@ -218,8 +221,8 @@ def test_gradcam_on_a_model_without_conv_maps_names_the_methods_that_apply(test_
     mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
     no_conv = Classifier(mlp, dict(clf.meta, model="mlp"), clf.device)
     with pytest.raises(ConfigError, match="use --method ig, saliency, occlusion"):
-        recog.explain(no_conv, images[:1])
-    assert recog.explain(no_conv, images[:1], method="ig").maps.shape == (1, 32, 32)
+        recog.explain(no_conv, images[:1], method="gradcam")
+    assert recog.explain(no_conv, images[:1]).maps.shape == (1, 32, 32)  # the default method applies
 
 
 def test_without_captum_one_line_says_what_to_install(cifar_run, cifar_png: Path) -> None:

@@ -27,7 +27,7 @@ EXAMPLES = """examples:
   recog train --resume runs/train-3
   recog eval runs/train
   recog predict runs/train photo.jpg more_photos/ --json
-  recog explain runs/train photo.jpg --method ig     # heatmaps: why the model decided
+  recog explain runs/train photo.jpg --method gradcam   # heatmaps: why the model decided
   recog explain runs/train --misclassified 16        # the most confident mistakes, explained
   recog models --data cifar10
 """
@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "gradients, saliency, occlusion), one PNG per image", allow_abbrev=False)
     p.add_argument("source", metavar="RUN_OR_WEIGHTS")
     p.add_argument("images", nargs="*", metavar="IMAGE_OR_DIR")
-    p.add_argument("--method", default="gradcam", help="gradcam, ig, saliency or occlusion (default: gradcam)")
+    p.add_argument("--method", default="ig", help="ig (integrated gradients), gradcam, saliency or occlusion "
+                                                  "(default: ig, the one that passed the faithfulness checks)")
     p.add_argument("--target", metavar="CLASS", help="the class to explain (default: each image's prediction)")
     p.add_argument("--layer", metavar="NAME", help="Grad-CAM's layer (default: the deepest conv with a 7x7+ map)")
     p.add_argument("--layers", action="store_true", help="list Grad-CAM's candidate layers and their map sizes")

@@ -43,6 +43,10 @@ METHODS = {
     "saliency": "largest absolute input gradient",
     "occlusion": "score drop when a patch is set to the mean",
 }
+# The default is the method that passed both checks of benchmarks/explain_faithfulness.py on CIFAR-10:
+# it beats random pixels on deletion and insertion, and its maps decorrelate from a randomised model's
+# (README, "Explanations": Grad-CAM and occlusion lose to random pixels on deletion there).
+DEFAULT_METHOD = "ig"
 SIGNED = {"ig", "occlusion"}  # maps with negative evidence too
 IG_STEPS = 32
 MIN_MAP_SIDE = 7
@@ -122,7 +126,7 @@ class Explanation:
 def explain(
     source: str | os.PathLike | Classifier,
     images: str | os.PathLike | Sequence[str | os.PathLike] | torch.Tensor,
-    method: str = "gradcam",
+    method: str = DEFAULT_METHOD,
     target: str | None = None,
     layer: str | None = None,
     out: str | os.PathLike | None = None,
@@ -182,7 +186,7 @@ def attribute(clf: Classifier, images_u8: torch.Tensor, targets: torch.Tensor, m
                 x, baselines=0.0, target=t, n_steps=IG_STEPS, internal_batch_size=max(IG_STEPS, min(512, len(x) * 8)))
             maps = a.sum(1)
         elif method == "saliency":
-            maps = attr.Saliency(model).attribute(x, target=t, abs=True).amax(1)
+            maps = attr.Saliency(model).attribute(x.requires_grad_(), target=t, abs=True).amax(1)
         elif method == "occlusion":
             c, side = x.shape[1], max(size)
             window = max(2, side // 8)
@@ -229,7 +233,7 @@ def _layer_for(clf: Classifier, method: str, layer: str | None) -> str | None:
     """The layer Grad-CAM reads: ``layer`` checked, or the default rule; None for the pixel methods."""
     if method != "gradcam":
         if layer is not None:
-            raise ConfigError(f"--layer is for Grad-CAM; {method} attributes the input pixels")
+            raise ConfigError(f"--layer is for Grad-CAM (add --method gradcam); {method} attributes the input pixels")
         return None
     candidates = gradcam_layers(clf)
     if layer is None:
@@ -321,7 +325,7 @@ def auc(curve: torch.Tensor) -> float:
 def explain_mistakes(
     run: str | os.PathLike,
     count: int = 16,
-    method: str = "gradcam",
+    method: str = DEFAULT_METHOD,
     layer: str | None = None,
     out: str | os.PathLike | None = None,
     device: str = "auto",
@@ -424,9 +428,14 @@ def _heat(ax: Any, m: Any, method: str, image: Any | None) -> None:
         else:
             ax.imshow(m, cmap="inferno", vmin=0, vmax=float(m.max()) or 1.0)
         return
+    import matplotlib
+
     pos = np.clip(m, 0, None)
+    pos = pos / (pos.max() or 1.0)
+    heat = matplotlib.colormaps["jet"](pos)
+    heat[..., 3] = 0.7 * pos  # opaque where the evidence is, the image itself elsewhere
     ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest")
-    ax.imshow(pos / (pos.max() or 1.0), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    ax.imshow(heat)
 
 
 def _top(prediction: dict[str, Any]) -> tuple[str, float] | None:
