@@ -214,6 +214,10 @@ def test_bad_method_target_and_layer_name_the_valid_ones(cifar_run, cifar_png: P
     assert "add --method gradcam" in capsys.readouterr().err
     assert main(["explain", str(cifar_run.path)]) == 2
     assert "which images?" in capsys.readouterr().err
+    assert main(["explain", str(cifar_run.path), "--misclassified", "0"]) == 2
+    assert "at least 1, got 0" in capsys.readouterr().err
+    assert main(["explain", str(cifar_run.path / "weights"), "--misclassified", "4"]) == 2
+    assert "no predictions.csv in" in capsys.readouterr().err
 
 
 def test_gradcam_on_a_model_without_conv_maps_names_the_methods_that_apply(test_images) -> None:

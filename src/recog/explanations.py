@@ -340,8 +340,8 @@ def explain_mistakes(
     run_dir = Path(run).expanduser()
     csv_path = run_dir / "predictions.csv"
     if not csv_path.is_file():
-        raise DataError(f"no predictions.csv in {run_dir}: --misclassified needs a run folder (or a recog eval "
-                        f"folder) with its final evaluation")
+        raise DataError(f"no predictions.csv in {run_dir}: --misclassified needs a run folder with its final "
+                        f"evaluation (a run without a test or val split has none)")
     clf = load(run_dir, device)
     mistakes = _mistakes(csv_path, count)
     if not mistakes:
