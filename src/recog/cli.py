@@ -95,13 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="top-k classes (multi-label: the labels over their thresholds) for image "
                                        "files or folders", allow_abbrev=False)
-    p.add_argument("source", metavar="RUN_OR_WEIGHTS")
+    p.add_argument("source", metavar="RUN_OR_WEIGHTS", help="a run folder, weights file or exported .onnx file")
     p.add_argument("images", nargs="+", metavar="FILE_OR_DIR")
     p.add_argument("--top-k", type=int, default=5)
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="one JSON object per image")
     fmt.add_argument("--csv", action="store_true", help="CSV: path, rank, class, prob")
     p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("export", help="one ONNX (or torch.export) file: uint8 images in, probabilities out, "
+                                      "preprocessing and classes inside", allow_abbrev=False)
+    p.add_argument("source", metavar="RUN_OR_WEIGHTS")
+    p.add_argument("--format", default="onnx", help="onnx or pt2 (torch.export) (default: onnx)")
+    p.add_argument("--output", metavar="FILE", help="default: model.onnx beside the weights")
 
     p = sub.add_parser("explain", help="heatmaps of where the model found its evidence (Grad-CAM, integrated "
                                        "gradients, saliency, occlusion), one PNG per image", allow_abbrev=False)
@@ -161,9 +167,14 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 
 
 def cmd_predict(ns: argparse.Namespace) -> int:
-    import recog
+    if ns.source.lower().endswith(".onnx"):  # numpy, Pillow and onnxruntime only: torch is never imported
+        from recog.onnx_predict import predict
 
-    results = recog.predict(ns.source, ns.images, top_k=ns.top_k, device=ns.device)
+        results = predict(ns.source, ns.images, top_k=ns.top_k)
+    else:
+        import recog
+
+        results = recog.predict(ns.source, ns.images, top_k=ns.top_k, device=ns.device)
     if not results:
         print(f"error: no images found in {', '.join(ns.images)}", file=sys.stderr)
         return 1
@@ -188,6 +199,13 @@ def cmd_predict(ns: argparse.Namespace) -> int:
             answer = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r[key]) or "(no label over its threshold)"
             print(f"{r['path']}: {answer}")
     return 1 if failed and failed == len(results) else 0
+
+
+def cmd_export(ns: argparse.Namespace) -> int:
+    from recog.export import export
+
+    print(export(ns.source, format=ns.format, output=ns.output))
+    return 0
 
 
 def cmd_explain(ns: argparse.Namespace) -> int:
@@ -255,7 +273,8 @@ def cmd_models(ns: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "explain": cmd_explain,
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export,
+            "explain": cmd_explain,
             "models": cmd_models}
 
 

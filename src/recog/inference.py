@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from recog.config import TrainConfig, make_config
-from recog.data.image import ImageReadError, is_image_file, load_image
+from recog.data.image import ImageReadError, image_files, load_image
 from recog.data.loader import Normalize
 from recog.device import resolve_device
-from recog.errors import ConfigError, DataError, WeightsError
+from recog.errors import ConfigError, WeightsError
 from recog.models import create_model
 from recog.tasks import Task, task_from_meta
 from recog.weights import load_into, read_weights
@@ -91,21 +91,6 @@ def load(source: str | os.PathLike, device: str = "auto") -> Classifier:
     if cfg is not None and cfg.channels_last:  # as it was trained: faster convolutions (1.3x on CPU)
         model.to(memory_format=torch.channels_last)
     return Classifier(model, meta, dev, path, cfg)
-
-
-def image_files(sources: Sequence[str | os.PathLike]) -> list[Path]:
-    """The files named, and the image files below the folders named (hidden ones left out)."""
-    files: list[Path] = []
-    for s in sources:
-        p = Path(s).expanduser()
-        if p.is_dir():
-            files.extend(sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f)
-                                and not any(part.startswith(".") for part in f.relative_to(p).parts)))
-        elif p.exists():
-            files.append(p)
-        else:
-            raise DataError(f"no such file or folder: {p}")
-    return files
 
 
 def predict(

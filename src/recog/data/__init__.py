@@ -2,12 +2,17 @@
 
 Nothing here imports the models or the engine."""
 
-from recog.data.augment import BatchAugment
-from recog.data.builtin import BUILTIN, BUILTIN_SHAPES
-from recog.data.image import ImageReadError, load_image, open_image
-from recog.data.loader import MemoryLoader, Normalize, channel_stats
-from recog.data.sources import Probe, list_sources, load_dataset, probe_dataset, register_source
-from recog.data.splits import Dataset, FileSplit, Split
+from typing import Any
+
+# Imported lazily (as ``recog`` itself): ``recog.data.image`` decodes with numpy and Pillow only, so
+# that predicting with an ONNX file never imports torch.
+_WHERE = {
+    "BatchAugment": "augment", "BUILTIN": "builtin", "BUILTIN_SHAPES": "builtin", "ImageReadError": "image",
+    "load_image": "image", "open_image": "image", "MemoryLoader": "loader", "Normalize": "loader",
+    "channel_stats": "loader", "Probe": "sources", "list_sources": "sources", "load_dataset": "sources",
+    "probe_dataset": "sources", "register_source": "sources", "Dataset": "splits", "FileSplit": "splits",
+    "Split": "splits",
+}
 
 __all__ = [
     "BUILTIN",
@@ -28,3 +33,11 @@ __all__ = [
     "probe_dataset",
     "register_source",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(f"recog.data.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'recog.data' has no attribute {name!r}")

@@ -7,10 +7,12 @@ import io
 import math
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from recog.errors import DataError
 
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
@@ -34,6 +36,21 @@ class ImageReadError(Exception):
 
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def image_files(sources: Sequence[str | os.PathLike]) -> list[Path]:
+    """The files named, and the image files below the folders named (hidden ones left out)."""
+    files: list[Path] = []
+    for s in sources:
+        p = Path(s).expanduser()
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f)
+                                and not any(part.startswith(".") for part in f.relative_to(p).parts)))
+        elif p.exists():
+            files.append(p)
+        else:
+            raise DataError(f"no such file or folder: {p}")
+    return files
 
 
 def _to_mode(im, channels: int):  # noqa: ANN001, ANN202 (PIL types imported lazily)

@@ -1,0 +1,93 @@
+"""Predict with an ONNX file exported by recog, with numpy, Pillow and ONNX Runtime only: this
+module never imports torch (a test runs it where importing torch fails). The file carries its
+classes, input size, channels and task; images are decoded exactly as in training
+(:func:`recog.data.image.load_image`) and the graph does the rest (float, normalisation, model,
+probabilities)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recog.data.image import ImageReadError, image_files, load_image
+from recog.errors import ConfigError, WeightsError
+
+META_KEY = "recog"
+
+
+def session(path: str | os.PathLike) -> Any:
+    """An ONNX Runtime CPU session, or one line saying what to install."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ConfigError("ONNX models need onnxruntime: pip install 'recog[export]'") from None
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # warnings about unused initialisers are not the user's business
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise WeightsError(f"{path} is not a readable ONNX model ({str(exc).splitlines()[0][:200]})") from None
+
+
+class OnnxClassifier:
+    """An exported recog model: ``predict_arrays`` on uint8 (N, C, H, W) images at its size."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise WeightsError(f"no ONNX file at {self.path}")
+        self.session = session(self.path)
+        props = self.session.get_modelmeta().custom_metadata_map
+        if META_KEY not in props:
+            raise WeightsError(f"{self.path} was not exported by recog: no classes or preprocessing in its metadata")
+        self.meta: dict[str, Any] = json.loads(props[META_KEY])
+        self.classes: list[str] = list(self.meta["classes"])
+        self.input = self.session.get_inputs()[0].name
+
+    def read(self, source: str | os.PathLike | bytes) -> np.ndarray:
+        return load_image(source, self.meta["channels"], self.meta["image_size"])
+
+    def probabilities(self, images_u8: np.ndarray) -> np.ndarray:
+        nhwc = np.ascontiguousarray(images_u8.transpose(0, 2, 3, 1))
+        return self.session.run(None, {self.input: nhwc})[0]
+
+    def predict_arrays(self, images_u8: np.ndarray, top_k: int = 5) -> list[dict[str, Any]]:
+        """As :meth:`recog.inference.Classifier.predict_images`: top-k, or the labels over their thresholds."""
+        probs = self.probabilities(images_u8)
+        if self.meta.get("task") == "multilabel":
+            cuts = np.asarray(self.meta.get("thresholds") or [0.5] * len(self.classes))
+            return [{"labels": sorted(({"class": self.classes[i], "prob": float(p[i])}
+                                       for i in np.flatnonzero(p >= cuts)), key=lambda e: -e["prob"])}
+                    for p in probs]
+        k = min(top_k, probs.shape[1])
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return [{"top": [{"class": self.classes[i], "prob": float(p[i])} for i in row]} for p, row in zip(probs, order)]
+
+
+def predict(path: str | os.PathLike, images: str | os.PathLike | Sequence[str | os.PathLike], top_k: int = 5,
+            batch_size: int = 64) -> list[dict[str, Any]]:
+    """``recog predict model.onnx …``: the same entries as :func:`recog.predict`."""
+    if top_k < 1:
+        raise ConfigError(f"top_k must be at least 1, got {top_k}")
+    clf = OnnxClassifier(path)
+    paths = image_files([images] if isinstance(images, (str, os.PathLike)) else images)
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(paths), batch_size):
+        batch, arrays = [], []
+        for p in paths[start:start + batch_size]:
+            try:
+                arrays.append(clf.read(p))
+                batch.append({"path": str(p)})
+            except ImageReadError as exc:
+                results.append({"path": str(p), "error": str(exc), "kind": exc.kind})
+        if arrays:
+            for entry, answer in zip(batch, clf.predict_arrays(np.stack(arrays), top_k)):
+                entry.update(answer)
+            results.extend(batch)
+    order = {str(p): i for i, p in enumerate(paths)}
+    return sorted(results, key=lambda r: order[r["path"]])
