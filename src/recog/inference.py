@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from recog.config import TrainConfig, make_config
-from recog.data.image import ImageReadError, image_files, load_image
+from recog.data.image import answer_files, image_files, load_image
 from recog.data.loader import Normalize
 from recog.device import resolve_device
 from recog.errors import ConfigError, WeightsError
@@ -106,18 +106,4 @@ def predict(
     if top_k < 1:
         raise ConfigError(f"top_k must be at least 1, got {top_k}")
     paths = image_files([images] if isinstance(images, (str, os.PathLike)) else images)
-    results: list[dict[str, Any]] = []
-    for start in range(0, len(paths), batch_size):
-        batch, arrays = [], []
-        for p in paths[start:start + batch_size]:
-            try:
-                arrays.append(clf.read(p))
-                batch.append({"path": str(p)})
-            except ImageReadError as exc:
-                results.append({"path": str(p), "error": str(exc), "kind": exc.kind})
-        if arrays:
-            for entry, answer in zip(batch, clf.predict_images(torch.stack(arrays), top_k)):
-                entry.update(answer)
-            results.extend(batch)
-    order = {str(p): i for i, p in enumerate(paths)}
-    return sorted(results, key=lambda r: order[r["path"]])
+    return answer_files(paths, clf.read, lambda xs: clf.predict_images(torch.stack(xs), top_k), batch_size)

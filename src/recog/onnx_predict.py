@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from recog.data.image import ImageReadError, image_files, load_image
+from recog.data.image import answer_files, image_files, load_image
 from recog.errors import ConfigError, WeightsError
 
 META_KEY = "recog"
@@ -76,18 +76,4 @@ def predict(path: str | os.PathLike, images: str | os.PathLike | Sequence[str | 
         raise ConfigError(f"top_k must be at least 1, got {top_k}")
     clf = OnnxClassifier(path)
     paths = image_files([images] if isinstance(images, (str, os.PathLike)) else images)
-    results: list[dict[str, Any]] = []
-    for start in range(0, len(paths), batch_size):
-        batch, arrays = [], []
-        for p in paths[start:start + batch_size]:
-            try:
-                arrays.append(clf.read(p))
-                batch.append({"path": str(p)})
-            except ImageReadError as exc:
-                results.append({"path": str(p), "error": str(exc), "kind": exc.kind})
-        if arrays:
-            for entry, answer in zip(batch, clf.predict_arrays(np.stack(arrays), top_k)):
-                entry.update(answer)
-            results.extend(batch)
-    order = {str(p): i for i, p in enumerate(paths)}
-    return sorted(results, key=lambda r: order[r["path"]])
+    return answer_files(paths, clf.read, lambda xs: clf.predict_arrays(np.stack(xs), top_k), batch_size)

@@ -7,8 +7,9 @@ import io
 import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +52,27 @@ def image_files(sources: Sequence[str | os.PathLike]) -> list[Path]:
         else:
             raise DataError(f"no such file or folder: {p}")
     return files
+
+
+def answer_files(paths: Sequence[Path], read: Callable[[Path], Any], answer: Callable[[list[Any]], list[dict]],
+                 batch_size: int = 64) -> list[dict[str, Any]]:
+    """Per file ``{"path", **answer}`` in the order given, reading and answering in batches;
+    unreadable files get ``{"path", "error", "kind"}``. Shared by the torch and ONNX predictors."""
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(paths), batch_size):
+        batch, arrays = [], []
+        for p in paths[start:start + batch_size]:
+            try:
+                arrays.append(read(p))
+                batch.append({"path": str(p)})
+            except ImageReadError as exc:
+                results.append({"path": str(p), "error": str(exc), "kind": exc.kind})
+        if arrays:
+            for entry, out in zip(batch, answer(arrays)):
+                entry.update(out)
+            results.extend(batch)
+    order = {str(p): i for i, p in enumerate(paths)}
+    return sorted(results, key=lambda r: order[r["path"]])
 
 
 def _to_mode(im, channels: int):  # noqa: ANN001, ANN202 (PIL types imported lazily)
