@@ -121,3 +121,41 @@ def test_export_and_onnx_predict_bad_input(tmp_path: Path, capsys) -> None:
         OnnxClassifier(not_onnx)
     with pytest.raises(WeightsError, match="no ONNX file"):
         OnnxClassifier(tmp_path / "missing.onnx")
+
+
+def test_int8_export_of_a_run_reports_both_accuracies_and_predicts(digits_run, capsys) -> None:
+    path = export(digits_run.path, int8=True)
+    err = capsys.readouterr().err
+    assert path.name == "model.int8.onnx" and path.is_file()
+    assert "test accuracy fp32 0." in err and ", int8 0." in err and "images/s" in err
+    int8, fp32 = OnnxClassifier(path), OnnxClassifier(path.with_name("model.onnx"))
+    assert int8.classes == fp32.classes and int8.meta == fp32.meta
+    from recog.data import load_dataset
+
+    test = load_dataset("digits", None, 0.0, 0, 8, 1, device="cpu").test
+    agree = (int8.probabilities(test.images.numpy()).argmax(1) == fp32.probabilities(test.images.numpy()).argmax(1))
+    assert agree.mean() > 0.95
+
+
+def test_int8_that_loses_accuracy_is_refused_with_the_numbers(digits_run, monkeypatch, tmp_path: Path) -> None:
+    import recog.export as ex
+
+    monkeypatch.setattr(ex, "MAX_INT8_LOSS", -1.0)  # any int8 model "loses" more than that
+    with pytest.raises(ExportError, match=r"int8 loses more than .*accuracy fp32 0\.\d+, int8 0\.\d+"):
+        export(digits_run.path, output=tmp_path / "m.onnx", int8=True, verbose=False)
+    assert (tmp_path / "m.onnx").is_file() and not (tmp_path / "m.int8.onnx").exists()
+    with pytest.raises(ConfigError, match="--int8 is an ONNX Runtime quantisation"):
+        export(digits_run.path, format="pt2", int8=True)
+
+
+def test_multilabel_export_returns_the_labels_over_their_thresholds(multilabel_run, cifar_png: Path,
+                                                                     tmp_path: Path) -> None:
+    import recog
+
+    path = export(multilabel_run.path, output=tmp_path / "ml.onnx", verbose=False)
+    files = sorted((cifar_png / "test").glob("*/*.png"))[::10]
+    from recog.onnx_predict import predict as onnx_predict
+
+    from_onnx, from_run = onnx_predict(path, files), recog.predict(multilabel_run.path, files)
+    assert OnnxClassifier(path).meta["thresholds"] == pytest.approx(load(multilabel_run.path, "cpu").meta["thresholds"])
+    assert [[e["class"] for e in r["labels"]] for r in from_onnx] == [[e["class"] for e in r["labels"]] for r in from_run]

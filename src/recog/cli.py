@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", metavar="RUN_OR_WEIGHTS")
     p.add_argument("--format", default="onnx", help="onnx or pt2 (torch.export) (default: onnx)")
     p.add_argument("--output", metavar="FILE", help="default: model.onnx beside the weights")
+    p.add_argument("--int8", action="store_true", help="also a static int8 model (ONNX Runtime QDQ, calibrated on the "
+                                                       "run's training images; refused if it loses > 1 point)")
 
     p = sub.add_parser("explain", help="heatmaps of where the model found its evidence (Grad-CAM, integrated "
                                        "gradients, saliency, occlusion), one PNG per image", allow_abbrev=False)
@@ -204,7 +206,7 @@ def cmd_predict(ns: argparse.Namespace) -> int:
 def cmd_export(ns: argparse.Namespace) -> int:
     from recog.export import export
 
-    print(export(ns.source, format=ns.format, output=ns.output))
+    print(export(ns.source, format=ns.format, output=ns.output, int8=ns.int8))
     return 0
 
 
