@@ -117,6 +117,9 @@ def test_export_and_onnx_predict_bad_input(tmp_path: Path, capsys) -> None:
         export(weights, output=tmp_path)
     not_onnx = tmp_path / "fake.onnx"
     not_onnx.write_bytes(b"not a model")
+    with pytest.raises(ConfigError, match="is not a model recog exported: not overwriting it"):
+        export(weights, output=not_onnx)
+    assert not_onnx.read_bytes() == b"not a model"  # the user's file is untouched
     with pytest.raises(WeightsError, match="not a readable ONNX model"):
         OnnxClassifier(not_onnx)
     with pytest.raises(WeightsError, match="no ONNX file"):
@@ -159,3 +162,15 @@ def test_multilabel_export_returns_the_labels_over_their_thresholds(multilabel_r
     from_onnx, from_run = onnx_predict(path, files), recog.predict(multilabel_run.path, files)
     assert OnnxClassifier(path).meta["thresholds"] == pytest.approx(load(multilabel_run.path, "cpu").meta["thresholds"])
     assert [[e["class"] for e in r["labels"]] for r in from_onnx] == [[e["class"] for e in r["labels"]] for r in from_run]
+
+
+def test_an_earlier_export_is_replaced_and_onnxruntime_missing_is_one_line(tmp_path: Path, cifar_images) -> None:
+    weights = _weights(tmp_path, "seednet")
+    path = export(weights, output=tmp_path / "m.onnx", images=cifar_images, verbose=False)
+    assert export(weights, output=path, images=cifar_images, verbose=False) == path  # ours: replaced
+    code = ("import sys; sys.modules['onnxruntime'] = None; from recog.cli import main; "
+            f"sys.exit(main(['predict', {str(path)!r}, {str(tmp_path)!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: ONNX models need onnxruntime: pip install 'recog[export]'"
+

@@ -76,6 +76,9 @@ def export(source: str | os.PathLike | Classifier, format: str = "onnx", output:
     path = Path(output) if output else _default_output(clf, format)
     if path.exists() and path.is_dir():
         raise ConfigError(f"--output {path} is a folder; give a file name")
+    if path.exists() and not _made_by_recog(path):
+        raise ConfigError(f"--output {path} exists and is not a model recog exported: not overwriting it "
+                          f"(remove it or choose another name)")
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = Exported(clf).eval()
     check = _check_images(clf, images)
@@ -98,6 +101,21 @@ def export(source: str | os.PathLike | Classifier, format: str = "onnx", output:
               f"probabilities out); checked on {len(check)} images at batch {' and '.join(map(str, CHECK_BATCHES))}: "
               f"largest probability difference {worst:.2e}", file=sys.stderr)
     return quantize(clf, path, verbose=verbose) if int8 else path
+
+
+def _made_by_recog(path: Path) -> bool:
+    """An earlier export (ONNX with recog's metadata, or a torch.export archive with recog.json)."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("recog.json") for n in z.namelist())
+    try:
+        import onnx
+
+        return any(p.key == META_KEY for p in onnx.load(str(path), load_external_data=False).metadata_props)
+    except Exception:  # noqa: BLE001 - not an ONNX file at all
+        return False
 
 
 def _default_output(clf: Classifier, format: str) -> Path:
