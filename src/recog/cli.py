@@ -244,20 +244,11 @@ def cmd_explain(ns: argparse.Namespace) -> int:
 
 
 def cmd_models(ns: argparse.Namespace) -> int:
-    from recog.data import BUILTIN_SHAPES
+    from recog.data import probe_dataset
     from recog.models import create_model, list_models, model_stats
 
-    if ns.data in BUILTIN_SHAPES:
-        channels, size, classes = BUILTIN_SHAPES[ns.data]
-    else:
-        from pathlib import Path
-
-        from recog.data.files import default_shape
-        from recog.data.folder import scan_folder
-
-        scan = scan_folder(Path(ns.data), allow_empty_classes=True)
-        size, channels, _ = default_shape(scan, ns.image_size, None)
-        classes = len(scan.classes)
+    probe = probe_dataset(ns.data)  # file headers only: nothing is decoded
+    channels, size, classes = probe.channels, probe.side, probe.classes
     size = ns.image_size or size
     names = list_models(ns.pattern)
     if not names:

@@ -49,6 +49,7 @@ class Probe:
     train: int  # training images (after the validation split is carved)
     val: int
     test: int
+    classes: int = 0  # number of classes (labels, for multi-label manifests)
 
 
 def probe_dataset(data: str, data_root: str | None = None, val_fraction: float = 0.1, channels: int | None = None,
@@ -56,9 +57,9 @@ def probe_dataset(data: str, data_root: str | None = None, val_fraction: float =
     """Sizes and counts of a source without decoding it: known for the built-in sets, from a
     sample of file headers for folders and manifests; another registered source is loaded."""
     if data in BUILTIN_SHAPES:
-        (c, side, _), (train, test) = BUILTIN_SHAPES[data], BUILTIN_COUNTS[data]
+        (c, side, k), (train, test) = BUILTIN_SHAPES[data], BUILTIN_COUNTS[data]
         val = round(train * val_fraction)
-        return Probe(side, c, train - val, val, test)
+        return Probe(side, c, train - val, val, test, k)
     if data not in _SOURCES:
         from recog.data.files import default_shape
 
@@ -68,9 +69,9 @@ def probe_dataset(data: str, data_root: str | None = None, val_fraction: float =
         if not val:
             val = round(train * val_fraction)
             train -= val
-        return Probe(side, c, train, val, test)
+        return Probe(side, c, train, val, test, len(scan.classes))
     ds = load_dataset(data, data_root, val_fraction, channels=channels, **options)
-    return Probe(ds.image_size, ds.channels, len(ds.train), len(ds.val or ()), len(ds.test or ()))
+    return Probe(ds.image_size, ds.channels, len(ds.train), len(ds.val or ()), len(ds.test or ()), len(ds.classes))
 
 
 def load_dataset(
