@@ -111,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true", help="also a static int8 model (ONNX Runtime QDQ, calibrated on the "
                                                        "run's training images; refused if it loses > 1 point)")
 
+    p = sub.add_parser("serve", help="predictions over HTTP (FastAPI): POST /v1/predict, GET /v1/model, /healthz, "
+                                     "/docs", allow_abbrev=False)
+    p.add_argument("source", metavar="RUN_OR_WEIGHTS_OR_ONNX")
+    p.add_argument("--host", default="127.0.0.1", help="(default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--backend", help="torch or onnx (default: onnx for an .onnx file, else torch)")
+    p.add_argument("--max-upload-mb", type=float, default=10, help="larger bodies get 413 (default: 10)")
+    p.add_argument("--api-key", help="require this key in X-API-Key (or set RECOG_API_KEY)")
+    p.add_argument("--device", default="auto")
+
     p = sub.add_parser("explain", help="heatmaps of where the model found its evidence (Grad-CAM, integrated "
                                        "gradients, saliency, occlusion), one PNG per image", allow_abbrev=False)
     p.add_argument("source", metavar="RUN_OR_WEIGHTS")
@@ -210,6 +220,14 @@ def cmd_export(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(ns: argparse.Namespace) -> int:
+    from recog.serve import serve
+
+    serve(ns.source, host=ns.host, port=ns.port, backend=ns.backend, max_upload_mb=ns.max_upload_mb,
+          api_key=ns.api_key, device=ns.device)
+    return 0
+
+
 def cmd_explain(ns: argparse.Namespace) -> int:
     from recog import explanations as ex
 
@@ -266,7 +284,7 @@ def cmd_models(ns: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export,
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export, "serve": cmd_serve,
             "explain": cmd_explain,
             "models": cmd_models}
 
