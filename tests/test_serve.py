@@ -122,3 +122,11 @@ def test_onnx_backend_serves_an_exported_file(digits_run, digit_png: bytes) -> N
         r = client.post("/v1/predict", content=digit_png)
         assert r.status_code == 200 and len(r.json()["top"]) == 5
         assert client.get("/v1/model").json()["format"] == "onnx"
+
+
+def test_without_fastapi_one_line_says_what_to_install(digits_run) -> None:
+    code = ("import sys; sys.modules['fastapi'] = None; from recog.cli import main; "
+            f"sys.exit(main(['serve', {str(digits_run.path)!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: recog serve needs FastAPI and uvicorn: pip install 'recog[serve]'"
