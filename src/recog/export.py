@@ -269,7 +269,7 @@ def _quantize(fp32_path: Path, output: Path, reader: Any, split_name: str, eval_
         fp32, int8 = session(fp32_path), session(tmp)
         acc32, acc8 = _accuracy(fp32, eval_images, labels), _accuracy(int8, eval_images, labels)
         speed32, speed8 = _images_per_second(fp32, eval_images), _images_per_second(int8, eval_images)
-        figures = (f"{split_name} accuracy fp32 {acc32:.4f}, int8 {acc8:.4f} ({len(labels)} images); batch 64: "
+        figures = (f"{split_name} accuracy fp32 {acc32:.4f}, int8 {acc8:.4f} ({len(labels)} images, no TTA); batch 64: "
                    f"fp32 {speed32:.0f} images/s, int8 {speed8:.0f} images/s ({speed8 / speed32:.2f}x)")
         if acc32 - acc8 > MAX_INT8_LOSS:
             raise ExportError(f"int8 loses more than {100 * MAX_INT8_LOSS:.0f} point: {figures}; the int8 file was "
