@@ -253,7 +253,8 @@ def _layer_for(clf: Classifier, method: str, layer: str | None) -> str | None:
 
 def _spatial(clf: Classifier, layer: str) -> bool:
     shapes: list[torch.Size] = []
-    hook = clf.model.get_submodule(layer).register_forward_hook(lambda _m, _i, o: shapes.append(getattr(o, "shape", ())))
+    module = clf.model.get_submodule(layer)
+    hook = module.register_forward_hook(lambda _m, _i, o: shapes.append(getattr(o, "shape", ())))
     try:
         with torch.no_grad():
             clf(torch.zeros(1, clf.meta["channels"], clf.meta["image_size"], clf.meta["image_size"],

@@ -160,7 +160,8 @@ def _export_onnx(wrapper: nn.Module, example: torch.Tensor, path: Path, meta: di
     model = onnx.load(str(path))
     entry = model.metadata_props.add()
     entry.key, entry.value = META_KEY, json.dumps(meta)
-    model.doc_string = f"recog {meta['model']}: uint8 images (N, H, W, C) -> probabilities over {len(meta['classes'])} classes"
+    model.doc_string = (f"recog {meta['model']}: uint8 images (N, H, W, C) -> probabilities over "
+                        f"{len(meta['classes'])} classes")
     onnx.save(model, str(path))
 
 
@@ -288,8 +289,9 @@ def _copy_metadata(src: Path, dst: Path) -> None:
 
 def _accuracy(sess: Any, images: torch.Tensor, labels: torch.Tensor) -> float:
     """Top-1 accuracy (multi-label: the share of label decisions at 0.5 that are right)."""
-    probs = torch.cat([torch.from_numpy(sess.run(None, {"images": images[i:i + 256].permute(0, 2, 3, 1)
-                                                        .contiguous().numpy()})[0]) for i in range(0, len(images), 256)])
+    nhwc = images.permute(0, 2, 3, 1).contiguous().numpy()
+    probs = torch.cat([torch.from_numpy(sess.run(None, {"images": nhwc[i:i + 256]})[0])
+                       for i in range(0, len(images), 256)])
     if labels.ndim == 2:
         return float(((probs >= 0.5) == (labels > 0.5)).float().mean())
     return float((probs.argmax(1) == labels).float().mean())

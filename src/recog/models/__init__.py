@@ -14,5 +14,5 @@ from recog.models.registry import (
     replace_head,
 )
 
-__all__ = ["cam_layer", "conv_maps", "create_model", "feature_width", "head", "list_models", "model_stats", "register_model",
-           "replace_head"]
+__all__ = ["cam_layer", "conv_maps", "create_model", "feature_width", "head", "list_models", "model_stats",
+           "register_model", "replace_head"]
