@@ -15,25 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 from _common import command, machine
-
-
-def _speed(sess, images, batch: int, rounds: int) -> float:
-    import numpy as np
-
-    x = images[:batch].permute(0, 2, 3, 1).contiguous().numpy()
-    if len(x) < batch:
-        x = np.resize(x, (batch, *x.shape[1:]))
-    sess.run(None, {"images": x})
-    best = float("inf")
-    for _ in range(rounds):
-        started = time.perf_counter()
-        sess.run(None, {"images": x})
-        best = min(best, time.perf_counter() - started)
-    return batch / best
 
 
 def main() -> None:
@@ -44,7 +28,7 @@ def main() -> None:
     import onnxruntime
 
     from recog.engine.build import run_data
-    from recog.export import _accuracy, _split_images, export
+    from recog.export import _accuracy, _images_per_second, _split_images, export
     from recog.inference import load
     from recog.onnx_predict import session
 
@@ -67,7 +51,7 @@ def main() -> None:
                 speeds = {"fp32": 0.0, "int8": 0.0}
                 for _ in range(2):  # alternate, keep the best of each: the machine is shared
                     for name, sess in (("fp32", fp32), ("int8", int8)):
-                        speeds[name] = max(speeds[name], _speed(sess, images, batch, args.rounds))
+                        speeds[name] = max(speeds[name], _images_per_second(sess, images, batch, args.rounds))
                 row[f"fp32_img_s_b{batch}"], row[f"int8_img_s_b{batch}"] = round(speeds["fp32"]), round(speeds["int8"])
                 row[f"speedup_b{batch}"] = round(speeds["int8"] / speeds["fp32"], 2)
         rows.append(row)

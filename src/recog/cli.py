@@ -233,10 +233,10 @@ def cmd_explain(ns: argparse.Namespace) -> int:
 
     if ns.layers:
         clf = ex.load(ns.source, ns.device)
-        default = ex.cam_layer(clf.model, clf.meta["channels"], clf.meta["image_size"], ex.MIN_MAP_SIDE)[0] \
-            if ex.gradcam_layers(clf) else None
+        layers = ex.gradcam_layers(clf)  # one forward pass measures them all
+        default = ex.choose_cam_layer(layers, ex.MIN_MAP_SIDE)[0] if layers else None
         print(f"Grad-CAM layers of {clf.meta['model']} at {clf.meta['image_size']}px (in the order they run):")
-        for name, (h, w) in ex.gradcam_layers(clf) or [("(none: use --method ig, saliency or occlusion)", (0, 0))]:
+        for name, (h, w) in layers or [("(none: use --method ig, saliency or occlusion)", (0, 0))]:
             print(f"  {name:<32}{f'{h}x{w}' if h else '':>8}{'  (default)' if name == default else ''}")
         return 0
     if ns.misclassified is not None:
@@ -249,10 +249,12 @@ def cmd_explain(ns: argparse.Namespace) -> int:
     if not ns.images:
         raise RecogError("which images? give image files or folders (or --misclassified K, or --layers)")
     clf = ex.load(ns.source, ns.device)
-    ex.check_method(ns.method)
-    out = ns.out or ex.default_out(clf)
-    result = ex.explain(clf, ns.images, method=ns.method, target=ns.target, layer=ns.layer, out=out,
+    result = ex.explain(clf, ns.images, method=ns.method, target=ns.target, layer=ns.layer, out=ns.out,
                         batch_size=ns.batch_size)
+    out = ns.out
+    if out is None:  # the numbered folder is made only once the images are explained: no empty one on an error
+        out = ex.default_out(clf)
+        result.save(out)
     ex.warn_unreadable(result.errors)
     for i, path in enumerate(result.files):
         print(f"{result.paths[i]}: {result.title(i)} -> {path}")

@@ -31,11 +31,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from recog.data.image import ImageReadError
+from recog.data.image import ImageReadError, image_files, read_files
 from recog.errors import ConfigError, DataError, did_you_mean, shown
 from recog.fileio import atomic_path, atomic_write_text, check_folder, next_run_dir
-from recog.inference import Classifier, check_outputs, image_files, load
-from recog.models import cam_layer, conv_maps
+from recog.inference import Classifier, check_outputs, load
+from recog.models import choose_cam_layer, conv_maps
 
 METHODS = {
     "gradcam": "Grad-CAM at a convolution with a 7x7+ map (convolutional models)",
@@ -94,6 +94,7 @@ class Explanation:
         out_dir.mkdir(parents=True, exist_ok=True)
         names = _figure_names(self.paths or [f"image-{i}" for i in range(len(self))], self.method)
         plt = _pyplot()
+        self.files = []
         for i, name in enumerate(names):
             fig, axes = plt.subplots(1, 3, figsize=(9, 3.4))
             image = _display(self.images[i])
@@ -137,7 +138,7 @@ def explain(
     """Explain a run's (or weights file's, or Classifier's) predictions on image files, folders or a
     uint8 tensor (N, C, H, W) at the model's size. ``target``: the class to explain (default: each
     image's predicted class). ``out``: a folder to save one figure per image in."""
-    attr = require_captum()
+    require_captum()
     check_method(method)
     clf = source if isinstance(source, Classifier) else load(source, device)
     if out is not None:
@@ -150,7 +151,7 @@ def explain(
         readable, paths, errors = images, [], []
     else:
         readable, paths, errors = _read_files(clf, images)
-    parts = [_explain_batch(attr, clf, readable[s:s + batch_size], method, target_index, layer_name, top_k)
+    parts = [_explain_batch(clf, readable[s:s + batch_size], method, target_index, layer_name, top_k)
              for s in range(0, len(readable), batch_size)]
     if not parts:
         raise DataError("no image to explain: " + ("every file failed (see the warnings)" if errors else "none given"))
@@ -200,7 +201,7 @@ def attribute(clf: Classifier, images_u8: torch.Tensor, targets: torch.Tensor, m
     return maps.detach().float().cpu(), size
 
 
-def _explain_batch(attr: Any, clf: Classifier, images_u8: torch.Tensor, method: str, target_index: int | None,
+def _explain_batch(clf: Classifier, images_u8: torch.Tensor, method: str, target_index: int | None,
                    layer: str | None, top_k: int) -> dict[str, Any]:
     with torch.no_grad(), torch.autocast(clf.device.type, enabled=False):
         clf.eval()
@@ -241,7 +242,7 @@ def _layer_for(clf: Classifier, method: str, layer: str | None) -> str | None:
             raise ConfigError(f"Grad-CAM needs a convolutional layer with a spatial map; {clf.meta['model']} has none "
                               f"(a vision transformer's patch embedding is not one): use --method "
                               f"{', '.join(m for m in METHODS if m != 'gradcam')}")
-        return cam_layer(clf.model, clf.meta["channels"], clf.meta["image_size"], MIN_MAP_SIDE)[0]
+        return choose_cam_layer(candidates, MIN_MAP_SIDE)[0]
     names = [n for n, _ in clf.model.named_modules() if n]
     if layer not in names:
         raise ConfigError(f"the model has no layer {layer!r}{did_you_mean(layer, names)} "
@@ -267,13 +268,7 @@ def _spatial(clf: Classifier, layer: str) -> bool:
 def _read_files(clf: Classifier, images: Any) -> tuple[torch.Tensor, list[str], list[dict[str, Any]]]:
     """(uint8 images, their paths, unreadable files as ``predict`` reports them)."""
     paths = image_files([images] if isinstance(images, (str, os.PathLike)) else images)
-    arrays, good, errors = [], [], []
-    for p in paths:
-        try:
-            arrays.append(clf.read(p))
-            good.append(str(p))
-        except ImageReadError as exc:
-            errors.append({"path": str(p), "error": str(exc), "kind": exc.kind})
+    arrays, good, errors = read_files(paths, clf.read)
     c, s = clf.meta["channels"], clf.meta["image_size"]
     return (torch.stack(arrays) if arrays else torch.zeros(0, c, s, s, dtype=torch.uint8)), good, errors
 

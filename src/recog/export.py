@@ -81,7 +81,8 @@ def export(source: str | os.PathLike | Classifier, format: str = "onnx", output:
                           f"(remove it or choose another name)")
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = Exported(clf).eval()
-    check = _check_images(clf, images)
+    ds = _own_data(clf) if images is None or int8 else None  # read once: the check and int8 share it
+    check = _check_images(clf, images, ds)
     size, channels = clf.meta["image_size"], clf.meta["channels"]
     example = torch.zeros(2, size, size, channels, dtype=torch.uint8)
     with atomic_path(path) as tmp:
@@ -100,7 +101,7 @@ def export(source: str | os.PathLike | Classifier, format: str = "onnx", output:
         print(f"exported {clf.meta['model']} to {path} ({format}, uint8 NHWC {size}x{size}x{channels} in, "
               f"probabilities out); checked on {len(check)} images at batch {' and '.join(map(str, CHECK_BATCHES))}: "
               f"largest probability difference {worst:.2e}", file=sys.stderr)
-    return quantize(clf, path, verbose=verbose) if int8 else path
+    return quantize(clf, path, verbose=verbose, ds=ds) if int8 else path
 
 
 def _made_by_recog(path: Path) -> bool:
@@ -123,22 +124,26 @@ def _default_output(clf: Classifier, format: str) -> Path:
     return src.with_name(f"model.{format}")
 
 
-def _check_images(clf: Classifier, images: torch.Tensor | None) -> torch.Tensor:
-    """Real images when the run's data can be read, random ones otherwise; max(CHECK_BATCHES) of them."""
-    n = max(CHECK_BATCHES)
-    if images is None and clf.config is not None:
-        try:
-            from recog.engine.build import run_data
+def _own_data(clf: Classifier) -> Any:
+    """The run's own data, split as trained; None for a bare weights file or (with a note) when it
+    cannot be read any more."""
+    if clf.config is None:
+        return None
+    from recog.engine.build import run_data
 
-            ds = run_data(clf.config, clf.meta["image_size"], clf.meta["channels"], "cpu")
-            split = (ds.eval_split or ("train", ds.train))[1]
-            if hasattr(split, "images"):
-                images = split.images[:n]
-            else:
-                images = torch.stack([clf.read(p) for p in split.paths[:n]])
-        except (RecogError, OSError) as exc:
-            print(f"note: the run's images cannot be read ({exc}); checking the export on random images",
-                  file=sys.stderr)
+    try:
+        return run_data(clf.config, clf.meta["image_size"], clf.meta["channels"], "cpu")
+    except (RecogError, OSError) as exc:
+        print(f"note: the run's images cannot be read ({exc}); checking the export on random images",
+              file=sys.stderr)
+        return None
+
+
+def _check_images(clf: Classifier, images: torch.Tensor | None, ds: Any) -> torch.Tensor:
+    """``images``, else the run's evaluation (or training) images, else random ones; max(CHECK_BATCHES)."""
+    n = max(CHECK_BATCHES)
+    if images is None and ds is not None:
+        images = _split_images((ds.eval_split or ("train", ds.train))[1], n, clf.read)
     if images is None:
         g = torch.Generator().manual_seed(0)
         s, c = clf.meta["image_size"], clf.meta["channels"]
@@ -205,18 +210,19 @@ def _split_images(split: Any, n: int | None, read: Any) -> torch.Tensor:
     return torch.stack([read(p) for p in split.paths[:n]])
 
 
-def quantize(clf: Classifier, fp32_path: Path, output: Path | None = None, verbose: bool = True) -> Path:
+def quantize(clf: Classifier, fp32_path: Path, output: Path | None = None, verbose: bool = True,
+             ds: Any = None) -> Path:
     """Static int8 quantisation with ONNX Runtime (QDQ, per-channel weights, MinMax calibration on
     ``CALIBRATION_IMAGES`` of the run's training images). Measures fp32 and int8 accuracy on the run's
     evaluation split and images/s at batch 64, side by side; refuses (raises, writes nothing) when
-    int8 loses more than one accuracy point."""
+    int8 loses more than one accuracy point. ``ds``: the run's data when already read."""
     from onnxruntime.quantization import CalibrationDataReader
 
     from recog.engine.build import run_data
 
     if clf.config is None:
         raise ConfigError("--int8 needs the run's data (calibration and the accuracy check): export a run folder")
-    ds = run_data(clf.config, clf.meta["image_size"], clf.meta["channels"], "cpu")
+    ds = ds or run_data(clf.config, clf.meta["image_size"], clf.meta["channels"], "cpu")
     if ds.eval_split is None:
         raise ConfigError(f"--int8 needs a test or val split of {clf.config.data} to check the int8 accuracy on")
     calib = _split_images(ds.train, CALIBRATION_IMAGES, clf.read)

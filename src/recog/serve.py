@@ -56,14 +56,10 @@ class Predictor:
         self.classes = list(self.meta["classes"])
 
     def predict(self, data: bytes, top_k: int) -> dict[str, Any]:
-        from recog.data.image import load_image
-
-        array = load_image(data, self.meta["channels"], self.meta["image_size"])
+        image = self.model.read(data)  # both backends decode as in training
         if self.backend == "onnx":
-            return self.model.predict_arrays(array[None], top_k)[0]
-        import torch
-
-        return self.model.predict_images(torch.from_numpy(array)[None], top_k)[0]
+            return self.model.predict_arrays(image[None], top_k)[0]
+        return self.model.predict_images(image[None], top_k)[0]
 
 
 class BodyLimit:

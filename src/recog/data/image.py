@@ -54,23 +54,29 @@ def image_files(sources: Sequence[str | os.PathLike]) -> list[Path]:
     return files
 
 
+def read_files(paths: Sequence[Path], read: Callable[[Path], Any]) -> tuple[list[Any], list[str], list[dict[str, Any]]]:
+    """(what ``read`` made of each readable file, their paths, ``{"path", "error", "kind"}`` per
+    unreadable one): how predictions and explanations report bad files."""
+    arrays, good, errors = [], [], []
+    for p in paths:
+        try:
+            arrays.append(read(p))
+            good.append(str(p))
+        except ImageReadError as exc:
+            errors.append({"path": str(p), "error": str(exc), "kind": exc.kind})
+    return arrays, good, errors
+
+
 def answer_files(paths: Sequence[Path], read: Callable[[Path], Any], answer: Callable[[list[Any]], list[dict]],
                  batch_size: int = 64) -> list[dict[str, Any]]:
     """Per file ``{"path", **answer}`` in the order given, reading and answering in batches;
     unreadable files get ``{"path", "error", "kind"}``. Shared by the torch and ONNX predictors."""
     results: list[dict[str, Any]] = []
     for start in range(0, len(paths), batch_size):
-        batch, arrays = [], []
-        for p in paths[start:start + batch_size]:
-            try:
-                arrays.append(read(p))
-                batch.append({"path": str(p)})
-            except ImageReadError as exc:
-                results.append({"path": str(p), "error": str(exc), "kind": exc.kind})
+        arrays, good, errors = read_files(paths[start:start + batch_size], read)
+        results += errors
         if arrays:
-            for entry, out in zip(batch, answer(arrays)):
-                entry.update(out)
-            results.extend(batch)
+            results += [{"path": p, **out} for p, out in zip(good, answer(arrays))]
     order = {str(p): i for i, p in enumerate(paths)}
     return sorted(results, key=lambda r: order[r["path"]])
 

@@ -4,6 +4,7 @@ classifier head and feature width can be read and replaced. Nothing here imports
 from recog.models import airnet, resnet, seednet  # noqa: F401  (registers the builders)
 from recog.models.registry import (
     cam_layer,
+    choose_cam_layer,
     conv_maps,
     create_model,
     feature_width,
@@ -14,5 +15,5 @@ from recog.models.registry import (
     replace_head,
 )
 
-__all__ = ["cam_layer", "conv_maps", "create_model", "feature_width", "head", "list_models", "model_stats",
+__all__ = ["cam_layer", "choose_cam_layer", "conv_maps", "create_model", "feature_width", "head", "list_models", "model_stats",
            "register_model", "replace_head"]

@@ -116,9 +116,13 @@ def cam_layer(model: nn.Module, in_channels: int, image_size: int, min_side: int
     """(name, map size) of the layer Grad-CAM reads by default: the deepest convolution whose output
     is at least ``min_side``×``min_side`` at this input size (the last convs of small-image nets give
     1×1..4×4 maps, which say nothing about where); when none is, the one with the largest map."""
-    convs = conv_maps(model, in_channels, image_size)
+    return choose_cam_layer(conv_maps(model, in_channels, image_size), min_side)
+
+
+def choose_cam_layer(convs: list[tuple[str, tuple[int, int]]], min_side: int = 7) -> tuple[str, tuple[int, int]]:
+    """:func:`cam_layer`'s rule on the (name, map size) list :func:`conv_maps` measured."""
     if not convs:
-        raise ValueError(f"{type(model).__name__} has no convolution layer with a spatial map")
+        raise ValueError("no convolution layer with a spatial map")
     large = [c for c in convs if min(c[1]) >= min_side]
     if large:
         return large[-1]
