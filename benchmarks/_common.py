@@ -53,3 +53,16 @@ def cifar10_folder(kind: str = "png") -> Path:
             tar.extractall(tmp, filter="data")
         tmp.rename(target)
     return target
+
+
+def hymenoptera() -> Path:
+    """The shared ants/bees photos (train/ and val/ of varying size) unpacked once into the cache folder."""
+    target = CACHE / "bench" / "hymenoptera"
+    if not (target / "val").is_dir():
+        tmp = target.with_name(target.name + ".partial")
+        tmp.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(SHARED_DATA / "hymenoptera.tar.gz") as tar:
+            tar.extractall(tmp, filter="data")
+        inner = next((p for p in tmp.rglob("train") if p.is_dir()), None)
+        (inner.parent if inner else tmp).rename(target)
+    return target

@@ -25,25 +25,12 @@ import json
 import re
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from _common import CACHE, SHARED_DATA, cifar10_folder, command, machine
-
-
-def hymenoptera() -> Path:
-    target = CACHE / "bench" / "hymenoptera"
-    if not (target / "val").is_dir():
-        tmp = target.with_name(target.name + ".partial")
-        tmp.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(SHARED_DATA / "hymenoptera.tar.gz") as tar:
-            tar.extractall(tmp, filter="data")
-        inner = next((p for p in tmp.rglob("train") if p.is_dir()), None)
-        (inner.parent if inner else tmp).rename(target)
-    return target
+from _common import CACHE, cifar10_folder, command, hymenoptera, machine
 
 
 def _convert(job: tuple[str, str, str]) -> None:

@@ -1,15 +1,22 @@
-"""``recog serve`` against a real uvicorn process on a loopback port: predictions from a run and
-from an exported ONNX file, the model card, and every refusal as a JSON error."""
+"""``recog serve`` against a real uvicorn server on a loopback port: predictions from a run and
+from an exported ONNX file, the model card, every refusal as a JSON error, dynamic batching, the
+bounded queue (503), timeouts (504), explanations, CORS and the web page in headless Chromium."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,3 +137,288 @@ def test_without_fastapi_one_line_says_what_to_install(digits_run) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: recog serve needs FastAPI and uvicorn: pip install 'recog[serve]'"
+
+
+# ---- batching, the queue and timeouts: an in-process uvicorn server around a gated predictor ------------
+
+class Gated:
+    """A real Predictor whose batches wait at a gate: tests decide when the model runs."""
+
+    def __init__(self, source) -> None:
+        from recog.serve import Predictor
+
+        self.inner = Predictor(source)
+        self.meta, self.classes, self.backend, self.precision = (self.inner.meta, self.inner.classes,
+                                                                 self.inner.backend, self.inner.precision)
+        self.gate, self.entered, self.sizes = threading.Event(), threading.Event(), []
+
+    def read(self, data: bytes):
+        return self.inner.read(data)
+
+    def run(self, images, top_k):
+        self.entered.set()
+        self.gate.wait(30)
+        self.sizes.append(len(images))
+        return self.inner.run(images, top_k)
+
+
+class Server:
+    """uvicorn serving ``app`` on a free loopback port in a thread."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        for _ in range(100):
+            if self.server.started:
+                return self
+            time.sleep(0.05)
+        raise RuntimeError("uvicorn did not start")
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def _gated_server(digits_run, **limits):
+    from recog.serve import create_app
+
+    predictor = Gated(digits_run.path)
+    app = create_app(predictor, api_key="s3cret", **limits)
+    return predictor, app.app.state.batcher, Server(app)
+
+
+def _until(condition, what: str, seconds: float = 20) -> None:
+    end = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > end:
+            pytest.fail(f"timed out waiting until {what}")
+        time.sleep(0.01)
+
+
+def _post_full(url: str, body: bytes) -> tuple[int, Any, dict]:
+    req = urllib.request.Request(url, data=body, method="POST", headers={"X-API-Key": "s3cret"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.headers, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, json.loads(e.read())
+
+
+def test_concurrent_requests_are_batched_and_answered_as_alone(digits_run, digit_pngs: list[bytes]) -> None:
+    import recog
+
+    predictor, batcher, server = _gated_server(digits_run, max_batch=8, max_wait_ms=50)
+    with server, concurrent.futures.ThreadPoolExecutor(16) as pool:
+        first = pool.submit(_post_full, server.url + "/v1/predict", digit_pngs[0])
+        predictor.entered.wait(20)  # the first image is in the model; the other 15 queue behind it
+        rest = [pool.submit(_post_full, server.url + "/v1/predict", png) for png in digit_pngs[1:16]]
+        _until(lambda: batcher.queue.qsize() == 15, "15 requests are queued")
+        predictor.gate.set()
+        answers = [f.result() for f in [first, *rest]]
+    assert all(status == 200 for status, _, _ in answers)
+    assert predictor.sizes == [1, 8, 7]  # up to --max-batch images per model call
+    alone = recog.predict(digits_run.path, [_save(png) for png in digit_pngs[:16]])
+    for (_, _, body), single in zip(answers, alone):
+        assert [t["class"] for t in body["top"]] == [t["class"] for t in single["top"]]
+        assert [t["prob"] for t in body["top"]] == pytest.approx([t["prob"] for t in single["top"]], abs=1e-5)
+
+
+def test_max_batch_1_turns_batching_off(digits_run, digit_pngs: list[bytes]) -> None:
+    predictor, batcher, server = _gated_server(digits_run, max_batch=1)
+    predictor.gate.set()
+    with server, concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda png: _post_full(server.url + "/v1/predict", png), digit_pngs[:8]))
+    assert [a[0] for a in answers] == [200] * 8 and predictor.sizes == [1] * 8
+
+
+def test_a_full_queue_answers_503_with_retry_after_then_serves_again(digits_run, digit_pngs: list[bytes]) -> None:
+    predictor, batcher, server = _gated_server(digits_run, max_batch=1, max_queue=2)
+    with server, concurrent.futures.ThreadPoolExecutor(4) as pool:
+        first = pool.submit(_post_full, server.url + "/v1/predict", digit_pngs[0])
+        predictor.entered.wait(20)
+        queued = [pool.submit(_post_full, server.url + "/v1/predict", png) for png in digit_pngs[1:3]]
+        _until(lambda: batcher.queue.qsize() == 2, "2 requests are queued")
+        status, headers, body = _post_full(server.url + "/v1/predict", digit_pngs[3])
+        assert status == 503 and body["kind"] == "busy" and int(headers["Retry-After"]) >= 1
+        predictor.gate.set()
+        assert [f.result()[0] for f in [first, *queued]] == [200, 200, 200]
+        assert _post_full(server.url + "/v1/predict", digit_pngs[3])[0] == 200
+
+
+def test_a_request_past_the_timeout_gets_504_and_the_next_is_served(digits_run, digit_pngs: list[bytes]) -> None:
+    predictor, batcher, server = _gated_server(digits_run, max_batch=1, timeout=1)
+    with server, concurrent.futures.ThreadPoolExecutor(2) as pool:
+        stuck = pool.submit(_post_full, server.url + "/v1/predict", digit_pngs[0])
+        predictor.entered.wait(20)
+        waiting = pool.submit(_post_full, server.url + "/v1/predict", digit_pngs[1])
+        for f in (stuck, waiting):
+            status, _, body = f.result()
+            assert status == 504 and body["kind"] == "timeout"
+        predictor.gate.set()
+        status, _, body = _post_full(server.url + "/v1/predict", digit_pngs[2])
+        assert status == 200 and len(body["top"]) == 5
+    assert predictor.sizes == [1, 1]  # the stuck batch finished; the image that timed out in the queue never ran
+
+
+def _response(s: socket.socket) -> str:
+    """One HTTP response (head and Content-Length body) from a socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += s.recv(65536)
+    return (head + b"\r\n\r\n" + body).decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def digit_pngs() -> list[bytes]:
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    out = []
+    for image in load_digits().images[:16]:
+        buf = io.BytesIO()
+        Image.fromarray(np.round(image * 255 / 16).astype(np.uint8)).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def test_lying_content_length_neither_hangs_nor_reads_past_it(server: str, digit_png: bytes) -> None:
+    host, port = server.removeprefix("http://").split(":")
+    head = "POST /v1/predict HTTP/1.1\r\nHost: x\r\nX-API-Key: s3cret\r\nContent-Type: image/png\r\n"
+    with socket.create_connection((host, int(port)), timeout=30) as s:  # says 60 bytes, sends 2 MB
+        s.sendall(f"{head}Content-Length: 60\r\n\r\n".encode() + digit_png[:60] + b"\0" * (2 * 2**20))
+        reply = _response(s)
+    assert reply.startswith("HTTP/1.1 415") and '"truncated"' in reply  # only the 60 bytes it declared
+    with socket.create_connection((host, int(port)), timeout=30) as s:  # says 5000, sends 100 and hangs up
+        s.sendall(f"{head}Content-Length: 5000\r\n\r\n".encode() + digit_png[:100])
+        s.shutdown(socket.SHUT_WR)
+        s.recv(65536)
+    assert _post(server + "/v1/predict", digit_png, {"Content-Type": "image/png"})[0] == 200  # still serving
+
+
+def test_explain_returns_an_overlay_png_and_refuses_what_it_cannot_do(digits_run, digit_png: bytes) -> None:
+    pytest.importorskip("captum")
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from recog.export import export
+    from recog.serve import Predictor, create_app
+
+    with TestClient(create_app(Predictor(digits_run.path))) as client:
+        r = client.post("/v1/explain", content=digit_png)
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        picture = Image.open(io.BytesIO(r.content))
+        assert picture.mode == "RGB" and min(picture.size) >= 224
+        r = client.post("/v1/explain?method=gradcam&target=3", content=digit_png)
+        assert r.status_code == 200
+        r = client.post("/v1/explain?method=gradcan", content=digit_png)
+        assert r.status_code == 400 and "gradcam" in r.json()["error"]
+        r = client.post("/v1/explain?target=eleven", content=digit_png)
+        assert r.status_code == 400 and "eleven" in r.json()["error"]
+        assert client.post("/v1/explain", content=b"not an image").status_code == 415
+        assert client.get("/v1/model").json()["explain"] is True
+    with TestClient(create_app(Predictor(export(digits_run.path, verbose=False)))) as client:
+        r = client.post("/v1/explain", content=digit_png)
+        assert r.status_code == 501 and "torch backend" in r.json()["error"]
+
+
+def test_cors_is_off_unless_origins_are_given(digits_run) -> None:
+    from fastapi.testclient import TestClient
+
+    from recog.serve import Predictor, create_app
+
+    predictor = Predictor(digits_run.path)
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    with TestClient(create_app(predictor)) as client:
+        assert "access-control-allow-origin" not in client.options("/v1/predict", headers=preflight).headers
+    with TestClient(create_app(predictor, cors=["https://app.example"])) as client:
+        r = client.options("/v1/predict", headers=preflight)
+        assert r.headers["access-control-allow-origin"] == "https://app.example"
+        r = client.options("/v1/predict", headers={**preflight, "Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in r.headers
+
+
+@pytest.mark.parametrize("flag,value", [("--max-batch", "0"), ("--max-queue", "-1"), ("--timeout", "0"),
+                                        ("--max-wait-ms", "-5"), ("--precision", "fp16")])
+def test_bad_serving_flags_are_named(digits_run, flag: str, value: str, capsys: pytest.CaptureFixture) -> None:
+    from recog.cli import main
+
+    assert main(["serve", str(digits_run.path), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert flag in err and value in err
+
+
+# ---- the web page, in headless Chromium ------------------------------------------------------------------
+
+def _chromium() -> str | None:
+    return os.environ.get("RECOG_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_web_page_shows_the_predicted_class_of_a_real_cifar_image(cifar_png: Path, tmp_path: Path) -> None:
+    playwright = pytest.importorskip("playwright.sync_api")
+    browser_path = _chromium()
+    if browser_path is None:
+        pytest.skip("no Chromium found (apt install chromium, or set RECOG_CHROMIUM); .ci/run installs it")
+    import torch
+
+    import recog
+    from recog.models import create_model
+    from recog.weights import save_weights
+
+    classes = sorted(p.name for p in (cifar_png / "train").iterdir())
+    torch.manual_seed(0)
+    weights = tmp_path / "seednet.safetensors"
+    save_weights(weights, create_model("seednet", 10, 3, 32).eval(),
+                 {"model": "seednet", "model_args": {}, "task": "classification", "classes": classes, "channels": 3,
+                  "image_size": 32, "mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]})
+    image = sorted((cifar_png / "test" / "ship").glob("*.png"))[0]
+    expected = [t["class"] for t in recog.predict(weights, [image])[0]["top"]]
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "recog", "serve", str(weights), "--port", str(port)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}/"
+        _until(lambda: _healthy(base, proc), "the server answers")
+        with playwright.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.goto(base)
+            page.wait_for_function("document.getElementById('model').textContent.includes('seednet')")
+            page.set_input_files("#file", str(image))
+            page.wait_for_selector("#results li:nth-child(5)")
+            shown = page.locator("#results .cls").all_text_contents()
+            assert shown == expected  # the five classes, in the server's order
+            assert page.locator("#preview").is_visible()
+            page.wait_for_selector("#heatmap", state="visible")  # the explanation arrives after the bars
+            assert page.locator("#error").text_content() == ""
+            page.set_input_files("#file", str(Path(__file__)))  # not an image: the server's error is shown
+            page.wait_for_function("document.getElementById('error').textContent.includes('415')")
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _healthy(base: str, proc: subprocess.Popen) -> bool:
+    if proc.poll() is not None:
+        pytest.fail(proc.stderr.read())
+    try:
+        urllib.request.urlopen(base + "healthz", timeout=1)
+        return True
+    except (urllib.error.URLError, ConnectionError):
+        return False

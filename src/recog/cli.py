@@ -111,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true", help="also a static int8 model (ONNX Runtime QDQ, calibrated on the "
                                                        "run's training images; refused if it loses > 1 point)")
 
-    p = sub.add_parser("serve", help="predictions over HTTP (FastAPI): POST /v1/predict, GET /v1/model, /healthz, "
-                                     "/docs", allow_abbrev=False)
+    p = sub.add_parser("serve", help="predictions over HTTP (FastAPI): a web page at /, POST /v1/predict, "
+                                     "/v1/explain, GET /v1/model, /healthz, /docs", allow_abbrev=False)
     p.add_argument("source", metavar="RUN_OR_WEIGHTS_OR_ONNX")
     p.add_argument("--host", default="127.0.0.1", help="(default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000)
@@ -120,6 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=10, help="larger bodies get 413 (default: 10)")
     p.add_argument("--api-key", help="require this key in X-API-Key (or set RECOG_API_KEY)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", help="torch backend: auto (bf16 where the CPU/GPU has it), fp32 "
+                                                       "or bf16 (default: auto)")
+    p.add_argument("--max-batch", type=int, default=32, help="images per model call under load (default: 32; "
+                                                             "1 turns batching off)")
+    p.add_argument("--max-wait-ms", type=float, default=5, help="how long a batch waits for images already on their "
+                                                                "way (default: 5)")
+    p.add_argument("--max-queue", type=int, default=256, help="requests waiting beyond this get 503 + Retry-After "
+                                                              "(default: 256)")
+    p.add_argument("--timeout", type=float, default=30, help="seconds before a request gets 504 (default: 30)")
+    p.add_argument("--cors", action="append", metavar="ORIGIN", help="allow browser pages from this origin "
+                                                                     "(repeatable; default: none)")
 
     p = sub.add_parser("explain", help="heatmaps of where the model found its evidence (Grad-CAM, integrated "
                                        "gradients, saliency, occlusion), one PNG per image", allow_abbrev=False)
@@ -224,7 +235,8 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     from recog.serve import serve
 
     serve(ns.source, host=ns.host, port=ns.port, backend=ns.backend, max_upload_mb=ns.max_upload_mb,
-          api_key=ns.api_key, device=ns.device)
+          api_key=ns.api_key, device=ns.device, precision=ns.precision, max_batch=ns.max_batch,
+          max_wait_ms=ns.max_wait_ms, max_queue=ns.max_queue, timeout=ns.timeout, cors=ns.cors)
     return 0
 
 

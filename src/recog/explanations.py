@@ -424,14 +424,36 @@ def _heat(ax: Any, m: Any, method: str, image: Any | None) -> None:
         else:
             ax.imshow(m, cmap="inferno", vmin=0, vmax=float(m.max()) or 1.0)
         return
-    import matplotlib
+    ax.imshow(overlay(image, m), interpolation="nearest")
 
-    pos = np.clip(m, 0, None)
+
+def overlay(image: Any, m: Any) -> Any:
+    """The map's positive part in colour over the image: (H, W, 3) uint8 from the image as numpy
+    ((H, W) grey or (H, W, 3) uint8) and its map (H, W); opaque where the evidence is, the image
+    itself elsewhere."""
+    import matplotlib
+    import numpy as np
+
+    pos = np.clip(np.asarray(m, dtype=np.float32), 0, None)
     pos = pos / (pos.max() or 1.0)
-    heat = matplotlib.colormaps["jet"](pos)
-    heat[..., 3] = 0.7 * pos  # opaque where the evidence is, the image itself elsewhere
-    ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest")
-    ax.imshow(heat)
+    heat = matplotlib.colormaps["jet"](pos)[..., :3]
+    rgb = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
+    alpha = (0.7 * pos)[..., None]
+    return np.round(rgb * (1 - alpha) + heat * 255 * alpha).astype(np.uint8)
+
+
+def overlay_png(result: Explanation, i: int = 0, min_side: int = 224) -> bytes:
+    """Image ``i``'s overlay as PNG bytes, enlarged (nearest neighbour) to at least ``min_side`` pixels."""
+    import io
+
+    from PIL import Image
+
+    picture = Image.fromarray(overlay(_display(result.images[i]), result.maps[i].numpy()))
+    scale = max(1, -(-min_side // min(picture.size)))
+    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    picture.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _top(prediction: dict[str, Any]) -> tuple[str, float] | None:

@@ -285,11 +285,16 @@ def _quantize(fp32_path: Path, output: Path, reader: Any, split_name: str, eval_
 
 
 def _copy_metadata(src: Path, dst: Path) -> None:
+    """The fp32 file's metadata into the int8 one, which says it is int8 (``"precision"``)."""
     import onnx
 
     model = onnx.load(str(dst))
     del model.metadata_props[:]
-    model.metadata_props.extend(onnx.load(str(src), load_external_data=False).metadata_props)
+    for prop in onnx.load(str(src), load_external_data=False).metadata_props:
+        value = prop.value
+        if prop.key == META_KEY:
+            value = json.dumps({**json.loads(value), "precision": "int8"})
+        model.metadata_props.add(key=prop.key, value=value)
     onnx.save(model, str(dst))
 
 

@@ -1,26 +1,41 @@
 """``recog serve``: predictions over HTTP (FastAPI + uvicorn), from a run, a weights file or an
 exported ``.onnx`` file (ONNX Runtime, no torch).
 
+    GET  /             a web page: drop an image, see the top classes and where the evidence is
     POST /v1/predict   an image as the raw body or as a multipart ``file`` field -> top-k JSON
                        (multi-label: the labels over their thresholds)
-    GET  /v1/model     classes, input size, channels, task, format, recog version
+    POST /v1/explain   the same image -> a PNG of the explanation's overlay (torch backend;
+                       ``?method=ig|gradcam|saliency|occlusion&target=CLASS``)
+    GET  /v1/model     classes, input size, channels, task, format, precision, recog version
     GET  /healthz      "ok"
     GET  /docs         OpenAPI
+
+Under load, requests are batched: images are decoded in worker threads, queued, and one model
+thread takes up to ``max_batch`` of them at a time, waiting up to ``max_wait_ms`` for more only
+while more requests are already being decoded (so a lone request never waits). The queue is
+bounded: when ``max_queue`` requests are waiting, the next gets 503 with Retry-After instead of
+memory growing. A request not answered within ``timeout`` seconds gets 504 (its image is dropped
+from the queue if it has not run yet) and later requests are served as usual.
 
 Limits come before any parsing: a body over ``max_upload_mb`` is refused with 413 from its
 Content-Length, or as soon as a chunked body passes the limit (python-multipart would otherwise
 spool a big part to disk); an image over the pixel limit is 413, bytes that are not an image are
 415 whatever the content type says, an empty body is 400 — always a JSON ``{"error", "kind"}``,
 never a traceback. Binds to 127.0.0.1 unless told; an API key (``--api-key`` or ``RECOG_API_KEY``)
-is required in ``X-API-Key`` when set.
-
-Not yet (issue 14): dynamic batching, the bounded queue and timeouts, the web page, explanations.
+is required in ``X-API-Key`` when set; CORS is off unless origins are given.
 """
 
+# No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations at run time.
 
+import asyncio
+import concurrent.futures
+import math
 import os
 import secrets
 import sys
+import time
+from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -33,33 +48,159 @@ API_KEY_ENV = "RECOG_API_KEY"
 
 
 class Predictor:
-    """What the app calls: bytes -> the task's answer. Backed by a torch Classifier or an ONNX file."""
+    """What the app calls: bytes -> a decoded image (``read``), decoded images -> the task's answers
+    (``run``, one batch). Backed by a torch Classifier or an ONNX file."""
 
-    def __init__(self, source: str | os.PathLike, backend: str | None = None, device: str = "auto") -> None:
+    def __init__(self, source: str | os.PathLike, backend: str | None = None, device: str = "auto",
+                 precision: str = "auto") -> None:
         path = Path(source)
         backend = backend or ("onnx" if path.suffix.lower() == ".onnx" else "torch")
         if backend not in ("torch", "onnx"):
             raise ConfigError(f"--backend must be torch or onnx, got {backend!r}")
         if backend == "onnx" and path.suffix.lower() != ".onnx":
             raise ConfigError(f"--backend onnx serves an exported .onnx file (recog export {source}); got {source}")
+        if precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
         self.backend = backend
         if backend == "onnx":
             from recog.onnx_predict import OnnxClassifier
 
+            if precision == "bf16":
+                raise ConfigError("--precision bf16 is for the torch backend; an ONNX file runs as it was exported "
+                                  "(recog export --int8 for a faster one)")
             self.model: Any = OnnxClassifier(path)
-            self.meta = self.model.meta
+            self.precision = self.model.meta.get("precision", "fp32")  # "int8" for recog export --int8
         else:
+            from recog.device import has_bf16
             from recog.inference import load
 
             self.model = load(path, device)
-            self.meta = self.model.meta
+            bf16 = has_bf16(self.model.device)
+            if precision == "auto" and not bf16:
+                print(f"note: no bf16 matrix units on this {self.model.device.type}: serving in fp32",
+                      file=sys.stderr)
+            self.precision = "bf16" if precision == "bf16" or (precision == "auto" and bf16) else "fp32"
+        self.meta = self.model.meta
         self.classes = list(self.meta["classes"])
 
-    def predict(self, data: bytes, top_k: int) -> dict[str, Any]:
-        image = self.model.read(data)  # both backends decode as in training
+    def read(self, data: bytes) -> Any:
+        """The image as the model's uint8 input (C, H, W), decoded as in training."""
+        return self.model.read(data)
+
+    def run(self, images: list[Any], top_k: int) -> list[dict[str, Any]]:
+        """One batch of decoded images -> one answer each."""
         if self.backend == "onnx":
-            return self.model.predict_arrays(image[None], top_k)[0]
-        return self.model.predict_images(image[None], top_k)[0]
+            import numpy as np
+
+            return self.model.predict_arrays(np.stack(images), top_k)
+        import torch
+
+        from recog.device import autocast
+
+        with torch.inference_mode(), autocast(self.model.device, self.precision):
+            return self.model.predict_images(torch.stack(images), top_k)
+
+    def explain_png(self, image: Any, method: str | None, target: str | None) -> bytes:
+        """The explanation's overlay (image and map) as a PNG (``method`` None: recog explain's
+        default); the torch backend only."""
+        if self.backend != "torch":
+            raise NotImplementedError("explanations need the torch backend: serve the run or its weights file "
+                                      "(recog serve RUN), not the .onnx export")
+        from recog.explanations import DEFAULT_METHOD, explain, overlay_png
+
+        return overlay_png(explain(self.model, image[None], method=method or DEFAULT_METHOD, target=target))
+
+
+class Busy(Exception):
+    """The queue is full: try again after ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"the server is busy: {retry_after} s")
+        self.retry_after = retry_after
+
+
+class Batcher:
+    """Dynamic batching with a bounded queue: ``admit`` (or :class:`Busy`), then ``submit`` the
+    decoded item, or ``withdraw`` if it could not be decoded. One model thread runs the batches."""
+
+    def __init__(self, run: Callable[[list[Any]], list[Any]], max_batch: int = 32, max_wait_ms: float = 5,
+                 max_queue: int = 256) -> None:
+        self.run, self.max_batch, self.max_wait, self.max_queue = run, max_batch, max_wait_ms / 1000, max_queue
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="recog-model")
+        self.incoming = 0  # admitted, still being decoded
+        self.queue: asyncio.Queue | None = None
+        self.changed: asyncio.Event | None = None
+        self.worker: asyncio.Task | None = None
+        self.batch_seconds = 0.05  # moving average, for Retry-After
+        self.batches = 0
+
+    def admit(self) -> None:
+        waiting = self.incoming + (self.queue.qsize() if self.queue is not None else 0)
+        if waiting >= self.max_queue:
+            batches_ahead = math.ceil(waiting / self.max_batch) + 1
+            raise Busy(max(1, math.ceil(batches_ahead * self.batch_seconds)))
+        self.incoming += 1
+
+    def withdraw(self) -> None:
+        self.incoming -= 1
+        if self.changed is not None:
+            self.changed.set()
+
+    async def submit(self, item: Any, timeout: float) -> Any:
+        """The item's answer; TimeoutError after ``timeout`` seconds (the item is dropped if not yet run)."""
+        self._start()
+        future = asyncio.get_running_loop().create_future()
+        self.incoming -= 1
+        self.queue.put_nowait((item, future))
+        self.changed.set()
+        return await asyncio.wait_for(future, timeout)  # cancels the future on timeout: the worker skips it
+
+    async def call(self, fn: Callable[[], Any], timeout: float) -> Any:
+        """``fn()`` on the model thread (between batches), within ``timeout`` seconds."""
+        return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self.executor, fn), timeout)
+
+    def _start(self) -> None:
+        if self.worker is None:
+            self.queue, self.changed = asyncio.Queue(), asyncio.Event()
+            self.worker = asyncio.get_running_loop().create_task(self._work())
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = loop.time() + self.max_wait
+            while len(batch) < self.max_batch:
+                while len(batch) < self.max_batch and not self.queue.empty():
+                    batch.append(self.queue.get_nowait())
+                left = deadline - loop.time()
+                if len(batch) >= self.max_batch or self.incoming <= 0 or left <= 0:
+                    break  # full, or nobody else on the way, or waited long enough
+                self.changed.clear()
+                try:
+                    await asyncio.wait_for(self.changed.wait(), left)
+                except asyncio.TimeoutError:
+                    pass
+            batch = [(item, future) for item, future in batch if not future.done()]  # timed out: dropped
+            if not batch:
+                continue
+            start = time.perf_counter()
+            try:
+                answers = await loop.run_in_executor(self.executor, self.run, [item for item, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - every waiting request gets the error, the server stays up
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self.batch_seconds = 0.8 * self.batch_seconds + 0.2 * (time.perf_counter() - start)
+            self.batches += 1
+            for (_, future), answer in zip(batch, answers):
+                if not future.done():
+                    future.set_result(answer)
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 class BodyLimit:
@@ -75,7 +216,7 @@ class BodyLimit:
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
             return await _json(send, 413 if length.isdigit() else 400,
-                               {"error": f"body over the {self.limit // 2**20} MB limit" if length.isdigit()
+                               {"error": f"body over the {self.limit / 2**20:g} MB limit" if length.isdigit()
                                 else "bad Content-Length", "kind": "too_large" if length.isdigit() else "bad_request"})
         seen = 0
 
@@ -91,7 +232,7 @@ class BodyLimit:
         try:
             await self.app(scope, limited, send)
         except _TooLarge:
-            await _json(send, 413, {"error": f"body over the {self.limit // 2**20} MB limit", "kind": "too_large"})
+            await _json(send, 413, {"error": f"body over the {self.limit / 2**20:g} MB limit", "kind": "too_large"})
 
 
 class _TooLarge(Exception):
@@ -108,18 +249,42 @@ async def _json(send: Any, status: int, body: dict) -> None:
 
 
 def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int = DEFAULT_MAX_PIXELS,
-               api_key: str | None = None, top_k: int = 5) -> Any:
+               api_key: str | None = None, top_k: int = 5, max_batch: int = 32, max_wait_ms: float = 5,
+               max_queue: int = 256, timeout: float = 30, cors: list[str] | None = None) -> Any:
     """The FastAPI app (wrapped in the body limit)."""
+    from contextlib import asynccontextmanager
+
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, PlainTextResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+    from starlette.concurrency import run_in_threadpool
 
     from recog.data.image import set_max_image_pixels
 
+    _check_limits(max_upload_mb, max_batch, max_wait_ms, max_queue, timeout)
     set_max_image_pixels(max_pixels)  # larger images are refused as decompression bombs (413)
-    app = FastAPI(title="recog", version=__version__, description="Image classification by a model recog trained.")
+    batcher = Batcher(lambda images: predictor.run(images, top_k), max_batch, max_wait_ms, max_queue)
 
-    def refuse(status: int, error: str, kind: str) -> JSONResponse:
-        return JSONResponse({"error": error, "kind": kind}, status_code=status)
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        yield
+        batcher.close()
+
+    app = FastAPI(title="recog", version=__version__, lifespan=lifespan,
+                  description="Image classification by a model recog trained.")
+    app.state.batcher = batcher
+    if cors:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=cors, allow_methods=["GET", "POST"],
+                           allow_headers=["Content-Type", "X-API-Key"])
+    page = resources.files("recog").joinpath("web/index.html").read_text(encoding="utf-8")
+
+    def refuse(status: int, error: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"error": error, "kind": kind}, status_code=status, headers=headers)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> str:
+        return page
 
     @app.get("/healthz", response_class=PlainTextResponse)
     def healthz() -> str:
@@ -130,19 +295,60 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
         m = predictor.meta
         return {"model": m["model"], "classes": predictor.classes, "image_size": m["image_size"],
                 "channels": m["channels"], "task": m.get("task", "classification"), "format": predictor.backend,
+                "precision": predictor.precision, "explain": predictor.backend == "torch",
                 "recog_version": __version__}
+
+    async def decoded(request: Request) -> Any:
+        """The request's image decoded, or the JSON refusal; admitted to the queue first (or 503)."""
+        if api_key is not None and not secrets.compare_digest(request.headers.get("x-api-key", ""), api_key):
+            return refuse(401, "missing or wrong X-API-Key", "unauthorized")
+        try:
+            batcher.admit()
+        except Busy as busy:
+            return refuse(503, f"the server is busy: try again in {busy.retry_after} s", "busy",
+                          {"Retry-After": str(busy.retry_after)})
+        try:
+            data = await _image_bytes(request)
+            if isinstance(data, JSONResponse):
+                raise _Refused(data)
+            try:
+                return await run_in_threadpool(predictor.read, data)
+            except ImageReadError as exc:  # the message names no server path: the upload has no name here
+                raise _Refused(refuse(STATUS.get(exc.kind, 415), str(exc), exc.kind)) from None
+        except BaseException as exc:
+            batcher.withdraw()
+            if isinstance(exc, _Refused):
+                return exc.response
+            raise
 
     @app.post("/v1/predict")
     async def predict(request: Request) -> Any:
-        if api_key is not None and not secrets.compare_digest(request.headers.get("x-api-key", ""), api_key):
-            return refuse(401, "missing or wrong X-API-Key", "unauthorized")
-        data = await _image_bytes(request)
-        if isinstance(data, JSONResponse):
-            return data
+        image = await decoded(request)
+        if isinstance(image, JSONResponse):
+            return image
         try:
-            return predictor.predict(data, top_k)
-        except ImageReadError as exc:  # the message names no server path: the upload has no name here
-            return refuse(STATUS.get(exc.kind, 415), str(exc), exc.kind)
+            return await batcher.submit(image, timeout)
+        except asyncio.TimeoutError:
+            return refuse(504, f"no answer within {timeout:g} s: the server is overloaded", "timeout")
+        except Exception as exc:  # noqa: BLE001 - the model failed (e.g. non-finite outputs): say so, stay up
+            return refuse(500, str(exc), "model_error")
+
+    @app.post("/v1/explain", responses={200: {"content": {"image/png": {}}}})
+    async def explain(request: Request, method: str | None = None, target: str | None = None) -> Any:
+        if predictor.backend != "torch":
+            return refuse(501, "explanations need the torch backend: serve the run or its weights file, not the "
+                               ".onnx export", "not_supported")
+        image = await decoded(request)
+        if isinstance(image, JSONResponse):
+            return image
+        batcher.withdraw()  # explanations run on the model thread between batches, not in a batch
+        try:
+            png = await batcher.call(lambda: predictor.explain_png(image, method, target), timeout)
+        except asyncio.TimeoutError:
+            return refuse(504, f"no explanation within {timeout:g} s", "timeout")
+        except ConfigError as exc:  # a method or class that does not exist, or Captum missing
+            return refuse(501 if "pip install" in str(exc) else 400, str(exc), "bad_request")
+        return Response(png, media_type="image/png")
 
     async def _image_bytes(request: Request) -> bytes | JSONResponse:
         """The raw body, or the multipart ``file`` field (its filename is never used)."""
@@ -158,12 +364,27 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
             return refuse(400, "empty body: send an image", "empty")
         return data
 
-    limit = int(max_upload_mb * 2**20)
-    return BodyLimit(app, limit)
+    return BodyLimit(app, int(max_upload_mb * 2**20))
+
+
+class _Refused(Exception):
+    def __init__(self, response: Any) -> None:
+        self.response = response
+
+
+def _check_limits(max_upload_mb: float, max_batch: int, max_wait_ms: float, max_queue: int, timeout: float) -> None:
+    for flag, value in (("--max-upload-mb", max_upload_mb), ("--max-batch", max_batch), ("--max-queue", max_queue),
+                        ("--timeout", timeout)):
+        if not value > 0:
+            raise ConfigError(f"{flag} must be positive, got {value}")
+    if max_wait_ms < 0:
+        raise ConfigError(f"--max-wait-ms must be 0 or more, got {max_wait_ms}")
 
 
 def serve(source: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, backend: str | None = None,
-          max_upload_mb: float = 10, api_key: str | None = None, device: str = "auto") -> None:
+          max_upload_mb: float = 10, api_key: str | None = None, device: str = "auto", precision: str = "auto",
+          max_batch: int = 32, max_wait_ms: float = 5, max_queue: int = 256, timeout: float = 30,
+          cors: list[str] | None = None) -> None:
     """Run the server until interrupted."""
     try:
         import fastapi  # noqa: F401  (present?)
@@ -171,11 +392,13 @@ def serve(source: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, 
         import uvicorn
     except ImportError:
         raise ConfigError("recog serve needs FastAPI and uvicorn: pip install 'recog[serve]'") from None
-    if max_upload_mb <= 0:
-        raise ConfigError(f"--max-upload-mb must be positive, got {max_upload_mb}")
+    _check_limits(max_upload_mb, max_batch, max_wait_ms, max_queue, timeout)
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {host}: reachable from other machines"
               + ("" if api_key else f" and without an API key (--api-key or {API_KEY_ENV})"), file=sys.stderr)
-    app = create_app(Predictor(source, backend, device), max_upload_mb, api_key=api_key)
+    app = create_app(Predictor(source, backend, device, precision), max_upload_mb, api_key=api_key,
+                     max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout=timeout, cors=cors)
+    print(f"recog serve: http://{'[' + host + ']' if ':' in host else host}:{port}/ (API docs at /docs)",
+          file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level="warning")
