@@ -1,5 +1,5 @@
 """`recog serve` under load: the real server (a `recog serve` subprocess) driven on loopback by an
-asyncio HTTP client (httpx) at concurrency 1, 8, 32 and 128 with a bounded number of requests per
+asyncio HTTP client (aiohttp) at concurrency 1, 8, 32 and 128 with a bounded number of requests per
 level; prints requests/s, p50/p95/p99 latency and errors per level, with dynamic batching on
 (`--max-batch 32`, the default) and off (`--max-batch 1`, the baseline), and each backend's own
 images/s at batch 1 and 64 (in this process, before any server runs).
@@ -66,14 +66,17 @@ class Server:
 
 
 async def drive(url: str, bodies: list[bytes], concurrency: int, total: int) -> dict[str, object]:
-    """``total`` POSTs of the bodies in turn, ``concurrency`` at a time: requests/s, latency percentiles, errors."""
-    import httpx
+    """``total`` POSTs of the bodies in turn, ``concurrency`` at a time on kept-alive connections
+    (aiohttp: its C parser costs the shared cores ~1/4 of httpx's CPU per request): requests/s,
+    latency percentiles, errors."""
+    import aiohttp
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     latencies: list[float] = []
+    timings: list[dict[str, float]] = []  # the server's Server-Timing header: decode, queue, model (ms)
     errors: Counter[str] = Counter()
     sent = 0
-    async with httpx.AsyncClient(limits=limits, timeout=300) as client:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as client:
         async def worker() -> None:
             nonlocal sent
             while sent < total:
@@ -81,12 +84,15 @@ async def drive(url: str, bodies: list[bytes], concurrency: int, total: int) -> 
                 sent += 1
                 start = time.perf_counter()
                 try:
-                    r = await client.post(url, content=body)
-                    if r.status_code == 200:
-                        latencies.append(time.perf_counter() - start)
-                    else:
-                        errors[str(r.status_code)] += 1
-                except httpx.HTTPError as exc:
+                    async with client.post(url, data=body) as r:
+                        await r.read()
+                        if r.status == 200:
+                            latencies.append(time.perf_counter() - start)
+                            timings.append({part.split(";")[0].strip(): float(part.split("dur=")[1].split(";")[0])
+                                            for part in r.headers.get("Server-Timing", "").split(",") if "dur=" in part})
+                        else:
+                            errors[str(r.status)] += 1
+                except aiohttp.ClientError as exc:
                     errors[type(exc).__name__] += 1
 
         start = time.perf_counter()
@@ -97,8 +103,13 @@ async def drive(url: str, bodies: list[bytes], concurrency: int, total: int) -> 
     def pct(q: float) -> float:
         return round(1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1) if latencies else float("nan")
 
+    def median(key: str) -> float:
+        values = sorted(t[key] for t in timings if key in t)
+        return values[len(values) // 2] if values else float("nan")
+
     return {"requests": total, "rps": round(len(latencies) / elapsed, 1), "p50_ms": pct(0.50), "p95_ms": pct(0.95),
-            "p99_ms": pct(0.99), "errors": dict(errors)}
+            "p99_ms": pct(0.99), "errors": dict(errors),
+            "server_ms": {k: median(k) for k in ("decode", "queue", "model")}}
 
 
 def model_speed(source: Path, backend: str, bodies: list[bytes], rounds: int = 3) -> dict[str, float]:
@@ -192,10 +203,14 @@ def main() -> None:
             c1 = results.get(f"{model}/{backend}/on/1")
             summary = {"batching_gain_c32": round(on["rps"] / off["rps"], 2) if on and off else None,
                        "overhead_ms": round(c1["p50_ms"] - speed["b1_ms"], 1) if c1 else None}
+            if c1:  # where c=1's time goes, by the server's own Server-Timing (medians) and the rest: HTTP
+                t = c1["server_ms"]
+                summary["c1_ms"] = {**t, "http_and_client": round(c1["p50_ms"] - sum(t.values()), 1)}
             results[f"{model}/{backend}/summary"] = summary
             print(f"{model:12} {backend:9} model alone: batch 1 {speed['b1_img_s']} img/s ({speed['b1_ms']} ms), "
                   f"batch 64 {speed['b64_img_s']} img/s; batching gain at c=32 {summary['batching_gain_c32']}x; "
-                  f"server overhead (p50 at c=1 - batch-1 time) {summary['overhead_ms']} ms", flush=True)
+                  f"server overhead (p50 at c=1 - batch-1 time) {summary['overhead_ms']} ms; c=1 by Server-Timing: "
+                  f"{summary.get('c1_ms')}", flush=True)
     print(f"command: {command()}")
     print(json.dumps({"machine": info, "onnxruntime": onnxruntime.__version__, "results": results}))
 

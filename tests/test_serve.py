@@ -224,6 +224,9 @@ def test_concurrent_requests_are_batched_and_answered_as_alone(digits_run, digit
         answers = [f.result() for f in [first, *rest]]
     assert all(status == 200 for status, _, _ in answers)
     assert predictor.sizes == [1, 8, 7]  # up to --max-batch images per model call
+    timings = [headers["Server-Timing"] for _, headers, _ in answers]  # where each request's time went
+    assert all("decode;dur=" in t and "queue;dur=" in t and "model;dur=" in t for t in timings)
+    assert [sum(f'desc="batch of {n}"' in t for t in timings) for n in (1, 8, 7)] == [1, 8, 7]
     alone = recog.predict(digits_run.path, [_save(png) for png in digit_pngs[:16]])
     for (_, _, body), single in zip(answers, alone):
         assert [t["class"] for t in body["top"]] == [t["class"] for t in single["top"]]

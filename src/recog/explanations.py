@@ -429,13 +429,14 @@ def _heat(ax: Any, m: Any, method: str, image: Any | None) -> None:
 
 def overlay(image: Any, m: Any) -> Any:
     """The map's positive part in colour over the image: (H, W, 3) uint8 from the image as numpy
-    ((H, W) grey or (H, W, 3) uint8) and its map (H, W); opaque where the evidence is, the image
-    itself elsewhere."""
+    ((H, W) grey or (H, W, 3) uint8) and its map (H, W), scaled to its 99th percentile; opaque where
+    the evidence is, the image itself elsewhere."""
     import matplotlib
     import numpy as np
 
     pos = np.clip(np.asarray(m, dtype=np.float32), 0, None)
-    pos = pos / (pos.max() or 1.0)
+    top = float(np.percentile(pos, 99)) or float(pos.max()) or 1.0  # as Captum draws: a few outlier
+    pos = np.minimum(pos / top, 1.0)  # pixels must not wash the rest of the map out
     heat = matplotlib.colormaps["jet"](pos)[..., :3]
     rgb = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
     alpha = (0.7 * pos)[..., None]

@@ -20,14 +20,17 @@ from recog.errors import ConfigError, WeightsError
 META_KEY = "recog"
 
 
-def session(path: str | os.PathLike) -> Any:
-    """An ONNX Runtime CPU session, or one line saying what to install."""
+def session(path: str | os.PathLike, spinning: bool = True) -> Any:
+    """An ONNX Runtime CPU session, or one line saying what to install. ``spinning=False``: its
+    threads sleep between calls instead of spinning (a server, where other threads need the cores)."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise ConfigError("ONNX models need onnxruntime: pip install 'recog[export]'") from None
     options = ort.SessionOptions()
     options.log_severity_level = 3  # warnings about unused initialisers are not the user's business
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
@@ -37,11 +40,11 @@ def session(path: str | os.PathLike) -> Any:
 class OnnxClassifier:
     """An exported recog model: ``predict_arrays`` on uint8 (N, C, H, W) images at its size."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, spinning: bool = True) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise WeightsError(f"no ONNX file at {self.path}")
-        self.session = session(self.path)
+        self.session = session(self.path, spinning)
         props = self.session.get_modelmeta().custom_metadata_map
         if META_KEY not in props:
             raise WeightsError(f"{self.path} was not exported by recog: no classes or preprocessing in its metadata")

@@ -68,7 +68,7 @@ class Predictor:
             if precision == "bf16":
                 raise ConfigError("--precision bf16 is for the torch backend; an ONNX file runs as it was exported "
                                   "(recog export --int8 for a faster one)")
-            self.model: Any = OnnxClassifier(path)
+            self.model: Any = OnnxClassifier(path, spinning=False)  # its threads sleep: the decoders need the cores
             self.precision = self.model.meta.get("precision", "fp32")  # "int8" for recog export --int8
         else:
             from recog.device import has_bf16
@@ -146,8 +146,9 @@ class Batcher:
         if self.changed is not None:
             self.changed.set()
 
-    async def submit(self, item: Any, timeout: float) -> Any:
-        """The item's answer; TimeoutError after ``timeout`` seconds (the item is dropped if not yet run)."""
+    async def submit(self, item: Any, timeout: float) -> tuple[Any, float, int]:
+        """(the item's answer, seconds its batch ran, the batch's size); TimeoutError after ``timeout``
+        seconds (the item is dropped if not yet run)."""
         self._start()
         future = asyncio.get_running_loop().create_future()
         self.incoming -= 1
@@ -191,11 +192,12 @@ class Batcher:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            self.batch_seconds = 0.8 * self.batch_seconds + 0.2 * (time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            self.batch_seconds = 0.8 * self.batch_seconds + 0.2 * seconds
             self.batches += 1
             for (_, future), answer in zip(batch, answers):
                 if not future.done():
-                    future.set_result(answer)
+                    future.set_result((answer, seconds, len(batch)))
 
     def close(self) -> None:
         if self.worker is not None:
@@ -323,11 +325,18 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
 
     @app.post("/v1/predict")
     async def predict(request: Request) -> Any:
+        start = time.perf_counter()
         image = await decoded(request)
         if isinstance(image, JSONResponse):
             return image
+        decoded_at = time.perf_counter()
         try:
-            return await batcher.submit(image, timeout)
+            answer, model_seconds, batch_size = await batcher.submit(image, timeout)
+            # where the time went, as browsers' developer tools and curl -v show it (ms)
+            timing = (f"decode;dur={1000 * (decoded_at - start):.1f}, "
+                      f"queue;dur={1000 * (time.perf_counter() - decoded_at - model_seconds):.1f}, "
+                      f'model;dur={1000 * model_seconds:.1f};desc="batch of {batch_size}"')
+            return JSONResponse(answer, headers={"Server-Timing": timing})
         except asyncio.TimeoutError:
             return refuse(504, f"no answer within {timeout:g} s: the server is overloaded", "timeout")
         except Exception as exc:  # noqa: BLE001 - the model failed (e.g. non-finite outputs): say so, stay up
