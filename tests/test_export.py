@@ -132,7 +132,7 @@ def test_int8_export_of_a_run_reports_both_accuracies_and_predicts(digits_run, c
     assert path.name == "model.int8.onnx" and path.is_file()
     assert "test accuracy fp32 0." in err and ", int8 0." in err and "images/s" in err
     int8, fp32 = OnnxClassifier(path), OnnxClassifier(path.with_name("model.onnx"))
-    assert int8.classes == fp32.classes and int8.meta == fp32.meta
+    assert int8.classes == fp32.classes and int8.meta == {**fp32.meta, "precision": "int8"}
     from recog.data import load_dataset
 
     test = load_dataset("digits", None, 0.0, 0, 8, 1, device="cpu").test
