@@ -174,3 +174,10 @@ def test_an_earlier_export_is_replaced_and_onnxruntime_missing_is_one_line(tmp_p
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: ONNX models need onnxruntime: pip install 'recog[export]'"
 
+
+
+def test_int8_of_a_bare_weights_file_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    weights = _weights(tmp_path, "seednet")
+    with pytest.raises(ConfigError, match="--int8 needs the run's data.*nothing was written"):
+        export(weights, int8=True, verbose=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seednet.safetensors"]

@@ -429,3 +429,15 @@ def _healthy(base: str, proc: subprocess.Popen) -> bool:
         return True
     except (urllib.error.URLError, ConnectionError):
         return False
+
+
+def test_bf16_torch_backend_agrees_with_fp32(digits_run, digit_pngs: list[bytes]) -> None:
+    """--precision bf16 (the default where the CPU or GPU has bf16 units) gives the same classes."""
+    from recog.serve import Predictor
+
+    fp32, bf16 = Predictor(digits_run.path, precision="fp32"), Predictor(digits_run.path, precision="bf16")
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    images = [fp32.read(png) for png in digit_pngs]
+    a, b = fp32.run(images, 3), bf16.run(images, 3)
+    assert [x["top"][0]["class"] for x in a] == [x["top"][0]["class"] for x in b]
+    assert max(abs(x["top"][0]["prob"] - y["top"][0]["prob"]) for x, y in zip(a, b)) < 0.05

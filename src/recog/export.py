@@ -71,6 +71,9 @@ def export(source: str | os.PathLike | Classifier, format: str = "onnx", output:
         raise ConfigError(f"unknown export format {format!r}{did_you_mean(format, FORMATS)} (formats: "
                           f"{', '.join(FORMATS)})")
     clf = source if isinstance(source, Classifier) else load(source, "cpu")
+    if int8 and clf.config is None:  # said before anything is written
+        raise ConfigError("--int8 needs the run's data (calibration and the accuracy check): export a run folder, "
+                          "not a bare weights file; nothing was written")
     clf = clf.cpu().float().eval()
     clf.model.to(memory_format=torch.contiguous_format)
     path = Path(output) if output else _default_output(clf, format)
@@ -82,6 +85,8 @@ def export(source: str | os.PathLike | Classifier, format: str = "onnx", output:
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = Exported(clf).eval()
     ds = _own_data(clf) if images is None or int8 else None  # read once: the check and int8 share it
+    if int8 and ds is None:
+        raise ConfigError("--int8 needs the run's images (see the note above); nothing was written")
     check = _check_images(clf, images, ds)
     size, channels = clf.meta["image_size"], clf.meta["channels"]
     example = torch.zeros(2, size, size, channels, dtype=torch.uint8)
