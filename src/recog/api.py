@@ -123,7 +123,7 @@ def _final_report(training: Training, state: LoopState) -> dict[str, Any]:
         state_dict, meta = read_weights(best)
         load_into(training.model, state_dict, str(best))
     report: dict[str, Any] = {}
-    if ds.eval_split is not None:
+    if ds.eval_split is not None and cfg.final_eval != "off":
         split_name, split = ds.eval_split
         clf = Classifier(training.model, meta, training.device, best, cfg)
         report, rows = evaluate_split(clf, split, split_name, cfg.precision, cfg.tta, workers=cfg.workers,
@@ -200,7 +200,8 @@ def evaluate(
     if same:
         ds = run_data(cfg.replace(data_root=data_root), clf.meta["image_size"], clf.meta["channels"], clf.device)
     else:
-        options = data_options(cfg, clf.device) if cfg is not None else {"device": str(clf.device)}
+        options = {**data_options(cfg, clf.device), "without_test": False} if cfg is not None else {
+            "device": str(clf.device)}  # other data: its test split is what the user asks to evaluate on
         ds = load_dataset(data, data_root, 0.0, 0, clf.meta["image_size"], clf.meta["channels"], **options)
     if ds.classes != clf.classes:
         raise DataError(f"the classes of {data} ({', '.join(ds.classes[:6])}…) are not the model's "

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from recog.config import TrainConfig, field_names, unwrap_optional
-from recog.errors import RecogError, did_you_mean, shown
+from recog.errors import ConfigError, RecogError, did_you_mean, shown
 
 EXAMPLES = """examples:
   recog train                                  # digits (bundled, offline), planned defaults
@@ -132,6 +132,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cors", action="append", metavar="ORIGIN", help="allow browser pages from this origin "
                                                                      "(repeatable; default: none)")
 
+    p = sub.add_parser("tune", help="search training options and architecture with Optuna (a resumable study; "
+                                    "trials never read the test split)", allow_abbrev=False)
+    p.add_argument("--data", default="digits", help="dataset name, image folder or label manifest (default: digits)")
+    p.add_argument("--model", help="the model to tune (default: the planner's)")
+    p.add_argument("--trials", type=int, default=10, help="trials to run now (more on a resumed study; default: 10)")
+    p.add_argument("--timeout", metavar="DURATION", help="stop starting trials after this long (e.g. 30m)")
+    p.add_argument("--trial-budget", metavar="DURATION", help="each trial's time budget (e.g. 1m): trials compare "
+                                                              "at equal time on this machine")
+    p.add_argument("--epochs", type=int, help="each trial's epochs (default: the planner's)")
+    p.add_argument("--space", metavar="FILE", help="search space YAML (default: the one shipped for the model family)")
+    p.add_argument("--study", metavar="NAME", help="study name (default: DATA-MODEL); the same name resumes it")
+    p.add_argument("--storage", metavar="URL", help="Optuna RDB storage (default: sqlite in runs/tune/NAME/study.db; "
+                                                    "postgresql://… lets several machines share a study)")
+    p.add_argument("--pruner", default="hyperband", help="hyperband, median or none (default: hyperband)")
+    p.add_argument("--project", default="runs", help="the study folder is PROJECT/tune/NAME (default: runs)")
+    p.add_argument("--seed", type=int, default=0, help="sampler and training seed (default: 0)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a training option fixed for every trial (repeatable), e.g. --set loader=memory")
+
     p = sub.add_parser("explain", help="heatmaps of where the model found its evidence (Grad-CAM, integrated "
                                        "gradients, saliency, occlusion), one PNG per image", allow_abbrev=False)
     p.add_argument("source", metavar="RUN_OR_WEIGHTS")
@@ -240,6 +259,28 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(ns: argparse.Namespace) -> int:
+    import yaml
+
+    from recog.config import parse_duration
+    from recog.tune import tune
+
+    fixed = {}
+    for item in ns.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: write KEY=VALUE (e.g. --set label_smoothing=0.1)")
+        fixed[key.strip()] = yaml.safe_load(value)
+    timeout = parse_duration(ns.timeout) if ns.timeout else None
+    try:
+        tune(data=ns.data, model=ns.model, trials=ns.trials, timeout=timeout, trial_budget=ns.trial_budget,
+             epochs=ns.epochs, space=ns.space, study=ns.study, storage=ns.storage, pruner=ns.pruner,
+             project=ns.project, seed=ns.seed, **fixed)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def cmd_explain(ns: argparse.Namespace) -> int:
     from recog import explanations as ex
 
@@ -298,9 +339,8 @@ def cmd_models(ns: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export, "serve": cmd_serve,
-            "explain": cmd_explain,
-            "models": cmd_models}
+COMMANDS = {"train": cmd_train, "tune": cmd_tune, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export,
+            "serve": cmd_serve, "explain": cmd_explain, "models": cmd_models}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,6 +24,7 @@ PRECISIONS = ("fp32", "bf16", "auto")
 LOADERS = ("auto", "memory", "stream")
 AUTO_AUGMENTS = ("randaugment", "trivialaugment")
 PROGRESS = ("auto", "bar", "lines", "none")
+FINAL_EVALS = ("auto", "val", "off")  # "val" and "off": the test split is never read
 CROP_SCALE = 0.35  # the smallest random-resized-crop area (torchvision uses 0.08; small images want more)
 RECIPE_AUTO = "auto"
 NO_RECIPE = "none"
@@ -51,6 +52,8 @@ class TrainConfig:
     data_root: str | None = opt(None, 'an existing copy of a torchvision dataset (never downloads)')
     val_fraction: float = opt(0.1, 'carved from train (stratified) when the data has no val split')
     split_seed: int = opt(0, 'seed of that split: fixed, so seeds compare on the same images')
+    final_eval: str = opt("auto", 'the final report on: auto (the test split if there is one, else val); '
+                                  'val (the test split is never read: recog tune); off (no final report)')
     image_size: int | None = opt(None, 'image folders: side of the square input (default: most common size)')
     channels: int | None = opt(None, 'image folders: 1 or 3 (default: 1 if every image is greyscale)')
     mean: list[float] | None = opt(None, 'normalisation (default: measured on the training split)')
@@ -141,6 +144,7 @@ class TrainConfig:
         _choice("precision", self.precision, PRECISIONS)
         _choice("loader", self.loader, LOADERS)
         _choice("progress", self.progress, PROGRESS)
+        _choice("final_eval", self.final_eval, FINAL_EVALS)
         if self.auto_augment is not None:
             _choice("auto_augment", self.auto_augment, AUTO_AUGMENTS)
         if self.class_weights is not None:

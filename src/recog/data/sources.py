@@ -53,24 +53,27 @@ class Probe:
 
 
 def probe_dataset(data: str, data_root: str | None = None, val_fraction: float = 0.1, channels: int | None = None,
-                  **options: Any) -> Probe:
+                  without_test: bool = False, **options: Any) -> Probe:
     """Sizes and counts of a source without decoding it: known for the built-in sets, from a
-    sample of file headers for folders and manifests; another registered source is loaded."""
+    sample of file headers for folders and manifests; another registered source is loaded.
+    ``without_test``: as :func:`load_dataset` (the test files' headers are not read either)."""
     if data in BUILTIN_SHAPES:
         (c, side, k), (train, test) = BUILTIN_SHAPES[data], BUILTIN_COUNTS[data]
         val = round(train * val_fraction)
-        return Probe(side, c, train - val, val, test, k)
+        return Probe(side, c, train - val, val, 0 if without_test else test, k)
     if data not in _SOURCES:
         from recog.data.files import default_shape
 
         scan = _scan(data, allow_empty_classes=True)
+        if without_test:
+            scan.files.pop("test", None)
         side, c, _ = default_shape(scan, None, channels)
         train, val, test = (len(scan.files.get(s, ())) for s in ("train", "val", "test"))
         if not val:
             val = round(train * val_fraction)
             train -= val
         return Probe(side, c, train, val, test, len(scan.classes))
-    ds = load_dataset(data, data_root, val_fraction, channels=channels, **options)
+    ds = load_dataset(data, data_root, val_fraction, channels=channels, without_test=without_test, **options)
     return Probe(ds.image_size, ds.channels, len(ds.train), len(ds.val or ()), len(ds.test or ()), len(ds.classes))
 
 
@@ -87,13 +90,19 @@ def load_dataset(
     from train when the data has none.
 
     ``options`` go to the path sources (:func:`recog.data.files.load_scan`: loader,
-    memory_fraction, max_image_pixels, allow_empty_classes, cache, device)."""
+    memory_fraction, max_image_pixels, allow_empty_classes, cache, device); ``without_test=True``
+    leaves the test split out (a path source's test files are never opened)."""
+    without_test = options.pop("without_test", False)
     if data in _SOURCES:
         ds = _SOURCES[data](data_root, **options)
+        if without_test:  # a built-in set arrives whole: its test arrays are dropped before any use
+            ds.test = None
     else:
         from recog.data.files import load_scan
 
         scan = _scan(data, options.get("allow_empty_classes", False))
+        if without_test:  # the test files are never opened (recog tune)
+            scan.files.pop("test", None)
         ds = load_scan(scan, image_size=image_size, channels=channels, **options)
     return hold_out(ds, val_fraction, split_seed)
 

@@ -227,7 +227,7 @@ def data_options(cfg: TrainConfig, device: torch.device | str) -> dict[str, Any]
     """The config's options for path sources (image folders, manifests)."""
     return dict(loader=cfg.loader, memory_fraction=cfg.memory_fraction, cache=cfg.cache,
                 max_image_pixels=cfg.max_image_pixels, allow_empty_classes=cfg.allow_empty_classes,
-                device=str(device))
+                device=str(device), without_test=cfg.final_eval != "auto")
 
 
 def run_data(cfg: TrainConfig, image_size: int, channels: int, device: torch.device | str) -> Dataset:

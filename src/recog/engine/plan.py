@@ -65,7 +65,8 @@ def plan(given: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     values the user gave. Probes the data (file headers), and with a time budget times the model."""
     verbose = given.get("verbose", True)
     probe = probe_dataset(given.get("data", TrainConfig.data), given.get("data_root"),
-                          given.get("val_fraction", TrainConfig.val_fraction), given.get("channels"))
+                          given.get("val_fraction", TrainConfig.val_fraction), given.get("channels"),
+                          without_test=given.get("final_eval", TrainConfig.final_eval) != "auto")
     planned: dict[str, Any] = {}
     named = given.get("recipe", RECIPE_AUTO) != RECIPE_AUTO  # --recipe NAME: sized, not chosen (see recipe_for)
     size = given.get("image_size")

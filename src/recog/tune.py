@@ -1,0 +1,307 @@
+"""``recog tune``: an Optuna study over recog's training options and the model's architecture.
+
+A feature on top of training: every trial is an ordinary ``recog.train`` run (its own folder under
+the study's) with the sampled options as explicit overrides, ``final_eval: val`` (the test split is
+never read during a study: a path source's test files are not even opened) and an epoch hook that
+reports the validation score to Optuna and stops the run when the pruner says so.
+
+The study has a name and a fixed folder, ``PROJECT/tune/NAME/``, holding ``study.db`` (SQLite, the
+default storage; ``storage`` may be any Optuna RDB URL, e.g. PostgreSQL), ``trials/`` (the runs),
+``trials.csv`` and ``best.yaml`` (the best trial's options: ``recog train --config best.yaml``).
+The same call again resumes the study: ``trials`` more trials, numbering continued.
+
+Search spaces are YAML, one entry per training option (``model_args.NAME`` for the model builder's
+arguments, or ``model_args`` choosing several at once)::
+
+    lr: {float: [0.005, 0.2], log: true}
+    model_args.depth: {int: [1, 3]}
+    model_args.widths: {choice: [[32, 64, 64], [64, 256, 256]]}
+
+Defaults ship per model family in ``recog/tune_spaces/`` (airnet, seednet, default).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recog.config import field_names, make_config
+from recog.errors import ConfigError, RecogError, did_you_mean
+from recog.fileio import atomic_write_text
+
+PRUNERS = ("hyperband", "median", "none")
+KINDS = ("float", "int", "choice")
+STUDY_KEYS = ("data", "model")  # what a study is about: resuming it with other values is an error
+
+
+@dataclass
+class TuneResult:
+    """A study after ``tune``: its folder, the best trial (None before any completed) and every trial."""
+
+    study: str
+    folder: Path
+    storage: str
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_config: Path | None
+    trials: list[dict[str, Any]]
+
+
+def require_optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("recog tune needs Optuna: pip install 'recog[tune]'") from None
+    return optuna
+
+
+def load_space(model: str | None, space: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
+    """The search space: ``space`` (a YAML file) or the one shipped for the model's family."""
+    if space is not None:
+        path = Path(space).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"--space {path}: no such file")
+        try:
+            entries = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--space {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        where = str(path)
+    else:
+        family = next((f for f in ("airnet", "seednet") if (model or "airnet").startswith(f)), "default")
+        where = f"recog/tune_spaces/{family}.yaml"
+        entries = yaml.safe_load(resources.files("recog").joinpath(f"tune_spaces/{family}.yaml").read_text("utf-8"))
+    if not isinstance(entries, dict) or not entries:
+        raise ConfigError(f"{where}: a search space is a mapping of training options to ranges (see recog tune --help)")
+    names = set(field_names())
+    for key, spec in entries.items():
+        option = str(key).split(".", 1)[0]
+        if option not in names:
+            raise ConfigError(f"{where}: {key!r} is not a training option{did_you_mean(option, names)}")
+        kinds = [k for k in KINDS if isinstance(spec, dict) and k in spec]
+        if len(kinds) != 1 or set(spec) - {kinds[0], "log"}:
+            raise ConfigError(f"{where}: {key}: give one of {{float: [low, high]}}, {{int: [low, high]}} or "
+                              f"{{choice: [a, b, ...]}} (log: true for a log scale); got {spec!r}")
+        values = spec[kinds[0]]
+        if kinds[0] == "choice":
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{where}: {key}: choice needs a non-empty list, got {values!r}")
+            if key == "model_args" and not all(isinstance(v, dict) for v in values):
+                raise ConfigError(f"{where}: model_args: each choice is a mapping of builder arguments")
+        elif not (isinstance(values, list) and len(values) == 2 and all(isinstance(v, (int, float)) for v in values)
+                  and values[0] < values[1]):
+            raise ConfigError(f"{where}: {key}: {kinds[0]} needs [low, high] with low < high, got {values!r}")
+        elif spec.get("log") and values[0] <= 0:
+            raise ConfigError(f"{where}: {key}: a log scale needs low > 0, got {values[0]}")
+    return entries
+
+
+def sample(trial: Any, space: dict[str, dict[str, Any]], base_model_args: dict[str, Any]) -> dict[str, Any]:
+    """The trial's training options (model builder arguments merged into ``model_args``)."""
+    options: dict[str, Any] = {}
+    model_args: dict[str, Any] = {}
+    for key, spec in space.items():
+        if "float" in spec:
+            value: Any = trial.suggest_float(key, *spec["float"], log=bool(spec.get("log")))
+        elif "int" in spec:
+            value = trial.suggest_int(key, *spec["int"], log=bool(spec.get("log")))
+        else:  # Optuna's choices are scalars: lists and mappings travel as their JSON text
+            labels = [json.dumps(c, sort_keys=True) for c in spec["choice"]]
+            value = json.loads(trial.suggest_categorical(key, labels))
+        if key == "model_args":
+            model_args.update(value)
+        elif key.startswith("model_args."):
+            model_args[key.split(".", 1)[1]] = value
+        else:
+            options[key] = value
+    if model_args:
+        options["model_args"] = {**base_model_args, **model_args}
+    return options
+
+
+def _pruner(optuna: Any, name: Any) -> Any:
+    if isinstance(name, optuna.pruners.BasePruner):  # the Python API may pass its own
+        return name
+    if name not in PRUNERS:
+        raise ConfigError(f"--pruner must be one of {', '.join(PRUNERS)}; got {name!r}{did_you_mean(name, PRUNERS)}")
+    if name == "hyperband":  # Optuna's advice with TPE
+        return optuna.pruners.HyperbandPruner(min_resource=1)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    return optuna.pruners.NopPruner()
+
+
+def _pruner_name(pruner: Any) -> str:
+    return pruner if isinstance(pruner, str) else type(pruner).__name__
+
+
+def study_name(data: str, model: str | None) -> str:
+    """A name from the data and the model (``digits-seednet``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{Path(str(data)).name or data}-{model or 'auto'}").strip("-")
+
+
+def _score(row: dict[str, Any]) -> float:
+    """The task's validation score in an epoch's metrics row (val_map for multi-label, else val_acc)."""
+    return float(row["val_map"] if "val_map" in row else row["val_acc"])
+
+
+def tune(
+    data: str = "digits",
+    model: str | None = None,
+    trials: int = 10,
+    timeout: float | None = None,
+    trial_budget: str | None = None,
+    epochs: int | None = None,
+    space: str | os.PathLike | None = None,
+    study: str | None = None,
+    storage: str | None = None,
+    pruner: Any = "hyperband",
+    project: str | os.PathLike = "runs",
+    seed: int = 0,
+    verbose: bool = True,
+    **train_options: Any,
+) -> TuneResult:
+    """Run ``trials`` more trials of the study (created, or resumed when it exists); see the module doc.
+    ``trial_budget`` sizes every trial by time (``"1m"``: the time-budget planner), ``epochs`` by
+    epochs; ``train_options`` are fixed training options for every trial. ``pruner``: hyperband,
+    median, none, or an Optuna pruner object."""
+    optuna = require_optuna()
+    from recog import api
+
+    if trials < 1:
+        raise ConfigError(f"--trials must be at least 1, got {trials}")
+    if timeout is not None and timeout <= 0:
+        raise ConfigError(f"--timeout must be positive, got {timeout}")
+    entries = load_space(model, space)
+    name = study or study_name(data, model)
+    folder = Path(project).expanduser() / "tune" / name
+    base = {k: v for k, v in dict(data=data, model=model, epochs=epochs, time_budget=trial_budget, seed=seed,
+                                  **train_options).items() if v is not None}
+    reserved = sorted(set(base) & {"final_eval", "project", "name", "verbose"})
+    if reserved:
+        raise ConfigError(f"recog tune sets {', '.join(reserved)} itself (trials evaluate on val, in the study folder)")
+    checked = make_config(None, **base, final_eval="val", verbose=False)  # bad options fail here, not in trial 0
+    folder.mkdir(parents=True, exist_ok=True)
+    url = storage or f"sqlite:///{(folder / 'study.db').resolve()}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna: a crashed trial is marked failed
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            rdb = optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy / driver errors: name the URL
+        raise ConfigError(f"--storage {url}: cannot open it ({str(exc).splitlines()[0][:200]})") from None
+    the_study = optuna.create_study(study_name=name, storage=rdb, direction="maximize", load_if_exists=True,
+                                    sampler=optuna.samplers.TPESampler(seed=seed), pruner=_pruner(optuna, pruner))
+    _check_same_study(the_study, name, {"data": str(data), "model": str(model)})
+
+    def objective(trial: Any) -> float:
+        options = sample(trial, entries, dict(checked.model_args))
+        best, pruned_at = -math.inf, None
+
+        def report(row: dict[str, Any]) -> bool:
+            nonlocal best, pruned_at
+            score = _score(row)
+            best = max(best, score)
+            trial.report(score, int(row["epoch"]))
+            if trial.should_prune():
+                pruned_at = int(row["epoch"])
+                return True  # the run stops after this epoch, its folder complete
+            return False
+
+        started = time.perf_counter()
+        run = api.train(**{**base, **options}, final_eval="val", project=str(folder / "trials"),
+                        name=f"trial-{trial.number:04d}", verbose=False, on_epoch_end=report)
+        trial.set_user_attr("run", str(run.path))
+        trial.set_user_attr("seconds", round(time.perf_counter() - started, 1))
+        if verbose:
+            what = f"pruned after epoch {pruned_at}" if pruned_at else f"best val {best:.4f}"
+            shown = ", ".join(f"{k}={_short(v)}" for k, v in options.items())
+            print(f"trial {trial.number}: {what} ({time.perf_counter() - started:.0f} s) {shown}", file=sys.stderr)
+        if pruned_at is not None:
+            raise optuna.TrialPruned(f"pruned after epoch {pruned_at}")
+        return best
+
+    before = len(the_study.trials)
+    if verbose:
+        print(f"study {name} in {folder} ({before} earlier trials); {trials} trials"
+              + (f", at most {timeout:.0f} s" if timeout else "") + f", pruner {_pruner_name(pruner)}", file=sys.stderr)
+    the_study.optimize(objective, n_trials=trials, timeout=timeout, catch=(RecogError,), gc_after_trial=True)
+    return _write_results(the_study, folder, url, base, verbose)
+
+
+def _check_same_study(the_study: Any, name: str, about: dict[str, str]) -> None:
+    """A new study records what it is about; resuming it with other data or model is an error."""
+    saved = {k: the_study.user_attrs.get(k) for k in STUDY_KEYS}
+    if all(v is None for v in saved.values()):
+        for k, v in about.items():
+            the_study.set_user_attr(k, v)
+        return
+    changed = [f"{k} {saved[k]!r} (not {about[k]!r})" for k in STUDY_KEYS if saved[k] != about[k]]
+    if changed:
+        raise ConfigError(f"study {name} was made for {', '.join(changed)}: resume it with the same options, "
+                          f"or start another with --study NAME")
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else json.dumps(value, separators=(",", ":"))
+
+
+def _write_results(the_study: Any, folder: Path, url: str, base: dict[str, Any], verbose: bool) -> TuneResult:
+    """trials.csv (every trial) and best.yaml (the best completed trial's options)."""
+    import optuna
+
+    rows = []
+    for t in the_study.trials:
+        rows.append({"number": t.number, "state": t.state.name.lower(),
+                     "value": "" if t.value is None else round(t.value, 6),
+                     "epochs": len(t.intermediate_values), "seconds": t.user_attrs.get("seconds", ""),
+                     "run": t.user_attrs.get("run", ""), "params": json.dumps(t.params, sort_keys=True)})
+    columns = ["number", "state", "value", "epochs", "seconds", "run", "params"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(folder / "trials.csv", buf.getvalue())
+    complete = [t for t in the_study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        if verbose:
+            print(f"no trial completed yet; trials in {folder / 'trials.csv'}", file=sys.stderr)
+        return TuneResult(the_study.study_name, folder, url, None, {}, None, rows)
+    best = the_study.best_trial
+    options = sample(optuna.trial.FixedTrial(best.params), _params_space(best), dict(base.get("model_args") or {}))
+    config = {**base, **options}
+    header = (f"# recog tune: study {the_study.study_name}, trial {best.number} of {len(the_study.trials)}: "
+              f"best validation score {best.value:.4f}\n# (run: {best.user_attrs.get('run', '?')})\n"
+              f"# train with it: recog train --config {folder / 'best.yaml'}\n")
+    atomic_write_text(folder / "best.yaml", header + yaml.safe_dump(config, sort_keys=False))
+    if verbose:
+        print(f"best: trial {best.number}, val {best.value:.4f}: "
+              + ", ".join(f"{k}={_short(v)}" for k, v in options.items()), file=sys.stderr)
+        print(f"{len(complete)} of {len(the_study.trials)} trials completed; best options in {folder / 'best.yaml'}; "
+              f"train with: recog train --config {folder / 'best.yaml'}")
+    return TuneResult(the_study.study_name, folder, url, best.value, options, folder / "best.yaml", rows)
+
+
+def _params_space(trial: Any) -> dict[str, dict[str, Any]]:
+    """A space that replays a finished trial's parameters through :func:`sample` (same decoding)."""
+    space: dict[str, dict[str, Any]] = {}
+    for key, dist in trial.distributions.items():
+        if hasattr(dist, "choices"):
+            space[key] = {"choice": [json.loads(c) for c in dist.choices]}
+        elif type(dist).__name__.startswith("Int"):
+            space[key] = {"int": [dist.low, dist.high], "log": dist.log}
+        else:
+            space[key] = {"float": [dist.low, dist.high], "log": dist.log}
+    return space

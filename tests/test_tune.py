@@ -1,0 +1,115 @@
+"""recog tune: Optuna studies of ordinary recog runs on real data; resumable, pruned through the
+epoch hook, never reading the test split, ending with a config to train with."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import recog
+from recog.cli import main
+from recog.errors import ConfigError
+
+optuna = pytest.importorskip("optuna")
+
+from recog.tune import tune  # noqa: E402
+
+
+def _rows(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "trials.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_study_runs_resumes_with_numbering_continued_and_its_best_config_trains(tmp_path: Path) -> None:
+    result = tune(data="digits", model="seednet", trials=3, epochs=2, pruner="none", project=str(tmp_path),
+                  verbose=False)
+    folder = tmp_path / "tune" / "digits-seednet"
+    assert result.folder == folder and (folder / "study.db").is_file()
+    assert [r["number"] for r in _rows(folder)] == ["0", "1", "2"]
+    assert result.best_value is not None and 0.0 < result.best_value <= 1.0
+    best = yaml.safe_load(result.best_config.read_text())
+    assert best["model"] == "seednet" and best["data"] == "digits" and "final_eval" not in best
+    assert set(best["model_args"]) >= {"kernel_sizes", "channels", "fc"}  # the architecture was searched
+    # the same command again: the same study, 2 more trials, numbers 3 and 4
+    assert main(["tune", "--data", "digits", "--model", "seednet", "--trials", "2", "--epochs", "2", "--pruner",
+                 "none", "--project", str(tmp_path)]) == 0
+    rows = _rows(folder)
+    assert [r["number"] for r in rows] == ["0", "1", "2", "3", "4"]
+    assert sorted(p.name for p in (folder / "trials").iterdir()) == [f"trial-{i:04d}" for i in range(5)]
+    for r in rows:  # each trial is an ordinary run that evaluated on val
+        cfg = yaml.safe_load((Path(r["run"]) / "config.yaml").read_text())
+        assert cfg["final_eval"] == "val"
+    best_value = max(float(r["value"]) for r in rows if r["state"] == "complete")
+    assert f"best validation score {best_value:.4f}" in (folder / "best.yaml").read_text()
+    run = recog.train(config=str(folder / "best.yaml"), epochs=1, project=str(tmp_path / "after"), verbose=False)
+    assert run.config.model_args == yaml.safe_load((folder / "best.yaml").read_text())["model_args"]
+
+
+def test_trials_never_read_the_test_split(cifar_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    opened: list[str] = []
+    real_open = Image.open
+
+    def spy(fp, *args, **kwargs):  # noqa: ANN001, ANN202
+        opened.append(os.fspath(fp) if isinstance(fp, (str, os.PathLike)) else str(getattr(fp, "name", "")))
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", spy)
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {float: [0.01, 0.1], log: true}\n")
+    result = tune(data=str(cifar_png), model="airnet_small", trials=1, epochs=1, space=space, pruner="none",
+                  project=str(tmp_path), verbose=False, cache=False)
+    test_dir = str(cifar_png / "test")
+    assert opened and any(str(cifar_png / "train") in p for p in opened)  # the spy saw the reads
+    assert not [p for p in opened if p.startswith(test_dir)]
+    report = yaml.safe_load((Path(result.trials[0]["run"]) / "report.json").read_text())
+    assert report["split"] == "val"
+
+
+def test_a_pruned_trial_stops_its_run_after_the_reported_epoch(tmp_path: Path) -> None:
+    result = tune(data="digits", model="seednet", trials=1, epochs=3, project=str(tmp_path), verbose=False,
+                  pruner=optuna.pruners.ThresholdPruner(lower=2.0))  # no accuracy reaches 2: pruned at epoch 1
+    (row,) = result.trials
+    assert row["state"] == "pruned" and row["epochs"] == 1
+    with open(Path(row["run"]) / "metrics.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 1
+    assert result.best_config is None and not (result.folder / "best.yaml").exists()
+
+
+def test_bad_spaces_and_options_are_named(tmp_path: Path) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text("learning_rate: {float: [0.01, 0.1]}\n")
+    with pytest.raises(ConfigError, match=r"space.yaml: 'learning_rate' is not a training option"):
+        tune(space=space, project=str(tmp_path), verbose=False)
+    space.write_text("lr: {float: [0.1, 0.01]}\n")
+    with pytest.raises(ConfigError, match=r"lr: float needs \[low, high\] with low < high"):
+        tune(space=space, project=str(tmp_path), verbose=False)
+    space.write_text("lr: {float: [0, 0.1], log: true}\n")
+    with pytest.raises(ConfigError, match="log scale needs low > 0"):
+        tune(space=space, project=str(tmp_path), verbose=False)
+    with pytest.raises(ConfigError, match="--space .*no such file"):
+        tune(space=tmp_path / "missing.yaml", project=str(tmp_path), verbose=False)
+    with pytest.raises(ConfigError, match="--pruner must be one of.*hyperband"):
+        tune(model="seednet", pruner="hyperbnd", project=str(tmp_path), verbose=False)
+    with pytest.raises(ConfigError, match="recog tune sets final_eval itself"):
+        tune(model="seednet", final_eval="test", project=str(tmp_path), verbose=False)
+    with pytest.raises(ConfigError, match="batch_size"):  # a bad fixed option fails before any trial
+        tune(model="seednet", batch_size=0, project=str(tmp_path), verbose=False)
+    tune(model="seednet", study="s", trials=1, epochs=1, project=str(tmp_path), verbose=False)
+    with pytest.raises(ConfigError, match="study s was made for model 'seednet'"):
+        tune(model="airnet_small", study="s", trials=1, epochs=1, project=str(tmp_path), verbose=False)
+
+
+def test_without_optuna_one_line_says_what_to_install() -> None:
+    code = ("import sys; sys.modules['optuna'] = None; from recog.cli import main; "
+            "sys.exit(main(['tune', '--trials', '1']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: recog tune needs Optuna: pip install 'recog[tune]'"
