@@ -113,3 +113,36 @@ def test_without_optuna_one_line_says_what_to_install() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: recog tune needs Optuna: pip install 'recog[tune]'"
+
+
+def test_jobs_run_trials_in_parallel_worker_processes(tmp_path: Path) -> None:
+    result = tune(data="digits", model="seednet", trials=4, epochs=1, jobs=2, pruner="none", project=str(tmp_path),
+                  verbose=False)
+    rows = _rows(result.folder)
+    assert sorted(int(r["number"]) for r in rows) == [0, 1, 2, 3] and {r["state"] for r in rows} == {"complete"}
+    assert sorted({r["worker"] for r in rows}) == ["1", "2"]  # two processes, two trials each
+    assert result.best_config.is_file()
+
+
+POSTGRES = os.environ.get("RECOG_TEST_POSTGRES")  # .ci/run starts a PostgreSQL server and sets it
+
+
+@pytest.mark.skipif(not POSTGRES, reason="no PostgreSQL server: set RECOG_TEST_POSTGRES=postgresql+psycopg://"
+                                         "user:password@host/db (.ci/run starts one)")
+def test_two_machines_share_a_study_in_postgresql(tmp_path: Path) -> None:
+    import uuid
+
+    name = f"ci-{uuid.uuid4().hex[:8]}"
+    command = [sys.executable, "-m", "recog", "tune", "--data", "digits", "--model", "seednet", "--epochs", "1",
+               "--trials", "2", "--pruner", "none", "--study", name, "--storage", POSTGRES]
+    machines = [subprocess.Popen(command + ["--project", str(tmp_path / f"machine{i}")], stderr=subprocess.PIPE,
+                                 text=True) for i in range(2)]
+    errors = [m.communicate(timeout=300)[1] for m in machines]
+    assert [m.returncode for m in machines] == [0, 0], errors
+    study = optuna.load_study(study_name=name, storage=POSTGRES)
+    try:
+        assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+        runs = {Path(t.user_attrs["run"]).parts[-5] for t in study.trials}  # machineN/tune/NAME/trials/trial-…
+        assert runs == {"machine0", "machine1"}
+    finally:
+        optuna.delete_study(study_name=name, storage=POSTGRES)

@@ -4,4 +4,5 @@ import sys
 
 from recog.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a spawned worker process (recog tune --jobs) imports it again
+    sys.exit(main())

@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pruner", default="hyperband", help="hyperband, median or none (default: hyperband)")
     p.add_argument("--project", default="runs", help="the study folder is PROJECT/tune/NAME (default: runs)")
     p.add_argument("--seed", type=int, default=0, help="sampler and training seed (default: 0)")
+    p.add_argument("--jobs", type=int, default=1, help="trials at once, in as many processes sharing the cores "
+                                                       "(default: 1)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a training option fixed for every trial (repeatable), e.g. --set loader=memory")
 
@@ -275,7 +277,7 @@ def cmd_tune(ns: argparse.Namespace) -> int:
     try:
         tune(data=ns.data, model=ns.model, trials=ns.trials, timeout=timeout, trial_budget=ns.trial_budget,
              epochs=ns.epochs, space=ns.space, study=ns.study, storage=ns.storage, pruner=ns.pruner,
-             project=ns.project, seed=ns.seed, **fixed)
+             project=ns.project, seed=ns.seed, jobs=ns.jobs, **fixed)
     except KeyboardInterrupt:
         return 130
     return 0

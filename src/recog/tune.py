@@ -170,18 +170,23 @@ def tune(
     pruner: Any = "hyperband",
     project: str | os.PathLike = "runs",
     seed: int = 0,
+    jobs: int = 1,
     verbose: bool = True,
+    _worker: int | None = None,
     **train_options: Any,
 ) -> TuneResult:
     """Run ``trials`` more trials of the study (created, or resumed when it exists); see the module doc.
     ``trial_budget`` sizes every trial by time (``"1m"``: the time-budget planner), ``epochs`` by
     epochs; ``train_options`` are fixed training options for every trial. ``pruner``: hyperband,
-    median, none, or an Optuna pruner object."""
+    median, none, or an Optuna pruner object. ``jobs``: trials run in that many worker processes
+    at once, sharing the study's storage, each with its share of the CPU cores."""
     optuna = require_optuna()
     from recog import api
 
     if trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {trials}")
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {jobs}")
     if timeout is not None and timeout <= 0:
         raise ConfigError(f"--timeout must be positive, got {timeout}")
     entries = load_space(model, space)
@@ -196,15 +201,17 @@ def tune(
     folder.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(folder / 'study.db').resolve()}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna: a crashed trial is marked failed
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            rdb = optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy / driver errors: name the URL
-        raise ConfigError(f"--storage {url}: cannot open it ({str(exc).splitlines()[0][:200]})") from None
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}  # workers share the file
+    rdb = _open_storage(optuna, url, engine)
+    sampler_seed = seed + 1000 * (_worker or 0)  # workers must not propose the same first trials
     the_study = optuna.create_study(study_name=name, storage=rdb, direction="maximize", load_if_exists=True,
-                                    sampler=optuna.samplers.TPESampler(seed=seed), pruner=_pruner(optuna, pruner))
+                                    sampler=optuna.samplers.TPESampler(seed=sampler_seed),
+                                    pruner=_pruner(optuna, pruner))
     _check_same_study(the_study, name, {"data": str(data), "model": str(model)})
+    if jobs > 1:
+        return _run_workers(dict(data=data, model=model, timeout=timeout, trial_budget=trial_budget, epochs=epochs,
+                                 space=space, study=name, storage=url, pruner=pruner, project=project, seed=seed,
+                                 verbose=verbose, **train_options), trials, jobs, the_study, folder, url, base)
 
     def objective(trial: Any) -> float:
         options = sample(trial, entries, dict(checked.model_args))
@@ -224,6 +231,7 @@ def tune(
         run = api.train(**{**base, **options}, final_eval="val", project=str(folder / "trials"),
                         name=f"trial-{trial.number:04d}", verbose=False, on_epoch_end=report)
         trial.set_user_attr("run", str(run.path))
+        trial.set_user_attr("worker", _worker or 0)
         trial.set_user_attr("seconds", round(time.perf_counter() - started, 1))
         if verbose:
             what = f"pruned after epoch {pruned_at}" if pruned_at else f"best val {best:.4f}"
@@ -234,11 +242,61 @@ def tune(
         return best
 
     before = len(the_study.trials)
-    if verbose:
+    if verbose and _worker is None:
         print(f"study {name} in {folder} ({before} earlier trials); {trials} trials"
               + (f", at most {timeout:.0f} s" if timeout else "") + f", pruner {_pruner_name(pruner)}", file=sys.stderr)
     the_study.optimize(objective, n_trials=trials, timeout=timeout, catch=(RecogError,), gc_after_trial=True)
-    return _write_results(the_study, folder, url, base, verbose)
+    return _write_results(the_study, folder, url, base, verbose and _worker is None)
+
+
+def _run_workers(kwargs: dict[str, Any], trials: int, jobs: int, the_study: Any, folder: Path, url: str,
+                 base: dict[str, Any]) -> TuneResult:
+    """``jobs`` worker processes (not threads: the memory-reuse switch, determinism and the RNGs are
+    process-wide), each running its share of the trials with its share of the cores."""
+    import multiprocessing
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    shares = [trials // jobs + (i < trials % jobs) for i in range(jobs)]
+    if kwargs["verbose"]:
+        print(f"study {the_study.study_name} in {folder} ({len(the_study.trials)} earlier trials); {trials} trials "
+              f"in {jobs} processes of {max(1, cores // jobs)} threads", file=sys.stderr)
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_work, args=(kwargs, share, i + 1, max(1, cores // jobs)), daemon=False)
+               for i, share in enumerate(shares) if share]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    failed = [w.exitcode for w in workers if w.exitcode]
+    if failed:
+        print(f"warning: {len(failed)} of {len(workers)} tuning workers ended with an error (exit codes "
+              f"{failed}); their finished trials are kept", file=sys.stderr)
+    import optuna
+
+    the_study = optuna.load_study(study_name=the_study.study_name, storage=url)  # every worker's trials
+    return _write_results(the_study, folder, url, base, kwargs["verbose"])
+
+
+def _work(kwargs: dict[str, Any], trials: int, worker: int, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    tune(**kwargs, trials=trials, jobs=1, _worker=worker)
+
+
+def _open_storage(optuna: Any, url: str, engine: dict[str, Any], attempts: int = 5) -> Any:
+    """Optuna's RDB storage, with heartbeats (a crashed trial is marked failed). Workers starting at
+    once on a new database race to create its tables: the loser tries again and finds them."""
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=60, grace_period=180)
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy / driver errors: name the URL
+            if attempt == attempts - 1 or "nique" not in str(exc):  # only the creation race is worth a retry
+                raise ConfigError(f"--storage {url}: cannot open it ({str(exc).splitlines()[0][:200]})") from None
+            time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")
 
 
 def _check_same_study(the_study: Any, name: str, about: dict[str, str]) -> None:
@@ -267,8 +325,9 @@ def _write_results(the_study: Any, folder: Path, url: str, base: dict[str, Any],
         rows.append({"number": t.number, "state": t.state.name.lower(),
                      "value": "" if t.value is None else round(t.value, 6),
                      "epochs": len(t.intermediate_values), "seconds": t.user_attrs.get("seconds", ""),
-                     "run": t.user_attrs.get("run", ""), "params": json.dumps(t.params, sort_keys=True)})
-    columns = ["number", "state", "value", "epochs", "seconds", "run", "params"]
+                     "worker": t.user_attrs.get("worker", ""), "run": t.user_attrs.get("run", ""),
+                     "params": json.dumps(t.params, sort_keys=True)})
+    columns = ["number", "state", "value", "epochs", "seconds", "worker", "run", "params"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
