@@ -26,7 +26,8 @@ def _rows(folder: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_a_study_runs_resumes_with_numbering_continued_and_its_best_config_trains(tmp_path: Path) -> None:
+def test_a_study_runs_resumes_with_numbering_continued_and_its_best_config_trains(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     result = tune(data="digits", model="seednet", trials=3, epochs=2, pruner="none", project=str(tmp_path),
                   verbose=False)
     folder = tmp_path / "tune" / "digits-seednet"
@@ -47,6 +48,12 @@ def test_a_study_runs_resumes_with_numbering_continued_and_its_best_config_train
         assert cfg["final_eval"] == "val"
     best_value = max(float(r["value"]) for r in rows if r["state"] == "complete")
     assert f"best validation score {best_value:.4f}" in (folder / "best.yaml").read_text()
+    assert (folder / "history.png").is_file() and (folder / "importances.png").is_file()
+    capsys.readouterr()
+    assert main(["tune", "--show", "digits-seednet", "--project", str(tmp_path)]) == 0
+    board = capsys.readouterr().out.splitlines()
+    assert board[0].startswith("study digits-seednet: 5 trials") and board[1].split()[:3] == ["rank", "trial", "val"]
+    assert float(board[2].split()[2]) == pytest.approx(best_value, abs=1e-4)  # the best trial first
     run = recog.train(config=str(folder / "best.yaml"), epochs=1, project=str(tmp_path / "after"), verbose=False)
     assert run.config.model_args == yaml.safe_load((folder / "best.yaml").read_text())["model_args"]
 
@@ -146,3 +153,48 @@ def test_two_machines_share_a_study_in_postgresql(tmp_path: Path) -> None:
         assert runs == {"machine0", "machine1"}
     finally:
         optuna.delete_study(study_name=name, storage=POSTGRES)
+
+
+def test_a_killed_workers_trial_is_failed_by_its_heartbeat_and_retried_once(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    code = ("from recog.tune import tune; tune(data='digits', model='seednet', trials=1, epochs=500, pruner='none', "
+            f"project={str(tmp_path)!r}, verbose=False, heartbeat=1)")
+    worker = subprocess.Popen([sys.executable, "-c", code])
+    metrics = tmp_path / "tune" / "digits-seednet" / "trials" / "trial-0000" / "metrics.csv"
+    for _ in range(600):  # until its trial has trained an epoch
+        if metrics.is_file() or worker.poll() is not None:
+            break
+        time.sleep(0.1)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=30)
+    assert worker.returncode == -signal.SIGKILL
+    time.sleep(3.5)  # past the grace period of 3 missed heartbeats
+    result = tune(data="digits", model="seednet", trials=1, epochs=1, pruner="none", project=str(tmp_path),
+                  verbose=False, heartbeat=1)
+    states = [(r["number"], r["state"]) for r in result.trials]
+    assert states == [(0, "fail"), (1, "complete")]  # failed, then run again once
+    study = optuna.load_study(study_name="digits-seednet", storage=result.storage)
+    killed, retried = study.trials
+    assert retried.params == killed.params
+    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", optuna.storages.RetryFailedTrialCallback)
+    assert retry.retried_trial_number(retried) == 0
+
+
+def test_lr_find_on_digits_suggests_a_sane_rate_and_plots_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["lr-find", "--data", "digits", "--model", "seednet", "--optimizer", "sgd", "--batch-size", "64",
+                 "--scan-steps", "120", "--project", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    suggested = float(out.split("suggested lr ")[1].split()[0])
+    assert 1e-4 <= suggested <= 1.0  # SGD on digits learns between ~1e-3 and ~1
+    folder = tmp_path / "lr-find"
+    assert (folder / "lr_find.png").is_file()
+    with open(folder / "lr_find.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    lrs = [float(r["lr"]) for r in rows]
+    assert 20 <= len(rows) <= 120 and lrs == sorted(lrs) and lrs[0] == pytest.approx(1e-6)
+    from recog.lr_find import lr_find
+
+    with pytest.raises(ConfigError, match="--start-lr and --end-lr"):
+        lr_find(start_lr=1.0, end_lr=0.1, project=str(tmp_path))

@@ -132,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cors", action="append", metavar="ORIGIN", help="allow browser pages from this origin "
                                                                      "(repeatable; default: none)")
 
+    p = sub.add_parser("lr-find", help="the learning-rate range test: a plot of loss against a rising lr, and a "
+                                       "suggested lr", allow_abbrev=False)
+    p.add_argument("--config", metavar="FILE", help="YAML file of config keys; flags override it")
+    p.add_argument("--start-lr", type=float, default=1e-6, help="(default: 1e-6)")
+    p.add_argument("--end-lr", type=float, default=10.0, help="(default: 10)")
+    p.add_argument("--scan-steps", type=int, default=200, help="steps of the scan (default: 200)")
+    _add_config_flags(p)
+
     p = sub.add_parser("tune", help="search training options and architecture with Optuna (a resumable study; "
                                     "trials never read the test split)", allow_abbrev=False)
     p.add_argument("--data", default="digits", help="dataset name, image folder or label manifest (default: digits)")
@@ -148,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pruner", default="hyperband", help="hyperband, median or none (default: hyperband)")
     p.add_argument("--project", default="runs", help="the study folder is PROJECT/tune/NAME (default: runs)")
     p.add_argument("--seed", type=int, default=0, help="sampler and training seed (default: 0)")
+    p.add_argument("--show", metavar="STUDY", help="print the study's leaderboard (with --project, --storage) and "
+                                                   "exit")
     p.add_argument("--jobs", type=int, default=1, help="trials at once, in as many processes sharing the cores "
                                                        "(default: 1)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -261,11 +271,25 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lr_find(ns: argparse.Namespace) -> int:
+    from recog.lr_find import lr_find
+
+    overrides = {f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig)}
+    if overrides["model_args"] is not None:
+        overrides["model_args"] = _parse_model_args(overrides["model_args"])
+    lr_find(ns.config, start_lr=ns.start_lr, end_lr=ns.end_lr, scan_steps=ns.scan_steps, **overrides)
+    return 0
+
+
 def cmd_tune(ns: argparse.Namespace) -> int:
     import yaml
 
     from recog.config import parse_duration
-    from recog.tune import tune
+    from recog.tune import show, tune
+
+    if ns.show:
+        print(show(ns.show, ns.project, ns.storage))
+        return 0
 
     fixed = {}
     for item in ns.set:
@@ -341,7 +365,7 @@ def cmd_models(ns: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "tune": cmd_tune, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export,
+COMMANDS = {"train": cmd_train, "lr-find": cmd_lr_find, "tune": cmd_tune, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export,
             "serve": cmd_serve, "explain": cmd_explain, "models": cmd_models}
 
 

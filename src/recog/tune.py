@@ -44,6 +44,7 @@ from recog.fileio import atomic_write_text
 
 PRUNERS = ("hyperband", "median", "none")
 KINDS = ("float", "int", "choice")
+HEARTBEAT_S = 30  # a trial's worker reports alive this often (its trial is failed after 3 silent intervals)
 STUDY_KEYS = ("data", "model")  # what a study is about: resuming it with other values is an error
 
 
@@ -172,6 +173,7 @@ def tune(
     seed: int = 0,
     jobs: int = 1,
     verbose: bool = True,
+    heartbeat: float = HEARTBEAT_S,
     _worker: int | None = None,
     **train_options: Any,
 ) -> TuneResult:
@@ -202,7 +204,7 @@ def tune(
     url = storage or f"sqlite:///{(folder / 'study.db').resolve()}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}  # workers share the file
-    rdb = _open_storage(optuna, url, engine)
+    rdb = _open_storage(optuna, url, engine, heartbeat)
     sampler_seed = seed + 1000 * (_worker or 0)  # workers must not propose the same first trials
     the_study = optuna.create_study(study_name=name, storage=rdb, direction="maximize", load_if_exists=True,
                                     sampler=optuna.samplers.TPESampler(seed=sampler_seed),
@@ -211,7 +213,7 @@ def tune(
     if jobs > 1:
         return _run_workers(dict(data=data, model=model, timeout=timeout, trial_budget=trial_budget, epochs=epochs,
                                  space=space, study=name, storage=url, pruner=pruner, project=project, seed=seed,
-                                 verbose=verbose, **train_options), trials, jobs, the_study, folder, url, base)
+                                 verbose=verbose, heartbeat=heartbeat, **train_options), trials, jobs, the_study, folder, url, base)
 
     def objective(trial: Any) -> float:
         options = sample(trial, entries, dict(checked.model_args))
@@ -284,14 +286,21 @@ def _work(kwargs: dict[str, Any], trials: int, worker: int, threads: int) -> Non
     tune(**kwargs, trials=trials, jobs=1, _worker=worker)
 
 
-def _open_storage(optuna: Any, url: str, engine: dict[str, Any], attempts: int = 5) -> Any:
-    """Optuna's RDB storage, with heartbeats (a crashed trial is marked failed). Workers starting at
-    once on a new database race to create its tables: the loser tries again and finds them."""
+def _open_storage(optuna: Any, url: str, engine: dict[str, Any], heartbeat: float = HEARTBEAT_S,
+                  attempts: int = 5) -> Any:
+    """Optuna's RDB storage with heartbeats: a trial whose worker died (killed, the machine lost)
+    stops beating, is marked failed by the next worker after ``3 x heartbeat`` seconds and retried
+    once with the same options. Workers starting at once on a new database race to create its
+    tables: the loser tries again and finds them."""
     for attempt in range(attempts):
         try:
             with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=60, grace_period=180)
+                stale = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)  # Optuna >= 4.9
+                retry = ({"heartbeat_stale_trial_callback": stale(max_retry=1)} if stale is not None else
+                         {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)})
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=max(1, int(heartbeat)),
+                                                  grace_period=max(2, int(3 * heartbeat)), **retry)
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy / driver errors: name the URL
             if attempt == attempts - 1 or "nique" not in str(exc):  # only the creation race is worth a retry
                 raise ConfigError(f"--storage {url}: cannot open it ({str(exc).splitlines()[0][:200]})") from None
@@ -312,6 +321,11 @@ def _check_same_study(the_study: Any, name: str, about: dict[str, str]) -> None:
                           f"or start another with --study NAME")
 
 
+def _decoded(params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's parameters as values (its choices are stored as their JSON text)."""
+    return {k: json.loads(v) if isinstance(v, str) else v for k, v in params.items()}
+
+
 def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else json.dumps(value, separators=(",", ":"))
 
@@ -326,7 +340,7 @@ def _write_results(the_study: Any, folder: Path, url: str, base: dict[str, Any],
                      "value": "" if t.value is None else round(t.value, 6),
                      "epochs": len(t.intermediate_values), "seconds": t.user_attrs.get("seconds", ""),
                      "worker": t.user_attrs.get("worker", ""), "run": t.user_attrs.get("run", ""),
-                     "params": json.dumps(t.params, sort_keys=True)})
+                     "params": json.dumps(_decoded(t.params), sort_keys=True)})
     columns = ["number", "state", "value", "epochs", "seconds", "worker", "run", "params"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
@@ -334,6 +348,7 @@ def _write_results(the_study: Any, folder: Path, url: str, base: dict[str, Any],
     writer.writerows(rows)
     atomic_write_text(folder / "trials.csv", buf.getvalue())
     complete = [t for t in the_study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    _plots(the_study, folder, len(complete))
     if not complete:
         if verbose:
             print(f"no trial completed yet; trials in {folder / 'trials.csv'}", file=sys.stderr)
@@ -364,3 +379,60 @@ def _params_space(trial: Any) -> dict[str, dict[str, Any]]:
         else:
             space[key] = {"float": [dist.low, dist.high], "log": dist.log}
     return space
+
+
+def _plots(the_study: Any, folder: Path, complete: int) -> None:
+    """history.png (every trial's score and the best so far) and, from 2 completed trials with
+    parameters on, importances.png (fANOVA: how much of the score's variance each option explains)."""
+    if not complete:
+        return
+    import optuna.visualization.matplotlib as ovm
+
+    from recog.fileio import atomic_path
+    from recog.report import _pyplot
+
+    plt = _pyplot()
+    drawings = [("history.png", ovm.plot_optimization_history)]
+    if complete >= 2 and the_study.best_trial.params:
+        drawings.append(("importances.png", ovm.plot_param_importances))
+    for name, draw in drawings:
+        with warnings.catch_warnings():  # Optuna's matplotlib plots are "experimental"
+            warnings.simplefilter("ignore")
+            try:
+                ax = draw(the_study)
+            except (ValueError, RuntimeError):  # e.g. importances of parameters that never varied
+                continue
+        figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        figure.set_size_inches(8, 5)
+        figure.tight_layout()
+        with atomic_path(folder / name) as tmp:
+            figure.savefig(tmp, format="png", dpi=100)
+        plt.close(figure)
+
+
+def show(study: str, project: str | os.PathLike = "runs", storage: str | None = None, top: int = 10) -> str:
+    """The study's leaderboard: its best ``top`` completed trials and the count of every state."""
+    optuna = require_optuna()
+    folder = Path(project).expanduser() / "tune" / study
+    url = storage or f"sqlite:///{(folder / 'study.db').resolve()}"
+    if storage is None and not (folder / "study.db").is_file():
+        known = sorted(p.name for p in (Path(project).expanduser() / "tune").glob("*") if (p / "study.db").is_file())
+        raise ConfigError(f"no study {study!r} in {folder.parent}" + (f" (studies: {', '.join(known)})" if known
+                                                                      else ""))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        the_study = optuna.load_study(study_name=study, storage=_open_storage(optuna, url, {}))
+    except KeyError:
+        raise ConfigError(f"no study {study!r} in {url}") from None
+    trials = the_study.trials
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+    done = sorted((t for t in trials if t.value is not None and t.state.name == "COMPLETE"), key=lambda t: -t.value)
+    lines = [f"study {study}: {len(trials)} trials (" + ", ".join(f"{n} {k}" for k, n in sorted(states.items())) + ")",
+             f"{'rank':>4} {'trial':>5} {'val':>7} {'epochs':>6} {'seconds':>7}  options"]
+    for rank, t in enumerate(done[:top], 1):
+        options = ", ".join(f"{k}={_short(v)}" for k, v in _decoded(t.params).items())
+        lines.append(f"{rank:>4} {t.number:>5} {t.value:>7.4f} {len(t.intermediate_values):>6} "
+                     f"{t.user_attrs.get('seconds', ''):>7}  {options}")
+    return "\n".join(lines)
