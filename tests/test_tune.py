@@ -198,3 +198,12 @@ def test_lr_find_on_digits_suggests_a_sane_rate_and_plots_it(tmp_path: Path, cap
 
     with pytest.raises(ConfigError, match="--start-lr and --end-lr"):
         lr_find(start_lr=1.0, end_lr=0.1, project=str(tmp_path))
+
+
+def test_lr_auto_runs_the_range_test_first_and_trains_with_its_suggestion(tmp_path: Path) -> None:
+    run = recog.train(data="digits", model="airnet_small", epochs=6, lr="auto", project=str(tmp_path), verbose=False)
+    with open(tmp_path / "lr-find" / "lr_find.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) >= 20
+    assert isinstance(run.config.lr, float) and 1e-4 <= run.config.lr <= 10
+    assert yaml.safe_load((run.path / "config.yaml").read_text())["lr"] == run.config.lr  # recorded as a number
+    assert run.report["accuracy"] >= 0.97

@@ -61,6 +61,8 @@ def train(
     """Train a classifier. Keyword arguments are the config keys (``data``, ``model``, ``epochs``…);
     ``config`` is a YAML file of them. ``resume`` continues a run folder from its last epoch.
     ``on_epoch_end(row)`` is called with each epoch's metrics; returning True stops training."""
+    if overrides.get("lr") == "auto" and resume is None:
+        overrides = _lr_from_range_test(config, overrides)
     planning = time.perf_counter()
     cfg, saved, run_dir = _resolve(config, resume, overrides)
     planning = time.perf_counter() - planning
@@ -79,6 +81,21 @@ def train(
             _late_skipped(training)
         report = _final_report(training, state)
     return Run(training.run_dir, training.config, state.history, training.model, training.data.classes, report)
+
+
+def _lr_from_range_test(config: str | os.PathLike | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``lr="auto"``: the lr range test (``recog lr-find``) on this run's set-up first; its suggestion
+    becomes ``lr`` (and, with Muon, ``muon_lr`` at the scan's ratio unless given)."""
+    from recog.lr_find import lr_find
+
+    result = lr_find(config, **{k: v for k, v in overrides.items() if k != "lr"})
+    chosen = {"lr": float(f"{result.suggestion:.3g}")}
+    if result.muon_ratio is not None and overrides.get("muon_lr") is None:
+        chosen["muon_lr"] = float(f"{result.suggestion * result.muon_ratio:.3g}")
+    if overrides.get("verbose") is not False and is_main():
+        print("--lr auto: training with " + ", ".join(f"{k} {v:g}" for k, v in chosen.items())
+              + f" (range test in {result.folder})", file=sys.stderr)
+    return {**overrides, **chosen}
 
 
 def _resolve(config: str | os.PathLike | None, resume: str | os.PathLike | None,

@@ -63,9 +63,22 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         elif base is dict:
             parser.add_argument(flag, dest=f.name, nargs="+", default=None, metavar="KEY=VALUE",
                                 help="model builder arguments, e.g. widths=[32,64,128]")
+        elif f.name == "lr":  # a number, or "auto": the lr range test first (recog lr-find)
+            parser.add_argument(flag, dest=f.name, type=_lr_value, default=None, metavar="LR",
+                                help=(help_text or "") + "; auto: run the lr range test first and train with its "
+                                     "suggestion")
         else:
             parser.add_argument(flag, dest=f.name, type=base, default=None, metavar=f.name.upper(),
                                 help=help_text)
+
+
+def _lr_value(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number or auto, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,6 +40,7 @@ class LRFind:
     stopped: str  # why the scan ended
     folder: Path
     note: str = ""
+    muon_ratio: float | None = None  # muon_lr / lr of the scan (optimizer muon)
 
 
 def lr_find(config: str | os.PathLike | None = None, start_lr: float = 1e-6, end_lr: float = 10.0,
@@ -66,6 +67,7 @@ def lr_find(config: str | os.PathLike | None = None, start_lr: float = 1e-6, end
     stopped = f"reached --end-lr {end_lr:g} after {scan_steps} steps"
     with session(cfg):
         t = build(cfg, None, folder)
+        cfg = t.config  # resolved: batch size, lr and muon_lr filled
         stepper = t.stepper()
         t.net.train()
         ratio = (end_lr / start_lr) ** (1 / (scan_steps - 1))
@@ -94,12 +96,16 @@ def lr_find(config: str | os.PathLike | None = None, start_lr: float = 1e-6, end
     lowest = min(range(len(smooth)), key=smooth.__getitem__)
     slopes = [(smooth[i + 1] - smooth[i]) / math.log(lrs[i + 1] / lrs[i]) for i in range(max(1, lowest))]
     steep = min(range(len(slopes)), key=slopes.__getitem__)
-    note = ""
+    note, ratio = "", None
+    if lowest == len(smooth) - 1:
+        note = (f"the loss was still falling at the scan's last rate {lrs[-1]:.3g}: the minimum may lie beyond it "
+                f"(raise --end-lr)")
     if cfg.optimizer == "muon":
         ratio = cfg.muon_lr / cfg.lr
-        note = (f"optimizer muon: the conv filters' rate (muon_lr) moved with lr at the configured ratio "
-                f"muon_lr/lr = {ratio:.3g}; to use the suggestion, set --lr to it and --muon-lr to {ratio:.3g}x it")
-    result = LRFind(lrs, smooth, raw, lrs[lowest] / 10, lrs[lowest], lrs[steep], stopped, folder, note)
+        note = ((note + "; ") if note else "") + (
+            f"optimizer muon: the conv filters' rate (muon_lr) moved with lr at the configured ratio "
+            f"muon_lr/lr = {ratio:.3g}; to use the suggestion, set --lr to it and --muon-lr to {ratio:.3g}x it")
+    result = LRFind(lrs, smooth, raw, lrs[lowest] / 10, lrs[lowest], lrs[steep], stopped, folder, note, ratio)
     _write(result, cfg)
     if verbose:
         print(f"lr range test of {cfg.model} on {cfg.data} ({len(lrs)} steps of {cfg.batch_size}, {cfg.optimizer}): "
