@@ -4,6 +4,7 @@ epoch hook, never reading the test split, ending with a config to train with."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -207,3 +208,24 @@ def test_lr_auto_runs_the_range_test_first_and_trains_with_its_suggestion(tmp_pa
     assert isinstance(run.config.lr, float) and 1e-4 <= run.config.lr <= 10
     assert yaml.safe_load((run.path / "config.yaml").read_text())["lr"] == run.config.lr  # recorded as a number
     assert run.report["accuracy"] >= 0.97
+
+
+def test_several_objectives_give_a_pareto_front_and_its_most_accurate_point(tmp_path: Path) -> None:
+    result = tune(data="digits", model="seednet", trials=3, epochs=1, objectives=("accuracy", "latency", "params"),
+                  project=str(tmp_path), verbose=False)
+    rows = [r for r in _rows(result.folder) if r["state"] == "complete"]
+    assert len(rows) == 3 and all(len(json.loads(r["values"])) == 3 for r in rows)
+    for r in rows:
+        accuracy, latency_ms, params = json.loads(r["values"])
+        assert 0 <= accuracy <= 1 and latency_ms > 0 and params > 1000
+    front = [r for r in rows if r["pareto"] == "yes"]
+    assert front and (result.folder / "pareto.png").is_file()
+    assert result.best_value == pytest.approx(max(json.loads(r["values"])[0] for r in front), abs=1e-6)
+    with pytest.raises(ConfigError, match="study digits-seednet was made for objectives"):
+        tune(data="digits", model="seednet", trials=1, epochs=1, project=str(tmp_path), verbose=False)
+    with pytest.raises(ConfigError, match="unknown 'latncy'.*latency"):
+        tune(objectives=("accuracy", "latncy"), project=str(tmp_path), verbose=False)
+    with pytest.raises(ConfigError, match="accuracy first"):
+        tune(objectives=("params", "accuracy"), project=str(tmp_path), verbose=False)
+    with pytest.raises(ConfigError, match="run unpruned"):
+        tune(objectives=("accuracy", "params"), pruner="median", project=str(tmp_path), verbose=False)

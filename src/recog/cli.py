@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampler and training seed (default: 0)")
     p.add_argument("--show", metavar="STUDY", help="print the study's leaderboard (with --project, --storage) and "
                                                    "exit")
+    p.add_argument("--objectives", default="accuracy", help="accuracy, or accuracy with latency and/or params "
+                                                            "(e.g. accuracy,latency): the Pareto front, unpruned")
     p.add_argument("--jobs", type=int, default=1, help="trials at once, in as many processes sharing the cores "
                                                        "(default: 1)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -314,7 +316,7 @@ def cmd_tune(ns: argparse.Namespace) -> int:
     try:
         tune(data=ns.data, model=ns.model, trials=ns.trials, timeout=timeout, trial_budget=ns.trial_budget,
              epochs=ns.epochs, space=ns.space, study=ns.study, storage=ns.storage, pruner=ns.pruner,
-             project=ns.project, seed=ns.seed, jobs=ns.jobs, **fixed)
+             project=ns.project, seed=ns.seed, jobs=ns.jobs, objectives=ns.objectives, **fixed)
     except KeyboardInterrupt:
         return 130
     return 0

@@ -31,6 +31,7 @@ import re
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -43,9 +44,12 @@ from recog.errors import ConfigError, RecogError, did_you_mean
 from recog.fileio import atomic_write_text
 
 PRUNERS = ("hyperband", "median", "none")
+# what a study can optimise: the validation score, the model's inference time per image (ms, timed as
+# the time-budget planner times evaluation) or its parameter count; several at once give a Pareto front
+OBJECTIVES = {"accuracy": "maximize", "latency": "minimize", "params": "minimize"}
 KINDS = ("float", "int", "choice")
 HEARTBEAT_S = 30  # a trial's worker reports alive this often (its trial is failed after 3 silent intervals)
-STUDY_KEYS = ("data", "model")  # what a study is about: resuming it with other values is an error
+STUDY_KEYS = ("data", "model", "objectives")  # what a study is about: resuming it with other values is an error
 
 
 @dataclass
@@ -174,6 +178,7 @@ def tune(
     jobs: int = 1,
     verbose: bool = True,
     heartbeat: float = HEARTBEAT_S,
+    objectives: Sequence[str] = ("accuracy",),
     _worker: int | None = None,
     **train_options: Any,
 ) -> TuneResult:
@@ -181,7 +186,9 @@ def tune(
     ``trial_budget`` sizes every trial by time (``"1m"``: the time-budget planner), ``epochs`` by
     epochs; ``train_options`` are fixed training options for every trial. ``pruner``: hyperband,
     median, none, or an Optuna pruner object. ``jobs``: trials run in that many worker processes
-    at once, sharing the study's storage, each with its share of the CPU cores."""
+    at once, sharing the study's storage, each with its share of the CPU cores. ``objectives``:
+    accuracy first, then latency and/or params: the study keeps the Pareto front (unpruned: Optuna's
+    pruners are single-objective) and ``best.yaml`` is the front's most accurate point."""
     optuna = require_optuna()
     from recog import api
 
@@ -189,6 +196,13 @@ def tune(
         raise ConfigError(f"--trials must be at least 1, got {trials}")
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+    objectives = _check_objectives(objectives)
+    multi = len(objectives) > 1
+    if multi and not isinstance(pruner, str) or multi and pruner not in ("hyperband", "none"):
+        raise ConfigError("multi-objective studies run unpruned (Optuna's pruners are single-objective): "
+                          "leave --pruner out")
+    if multi:
+        pruner = "none"
     if timeout is not None and timeout <= 0:
         raise ConfigError(f"--timeout must be positive, got {timeout}")
     entries = load_space(model, space)
@@ -200,48 +214,67 @@ def tune(
     if reserved:
         raise ConfigError(f"recog tune sets {', '.join(reserved)} itself (trials evaluate on val, in the study folder)")
     checked = make_config(None, **base, final_eval="val", verbose=False)  # bad options fail here, not in trial 0
+    budget_s = checked.budget_s
     folder.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(folder / 'study.db').resolve()}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}  # workers share the file
     rdb = _open_storage(optuna, url, engine, heartbeat)
     sampler_seed = seed + 1000 * (_worker or 0)  # workers must not propose the same first trials
-    the_study = optuna.create_study(study_name=name, storage=rdb, direction="maximize", load_if_exists=True,
-                                    sampler=optuna.samplers.TPESampler(seed=sampler_seed),
+    the_study = optuna.create_study(study_name=name, storage=rdb, directions=[OBJECTIVES[o] for o in objectives],
+                                    load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=sampler_seed),
                                     pruner=_pruner(optuna, pruner))
-    _check_same_study(the_study, name, {"data": str(data), "model": str(model)})
+    _check_same_study(the_study, name, {"data": str(data), "model": str(model), "objectives": ",".join(objectives)})
     if jobs > 1:
         return _run_workers(dict(data=data, model=model, timeout=timeout, trial_budget=trial_budget, epochs=epochs,
                                  space=space, study=name, storage=url, pruner=pruner, project=project, seed=seed,
-                                 verbose=verbose, heartbeat=heartbeat, **train_options), trials, jobs, the_study, folder, url, base)
+                                 verbose=verbose, heartbeat=heartbeat, objectives=objectives, **train_options),
+                            trials, jobs, the_study, folder, url, base)
 
-    def objective(trial: Any) -> float:
+    def objective(trial: Any) -> float | tuple[float, ...]:
         options = sample(trial, entries, dict(checked.model_args))
         best, pruned_at = -math.inf, None
+        reported: set[int] = set()
+        started = time.perf_counter()
 
         def report(row: dict[str, Any]) -> bool:
             nonlocal best, pruned_at
             score = _score(row)
             best = max(best, score)
-            trial.report(score, int(row["epoch"]))
+            if multi:
+                return False
+            # trials sized by time report at the tenth of their budget an epoch ends in, so the pruner
+            # compares trials at equal time (a fast configuration runs more, shorter epochs); else by epoch
+            step = (max(1, min(10, round(10 * (time.perf_counter() - started) / budget_s))) if budget_s
+                    else int(row["epoch"]))
+            if step in reported:
+                return False
+            reported.add(step)
+            trial.report(score, step)
             if trial.should_prune():
                 pruned_at = int(row["epoch"])
                 return True  # the run stops after this epoch, its folder complete
             return False
 
-        started = time.perf_counter()
         run = api.train(**{**base, **options}, final_eval="val", project=str(folder / "trials"),
                         name=f"trial-{trial.number:04d}", verbose=False, on_epoch_end=report)
         trial.set_user_attr("run", str(run.path))
         trial.set_user_attr("worker", _worker or 0)
+        trial.set_user_attr("epochs", len(run.metrics))
         trial.set_user_attr("seconds", round(time.perf_counter() - started, 1))
         if verbose:
-            what = f"pruned after epoch {pruned_at}" if pruned_at else f"best val {best:.4f}"
+            what = f"pruned after epoch {pruned_at}" if pruned_at else f"best val {best:.4f}"  # (the run's epoch)
             shown = ", ".join(f"{k}={_short(v)}" for k, v in options.items())
             print(f"trial {trial.number}: {what} ({time.perf_counter() - started:.0f} s) {shown}", file=sys.stderr)
         if pruned_at is not None:
             raise optuna.TrialPruned(f"pruned after epoch {pruned_at}")
-        return best
+        if not multi:
+            return best
+        measured = tuple(measure(run, o) for o in objectives[1:])
+        if verbose:
+            print(f"trial {trial.number}: " + ", ".join(f"{o} {v:.4g}" for o, v in zip(objectives[1:], measured)),
+                  file=sys.stderr)
+        return (best, *measured)
 
     before = len(the_study.trials)
     if verbose and _worker is None:
@@ -308,14 +341,42 @@ def _open_storage(optuna: Any, url: str, engine: dict[str, Any], heartbeat: floa
     raise AssertionError("unreachable")
 
 
+def _check_objectives(objectives: Sequence[str] | str) -> tuple[str, ...]:
+    names = tuple(o.strip() for o in (objectives.split(",") if isinstance(objectives, str) else objectives))
+    unknown = [o for o in names if o not in OBJECTIVES]
+    if unknown:
+        raise ConfigError(f"--objectives: unknown {unknown[0]!r}{did_you_mean(unknown[0], OBJECTIVES)} "
+                          f"(choose from {', '.join(OBJECTIVES)}, accuracy first)")
+    if not names or names[0] != "accuracy" or len(set(names)) != len(names):
+        raise ConfigError(f"--objectives: accuracy first, then latency and/or params, each once; got {','.join(names)}")
+    return names
+
+
+def measure(run: Any, objective: str) -> float:
+    """A trained run's ``params`` (count) or ``latency`` (ms per image at batch 64 in its precision,
+    timed by the code that sizes the time budget's evaluation)."""
+    import torch
+
+    if objective == "params":
+        return float(sum(p.numel() for p in run.model.parameters()))
+    from recog.device import autocast
+    from recog.engine.budget import time_eval
+
+    cfg = run.config
+    device = next(run.model.parameters()).device
+    x = torch.randn(64, cfg.channels, cfg.image_size, cfg.image_size, device=device)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return 1000 * time_eval(run.model, x, lambda: autocast(device, cfg.precision))
+
+
 def _check_same_study(the_study: Any, name: str, about: dict[str, str]) -> None:
     """A new study records what it is about; resuming it with other data or model is an error."""
     saved = {k: the_study.user_attrs.get(k) for k in STUDY_KEYS}
-    if all(v is None for v in saved.values()):
-        for k, v in about.items():
+    for k, v in about.items():
+        if saved[k] is None:  # a new study (or one from before the key existed)
             the_study.set_user_attr(k, v)
-        return
-    changed = [f"{k} {saved[k]!r} (not {about[k]!r})" for k in STUDY_KEYS if saved[k] != about[k]]
+    changed = [f"{k} {saved[k]!r} (not {about[k]!r})" for k in STUDY_KEYS if saved[k] not in (None, about[k])]
     if changed:
         raise ConfigError(f"study {name} was made for {', '.join(changed)}: resume it with the same options, "
                           f"or start another with --study NAME")
@@ -334,16 +395,22 @@ def _write_results(the_study: Any, folder: Path, url: str, base: dict[str, Any],
     """trials.csv (every trial) and best.yaml (the best completed trial's options)."""
     import optuna
 
+    multi = len(the_study.directions) > 1
+    front = {t.number for t in the_study.best_trials} if multi else set()
     rows = []
     for t in the_study.trials:
+        values = t.values or []
         rows.append({"number": t.number, "state": t.state.name.lower(),
-                     "value": "" if t.value is None else round(t.value, 6),
-                     "epochs": len(t.intermediate_values), "seconds": t.user_attrs.get("seconds", ""),
+                     "value": round(values[0], 6) if values else "",
+                     "values": json.dumps([round(v, 6) for v in values]) if multi else "",
+                     "pareto": ("yes" if t.number in front else "no") if multi else "",
+                     "epochs": t.user_attrs.get("epochs", len(t.intermediate_values)), "seconds": t.user_attrs.get("seconds", ""),
                      "worker": t.user_attrs.get("worker", ""), "run": t.user_attrs.get("run", ""),
                      "params": json.dumps(_decoded(t.params), sort_keys=True)})
-    columns = ["number", "state", "value", "epochs", "seconds", "worker", "run", "params"]
+    columns = ["number", "state", "value", *(["values", "pareto"] if multi else []), "epochs", "seconds", "worker",
+               "run", "params"]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(folder / "trials.csv", buf.getvalue())
@@ -353,19 +420,28 @@ def _write_results(the_study: Any, folder: Path, url: str, base: dict[str, Any],
         if verbose:
             print(f"no trial completed yet; trials in {folder / 'trials.csv'}", file=sys.stderr)
         return TuneResult(the_study.study_name, folder, url, None, {}, None, rows)
-    best = the_study.best_trial
+    # single objective: the best trial; several: the Pareto front's most accurate point
+    best = max(the_study.best_trials, key=lambda t: t.values[0]) if multi else the_study.best_trial
     options = sample(optuna.trial.FixedTrial(best.params), _params_space(best), dict(base.get("model_args") or {}))
     config = {**base, **options}
     header = (f"# recog tune: study {the_study.study_name}, trial {best.number} of {len(the_study.trials)}: "
-              f"best validation score {best.value:.4f}\n# (run: {best.user_attrs.get('run', '?')})\n"
+              f"best validation score {best.values[0]:.4f}"
+              + (" (the Pareto front's most accurate point; the front: pareto = yes in trials.csv)" if multi else "")
+              + f"\n# (run: {best.user_attrs.get('run', '?')})\n"
               f"# train with it: recog train --config {folder / 'best.yaml'}\n")
     atomic_write_text(folder / "best.yaml", header + yaml.safe_dump(config, sort_keys=False))
     if verbose:
-        print(f"best: trial {best.number}, val {best.value:.4f}: "
+        if multi:
+            names = the_study.user_attrs.get("objectives", "").split(",")
+            print("Pareto front (" + ", ".join(names) + "):", file=sys.stderr)
+            for t in sorted(the_study.best_trials, key=lambda t: -t.values[0]):
+                print(f"  trial {t.number}: " + ", ".join(f"{n} {v:.4g}" for n, v in zip(names, t.values)),
+                      file=sys.stderr)
+        print(f"best: trial {best.number}, val {best.values[0]:.4f}: "
               + ", ".join(f"{k}={_short(v)}" for k, v in options.items()), file=sys.stderr)
         print(f"{len(complete)} of {len(the_study.trials)} trials completed; best options in {folder / 'best.yaml'}; "
               f"train with: recog train --config {folder / 'best.yaml'}")
-    return TuneResult(the_study.study_name, folder, url, best.value, options, folder / "best.yaml", rows)
+    return TuneResult(the_study.study_name, folder, url, best.values[0], options, folder / "best.yaml", rows)
 
 
 def _params_space(trial: Any) -> dict[str, dict[str, Any]]:
@@ -392,9 +468,14 @@ def _plots(the_study: Any, folder: Path, complete: int) -> None:
     from recog.report import _pyplot
 
     plt = _pyplot()
-    drawings = [("history.png", ovm.plot_optimization_history)]
-    if complete >= 2 and the_study.best_trial.params:
-        drawings.append(("importances.png", ovm.plot_param_importances))
+    multi = len(the_study.directions) > 1
+    first = {"target": lambda t: t.values[0], "target_name": "accuracy"} if multi else {}
+    drawings: list[tuple[str, Any]] = [("history.png", lambda st: ovm.plot_optimization_history(st, **first))]
+    if complete >= 2 and any(t.params for t in the_study.trials):
+        drawings.append(("importances.png", lambda st: ovm.plot_param_importances(st, **first)))
+    if multi:
+        names = the_study.user_attrs.get("objectives", "").split(",")
+        drawings.append(("pareto.png", lambda st: ovm.plot_pareto_front(st, target_names=names)))
     for name, draw in drawings:
         with warnings.catch_warnings():  # Optuna's matplotlib plots are "experimental"
             warnings.simplefilter("ignore")
@@ -428,11 +509,11 @@ def show(study: str, project: str | os.PathLike = "runs", storage: str | None = 
     states: dict[str, int] = {}
     for t in trials:
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
-    done = sorted((t for t in trials if t.value is not None and t.state.name == "COMPLETE"), key=lambda t: -t.value)
+    done = sorted((t for t in trials if t.values and t.state.name == "COMPLETE"), key=lambda t: -t.values[0])
     lines = [f"study {study}: {len(trials)} trials (" + ", ".join(f"{n} {k}" for k, n in sorted(states.items())) + ")",
              f"{'rank':>4} {'trial':>5} {'val':>7} {'epochs':>6} {'seconds':>7}  options"]
     for rank, t in enumerate(done[:top], 1):
         options = ", ".join(f"{k}={_short(v)}" for k, v in _decoded(t.params).items())
-        lines.append(f"{rank:>4} {t.number:>5} {t.value:>7.4f} {len(t.intermediate_values):>6} "
+        lines.append(f"{rank:>4} {t.number:>5} {t.values[0]:>7.4f} {t.user_attrs.get('epochs', ''):>6} "
                      f"{t.user_attrs.get('seconds', ''):>7}  {options}")
     return "\n".join(lines)
