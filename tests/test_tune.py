@@ -124,11 +124,11 @@ def test_without_optuna_one_line_says_what_to_install() -> None:
 
 
 def test_jobs_run_trials_in_parallel_worker_processes(tmp_path: Path) -> None:
-    result = tune(data="digits", model="seednet", trials=4, epochs=1, jobs=2, pruner="none", project=str(tmp_path),
+    result = tune(data="digits", model="seednet", trials=2, epochs=1, jobs=2, pruner="none", project=str(tmp_path),
                   verbose=False)
     rows = _rows(result.folder)
-    assert sorted(int(r["number"]) for r in rows) == [0, 1, 2, 3] and {r["state"] for r in rows} == {"complete"}
-    assert sorted({r["worker"] for r in rows}) == ["1", "2"]  # two processes, two trials each
+    assert sorted(int(r["number"]) for r in rows) == [0, 1] and {r["state"] for r in rows} == {"complete"}
+    assert sorted(r["worker"] for r in rows) == ["1", "2"]  # two processes, one trial each, each recorded once
     assert result.best_config.is_file()
 
 
@@ -142,14 +142,14 @@ def test_two_machines_share_a_study_in_postgresql(tmp_path: Path) -> None:
 
     name = f"ci-{uuid.uuid4().hex[:8]}"
     command = [sys.executable, "-m", "recog", "tune", "--data", "digits", "--model", "seednet", "--epochs", "1",
-               "--trials", "2", "--pruner", "none", "--study", name, "--storage", POSTGRES]
+               "--trials", "1", "--pruner", "none", "--study", name, "--storage", POSTGRES]
     machines = [subprocess.Popen(command + ["--project", str(tmp_path / f"machine{i}")], stderr=subprocess.PIPE,
                                  text=True) for i in range(2)]
     errors = [m.communicate(timeout=300)[1] for m in machines]
     assert [m.returncode for m in machines] == [0, 0], errors
     study = optuna.load_study(study_name=name, storage=POSTGRES)
     try:
-        assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+        assert sorted(t.number for t in study.trials) == [0, 1]
         runs = {Path(t.user_attrs["run"]).parts[-5] for t in study.trials}  # machineN/tune/NAME/trials/trial-…
         assert runs == {"machine0", "machine1"}
     finally:
