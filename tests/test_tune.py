@@ -229,3 +229,15 @@ def test_several_objectives_give_a_pareto_front_and_its_most_accurate_point(tmp_
         tune(objectives=("params", "accuracy"), project=str(tmp_path), verbose=False)
     with pytest.raises(ConfigError, match="run unpruned"):
         tune(objectives=("accuracy", "params"), pruner="median", project=str(tmp_path), verbose=False)
+
+
+def test_a_trial_that_raises_is_recorded_failed_and_the_study_goes_on(tmp_path: Path) -> None:
+    space = tmp_path / "space.yaml"  # five conv-pool blocks leave nothing of an 8-px digit: that trial raises
+    space.write_text("model_args:\n  choice:\n    - {kernel_sizes: [3, 3, 3, 3, 3], channels: [4, 4, 4, 4, 4]}\n"
+                     "    - {kernel_sizes: [3], channels: [8]}\n")
+    result = tune(data="digits", model="seednet", trials=4, epochs=1, space=space, pruner="none",
+                  project=str(tmp_path), verbose=False)
+    states = {r["state"] for r in result.trials}
+    assert len(result.trials) == 4 and states == {"fail", "complete"}
+    assert json.loads(next(r for r in result.trials if r["state"] == "complete")["params"])["model_args"] == {
+        "channels": [8], "kernel_sizes": [3]}
