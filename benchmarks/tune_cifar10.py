@@ -40,7 +40,7 @@ def subset(root: Path, dest: Path, train_per_class: int = 1000, val_per_class: i
 
 
 def study(data: Path, project: Path, name: str, search_s: float, trial_budget: str, pruner: str) -> dict:
-    from recog.tune import tune
+    from recog.tuning import tune
 
     started = time.perf_counter()
     result = tune(data=str(data), model="airnet", trials=10_000, timeout=search_s, trial_budget=trial_budget,

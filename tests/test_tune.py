@@ -19,7 +19,7 @@ from recog.errors import ConfigError
 
 optuna = pytest.importorskip("optuna")
 
-from recog.tune import tune  # noqa: E402
+from recog.tuning import tune  # noqa: E402
 
 
 def _rows(folder: Path) -> list[dict[str, str]]:
@@ -160,7 +160,7 @@ def test_a_killed_workers_trial_is_failed_by_its_heartbeat_and_retried_once(tmp_
     import signal
     import time
 
-    code = ("from recog.tune import tune; tune(data='digits', model='seednet', trials=1, epochs=500, pruner='none', "
+    code = ("from recog.tuning import tune; tune(data='digits', model='seednet', trials=1, epochs=500, pruner='none', "
             f"project={str(tmp_path)!r}, verbose=False, heartbeat=1)")
     worker = subprocess.Popen([sys.executable, "-c", code])
     metrics = tmp_path / "tune" / "digits-seednet" / "trials" / "trial-0000" / "metrics.csv"
@@ -195,7 +195,7 @@ def test_lr_find_on_digits_suggests_a_sane_rate_and_plots_it(tmp_path: Path, cap
         rows = list(csv.DictReader(f))
     lrs = [float(r["lr"]) for r in rows]
     assert 20 <= len(rows) <= 120 and lrs == sorted(lrs) and lrs[0] == pytest.approx(1e-6)
-    from recog.lr_find import lr_find
+    from recog.lr_range import lr_find
 
     with pytest.raises(ConfigError, match="--start-lr and --end-lr"):
         lr_find(start_lr=1.0, end_lr=0.1, project=str(tmp_path))

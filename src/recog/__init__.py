@@ -10,7 +10,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = ("train", "evaluate", "predict", "load", "Run", "Classifier")
-_FEATURES = ("explain",)
+_FEATURES = {"explain": "explanations", "tune": "tuning", "lr_find": "lr_range"}  # function: its module
 _MODELS = ("create_model", "list_models", "register_model")
 __all__ = [*_API, *_FEATURES, *_MODELS, "TrainConfig", "__version__"]
 
@@ -20,10 +20,10 @@ def __getattr__(name: str) -> Any:
         from recog import api
 
         return getattr(api, name)
-    if name in _FEATURES:
-        from recog import explanations  # not recog/explain.py: a submodule would shadow the function
+    if name in _FEATURES:  # modules named apart from their function: recog/explain.py would shadow recog.explain
+        import importlib
 
-        return explanations.explain
+        return getattr(importlib.import_module(f"recog.{_FEATURES[name]}"), name)
     if name in _MODELS:
         from recog import models
 

@@ -86,7 +86,7 @@ def train(
 def _lr_from_range_test(config: str | os.PathLike | None, overrides: dict[str, Any]) -> dict[str, Any]:
     """``lr="auto"``: the lr range test (``recog lr-find``) on this run's set-up first; its suggestion
     becomes ``lr`` (and, with Muon, ``muon_lr`` at the scan's ratio unless given)."""
-    from recog.lr_find import lr_find
+    from recog.lr_range import lr_find
 
     result = lr_find(config, **{k: v for k, v in overrides.items() if k != "lr"})
     chosen = {"lr": float(f"{result.suggestion:.3g}")}

@@ -287,7 +287,7 @@ def cmd_serve(ns: argparse.Namespace) -> int:
 
 
 def cmd_lr_find(ns: argparse.Namespace) -> int:
-    from recog.lr_find import lr_find
+    from recog.lr_range import lr_find
 
     overrides = {f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig)}
     if overrides["model_args"] is not None:
@@ -300,7 +300,7 @@ def cmd_tune(ns: argparse.Namespace) -> int:
     import yaml
 
     from recog.config import parse_duration
-    from recog.tune import show, tune
+    from recog.tuning import show, tune
 
     if ns.show:
         print(show(ns.show, ns.project, ns.storage))
