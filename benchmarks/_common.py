@@ -36,6 +36,13 @@ def machine() -> dict[str, object]:
     }
 
 
+def machine_line(info: dict[str, object], **versions: str) -> str:
+    """The machine as the benchmarks print it: CPU, cores, bf16 units, torch and other versions."""
+    extra = "".join(f", {name} {version}" for name, version in versions.items())
+    return (f"machine: {info['cpu']}, {info['cores']} cores, AVX-512-BF16 {info['avx512_bf16']}, AMX {info['amx']}, "
+            f"torch {info['torch']}{extra}")
+
+
 def command() -> str:
     return "python " + " ".join(shlex.quote(a) for a in sys.argv)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import cifar10_folder, command, machine
+from _common import cifar10_folder, command, machine, machine_line
 
 METHODS = ("gradcam", "ig", "saliency", "occlusion")
 RANDOMISED_MAX_MEAN_RHO = 0.5  # tests/test_explain.py's threshold
@@ -111,8 +111,7 @@ def main() -> None:
     from recog.inference import load
 
     info = machine()
-    print(f"machine: {info['cpu']}, {info['cores']} cores, AVX-512-BF16 {info['avx512_bf16']}, AMX {info['amx']}, "
-          f"torch {info['torch']}", flush=True)
+    print(machine_line(info), flush=True)
     folder = cifar10_folder("png")
     run = args.run
     if run is None:

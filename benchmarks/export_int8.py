@@ -17,7 +17,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from _common import command, machine
+from _common import command, machine, machine_line
 
 
 def main() -> None:
@@ -33,8 +33,7 @@ def main() -> None:
     from recog.onnx_predict import session
 
     info = machine()
-    print(f"machine: {info['cpu']}, {info['cores']} cores, AVX-512-BF16 {info['avx512_bf16']}, AMX {info['amx']}, "
-          f"torch {info['torch']}, onnxruntime {onnxruntime.__version__}", flush=True)
+    print(machine_line(info, onnxruntime=onnxruntime.__version__), flush=True)
     rows = []
     for run in args.runs:
         clf = load(run, "cpu")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from _common import command, machine
+from _common import command, machine, machine_line
 
 CANDIDATES = {
     "airnet, whitened patch stem (photos recipe)": {"model": "airnet"},
@@ -34,8 +34,7 @@ def main() -> None:
     from recog.models import create_model, model_stats
 
     info = machine()
-    print(f"machine: {info['cpu']}, {info['cores']} cores, AVX-512-BF16 {info['avx512_bf16']}, AMX {info['amx']}, "
-          f"torch {info['torch']}", flush=True)
+    print(machine_line(info), flush=True)
     probe = Probe(side=max(args.sizes), channels=3, train=9500, val=500, test=3900)
     rows = []
     for size in args.sizes:

@@ -31,7 +31,7 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from _common import cifar10_folder, command, hymenoptera, machine
+from _common import cifar10_folder, command, hymenoptera, machine, machine_line
 
 
 def free_port() -> int:
@@ -159,8 +159,7 @@ def main() -> None:
     from recog.export import export
 
     info = machine()
-    print(f"machine: {info['cpu']}, {info['cores']} cores, AVX-512-BF16 {info['avx512_bf16']}, AMX {info['amx']}, "
-          f"torch {info['torch']}, onnxruntime {onnxruntime.__version__}", flush=True)
+    print(machine_line(info, onnxruntime=onnxruntime.__version__), flush=True)
     cifar = sorted((cifar10_folder("png") / "test").glob("*/*.png"))[::100][:64]
     photos = sorted((hymenoptera() / "val").glob("*/*.jpg"))[:64]
     requests = {"airnet": [p.read_bytes() for p in cifar], "tv:resnet18": [p.read_bytes() for p in photos]}

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import yaml
-from _common import cifar10_folder, command, machine
+from _common import cifar10_folder, command, machine, machine_line
 
 
 def subset(root: Path, dest: Path, train_per_class: int = 1000, val_per_class: int = 200) -> Path:
@@ -73,8 +73,7 @@ def main() -> None:
     from recog.config import parse_duration
 
     info = machine()
-    print(f"machine: {info['cpu']}, {info['cores']} cores, AVX-512-BF16 {info['avx512_bf16']}, AMX {info['amx']}, "
-          f"torch {info['torch']}", flush=True)
+    print(machine_line(info), flush=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         data = subset(cifar10_folder("png"), tmp / "cifar10-10k")
