@@ -39,12 +39,13 @@ def has_bf16(device: torch.device) -> bool:
     return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()
 
 
-def resolve_precision(precision: str, device: torch.device, verbose: bool = True) -> str:
-    """``auto``: bf16 on CUDA GPUs that have it and CPUs with AMX / AVX-512-BF16, else fp32 (said once)."""
+def resolve_precision(precision: str, device: torch.device, verbose: bool = True, doing: str = "training") -> str:
+    """``auto``: bf16 on CUDA GPUs that have it and CPUs with AMX / AVX-512-BF16, else fp32 (said once,
+    as ``doing`` in fp32)."""
     bf16 = has_bf16(device)
     if precision == "auto":
         if not bf16 and verbose:
-            print(f"note: no bf16 matrix units on this {device.type}: training in fp32", file=sys.stderr)
+            print(f"note: no bf16 matrix units on this {device.type}: {doing} in fp32", file=sys.stderr)
         return "bf16" if bf16 else "fp32"
     if precision == "bf16" and not bf16 and verbose:
         print("note: this CPU has no bf16 matrix units (AMX / AVX-512-BF16): bf16 autocast will be slow",

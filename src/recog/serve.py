@@ -71,15 +71,11 @@ class Predictor:
             self.model: Any = OnnxClassifier(path, spinning=False)  # its threads sleep: the decoders need the cores
             self.precision = self.model.meta.get("precision", "fp32")  # "int8" for recog export --int8
         else:
-            from recog.device import has_bf16
+            from recog.device import resolve_precision
             from recog.inference import load
 
             self.model = load(path, device)
-            bf16 = has_bf16(self.model.device)
-            if precision == "auto" and not bf16:
-                print(f"note: no bf16 matrix units on this {self.model.device.type}: serving in fp32",
-                      file=sys.stderr)
-            self.precision = "bf16" if precision == "bf16" or (precision == "auto" and bf16) else "fp32"
+            self.precision = resolve_precision(precision, self.model.device, doing="serving")
         self.meta = self.model.meta
         self.classes = list(self.meta["classes"])
 
@@ -311,17 +307,17 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
                           {"Retry-After": str(busy.retry_after)})
         try:
             data = await _image_bytes(request)
-            if isinstance(data, JSONResponse):
-                raise _Refused(data)
-            try:
-                return await run_in_threadpool(predictor.read, data)
-            except ImageReadError as exc:  # the message names no server path: the upload has no name here
-                raise _Refused(refuse(STATUS.get(exc.kind, 415), str(exc), exc.kind)) from None
-        except BaseException as exc:
+            refusal = data if isinstance(data, JSONResponse) else None
+            if refusal is None:
+                try:
+                    return await run_in_threadpool(predictor.read, data)
+                except ImageReadError as exc:  # the message names no server path: the upload has no name here
+                    refusal = refuse(STATUS.get(exc.kind, 415), str(exc), exc.kind)
+        except BaseException:
             batcher.withdraw()
-            if isinstance(exc, _Refused):
-                return exc.response
             raise
+        batcher.withdraw()
+        return refusal
 
     @app.post("/v1/predict")
     async def predict(request: Request) -> Any:
@@ -374,11 +370,6 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
         return data
 
     return BodyLimit(app, int(max_upload_mb * 2**20))
-
-
-class _Refused(Exception):
-    def __init__(self, response: Any) -> None:
-        self.response = response
 
 
 def _check_limits(max_upload_mb: float, max_batch: int, max_wait_ms: float, max_queue: int, timeout: float) -> None:
