@@ -259,6 +259,7 @@ def tune(
         run = api.train(**{**base, **options}, final_eval="val", project=str(folder / "trials"),
                         name=f"trial-{trial.number:04d}", verbose=False, on_epoch_end=report)
         trial.set_user_attr("run", str(run.path))
+        trial.set_user_attr("options", options)  # what best.yaml is made of
         trial.set_user_attr("worker", _worker or 0)
         trial.set_user_attr("epochs", len(run.metrics))
         trial.set_user_attr("seconds", round(time.perf_counter() - started, 1))
@@ -422,7 +423,7 @@ def _write_results(the_study: Any, folder: Path, url: str, base: dict[str, Any],
         return TuneResult(the_study.study_name, folder, url, None, {}, None, rows)
     # single objective: the best trial; several: the Pareto front's most accurate point
     best = max(the_study.best_trials, key=lambda t: t.values[0]) if multi else the_study.best_trial
-    options = sample(optuna.trial.FixedTrial(best.params), _params_space(best), dict(base.get("model_args") or {}))
+    options = best.user_attrs["options"]
     config = {**base, **options}
     header = (f"# recog tune: study {the_study.study_name}, trial {best.number} of {len(the_study.trials)}: "
               f"best validation score {best.values[0]:.4f}"
@@ -442,19 +443,6 @@ def _write_results(the_study: Any, folder: Path, url: str, base: dict[str, Any],
         print(f"{len(complete)} of {len(the_study.trials)} trials completed; best options in {folder / 'best.yaml'}; "
               f"train with: recog train --config {folder / 'best.yaml'}")
     return TuneResult(the_study.study_name, folder, url, best.values[0], options, folder / "best.yaml", rows)
-
-
-def _params_space(trial: Any) -> dict[str, dict[str, Any]]:
-    """A space that replays a finished trial's parameters through :func:`sample` (same decoding)."""
-    space: dict[str, dict[str, Any]] = {}
-    for key, dist in trial.distributions.items():
-        if hasattr(dist, "choices"):
-            space[key] = {"choice": [json.loads(c) for c in dist.choices]}
-        elif type(dist).__name__.startswith("Int"):
-            space[key] = {"int": [dist.low, dist.high], "log": dist.log}
-        else:
-            space[key] = {"float": [dist.low, dist.high], "log": dist.log}
-    return space
 
 
 def _plots(the_study: Any, folder: Path, complete: int) -> None:
