@@ -17,10 +17,13 @@ from torch import nn
 
 from recog.config import TrainConfig, make_config
 from recog.data import load_dataset
-from recog.engine.build import Training, build, data_options, run_data, session
+from recog.config import parse_duration
+from recog.device import resolve_device
+from recog.engine import distributed as dist
+from recog.engine.build import Training, build, data_options, run_data, session, shard_split
 from recog.engine.checkpoint import LoopState, load_state
 from recog.engine.distributed import is_main
-from recog.engine.fit import EpochHook, Hooks, fit
+from recog.engine.fit import EpochHook, Hooks, fit, gathered
 from recog.engine.plan import plan
 from recog.engine.memory import reuse_freed_memory
 from recog.errors import ConfigError, DataError, WeightsError
@@ -60,27 +63,77 @@ def train(
 ) -> Run:
     """Train a classifier. Keyword arguments are the config keys (``data``, ``model``, ``epochs``…);
     ``config`` is a YAML file of them. ``resume`` continues a run folder from its last epoch.
-    ``on_epoch_end(row)`` is called with each epoch's metrics; returning True stops training."""
+    ``on_epoch_end(row)`` is called with each epoch's metrics; returning True stops training.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the processes train one model with DDP: rank 0's config
+    is the run's, each rank steps on its slice of every batch, rank 0 writes; the hook runs on rank 0."""
     if overrides.get("lr") == "auto" and resume is None:
+        if dist.world_size() > 1:
+            raise ConfigError("--lr auto under torchrun: run recog lr-find on one process first, then train "
+                              "with --lr (and --muon-lr) set to what it suggests")
         overrides = _lr_from_range_test(config, overrides)
-    planning = time.perf_counter()
-    cfg, saved, run_dir = _resolve(config, resume, overrides)
-    planning = time.perf_counter() - planning
-    with session(cfg):
-        training = build(cfg, saved, run_dir, planning)
-        writer = _tensorboard(training.run_dir) if cfg.tensorboard and is_main() else None
-        try:
-            state = fit(training, Hooks(writer, on_epoch_end))
-        except KeyboardInterrupt:
-            if is_main():
-                print(f"\ninterrupted; continue with: recog train --resume {training.run_dir}", file=sys.stderr)
-            raise
-        finally:
-            if writer is not None:
-                writer.close()
+    given = _given(config, resume, overrides)
+    with dist.process_group(dist.device_for(resolve_device(given.device)),
+                            parse_duration(given.dist_timeout, "dist_timeout")):
+        dist.set_threads()
+        planning = time.perf_counter()
+        cfg, saved, run_dir = _resolve_everywhere(config, resume, overrides, given)
+        planning = time.perf_counter() - planning
+        with session(cfg):
+            training = build(cfg, saved, run_dir, planning)
+            writer = _tensorboard(training.run_dir) if cfg.tensorboard and is_main() else None
+            try:
+                state = fit(training, Hooks(writer, on_epoch_end))
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt) and is_main():
+                    print(f"\ninterrupted; continue with: recog train --resume {training.run_dir}", file=sys.stderr)
+                _late_skipped(training, share=False)  # no collective after a failure: the others may be gone
+                raise
+            finally:
+                if writer is not None:
+                    writer.close()
             _late_skipped(training)
-        report = _final_report(training, state)
+            if dist.active() and cfg.verbose:  # each rank says what it did: its share, and the same weights
+                print(f"rank {dist.rank()}/{dist.world_size()}: trained on {training.ran_images} images; weights "
+                      f"sha256 {dist.checksum(training.model)}", file=sys.stderr, flush=True)
+            report = _final_report(training, state)
     return Run(training.run_dir, training.config, state.history, training.model, training.data.classes, report)
+
+
+def _given(config: str | os.PathLike | None, resume: str | os.PathLike | None,
+           overrides: dict[str, Any]) -> TrainConfig:
+    """What this process was given, before any planning: its values are checked here (on every rank)
+    and compared with rank 0's under torchrun."""
+    if resume is not None and (Path(resume).expanduser() / "config.yaml").is_file():
+        return make_config(Path(resume).expanduser() / "config.yaml",
+                           **{k: overrides.get(k) for k in ("verbose", "device")})
+    return make_config(config, **overrides)
+
+
+def _resolve_everywhere(config: str | os.PathLike | None, resume: str | os.PathLike | None,
+                        overrides: dict[str, Any], given: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None,
+                                                                                 Path | None]:
+    """:func:`_resolve` on one process; under torchrun rank 0 resolves (plans, or finds the run to
+    resume, or after a restart the run this job was training) and every rank follows it."""
+    if not dist.active():
+        return _resolve(config, resume, overrides)
+
+    def resolve() -> tuple[Any, ...]:
+        restarted = dist.restarted_run(given.project) if resume is None else None
+        if restarted is not None:
+            print(f"torchrun restart {dist.restart_count()}: continuing {restarted} from its last saved epoch",
+                  file=sys.stderr)
+            return (*_resolve(None, restarted, {k: overrides.get(k) for k in ("verbose", "device")}), given)
+        return (*_resolve(config, resume, overrides), given)
+
+    cfg, saved, run_dir, rank0_given = dist.from_rank0(resolve)
+    differ = [k for k, v in given.to_dict().items() if k not in ("verbose",) and v != getattr(rank0_given, k)]
+    if differ:
+        shown = ", ".join(f"{k} ({getattr(given, k)!r} here, {getattr(rank0_given, k)!r} on rank 0)"
+                          for k in differ[:4])
+        print(f"warning: rank {dist.rank()} was started with a config that differs from rank 0's in {shown}"
+              f"{' …' if len(differ) > 4 else ''}: following rank 0's", file=sys.stderr)
+    return cfg, saved, run_dir
 
 
 def _lr_from_range_test(config: str | os.PathLike | None, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -124,9 +177,10 @@ def _resolve(config: str | os.PathLike | None, resume: str | os.PathLike | None,
     return cfg, saved, run_dir
 
 
-def _late_skipped(training: Training) -> None:
-    """Files that vanished or broke after the scan (streaming loader) join skipped.csv."""
+def _late_skipped(training: Training, share: bool = True) -> None:
+    """Files that vanished or broke after the scan (streaming loader; ``share``: every rank's) join skipped.csv."""
     late = [s for loader in (training.train_loader, training.val_loader) for s in getattr(loader, "skipped", [])]
+    late = [s for part in dist.gather(late) for s in part] if share and dist.active() else late
     if late and is_main():
         write_skipped(training.run_dir / "skipped.csv", sorted(set(training.data.skipped) | set(late)))
 
@@ -136,15 +190,18 @@ def _final_report(training: Training, state: LoopState) -> dict[str, Any]:
     cfg, ds, run_dir = training.config, training.data, training.run_dir
     best = run_dir / "weights" / "best.safetensors"
     meta = training.meta
-    if best.is_file():
+    if is_main() and best.is_file():  # rank 0's folder (on another machine the others have none)
         state_dict, meta = read_weights(best)
         load_into(training.model, state_dict, str(best))
+    meta = dist.broadcast(meta)
+    dist.broadcast_state(training.model)
     report: dict[str, Any] = {}
     if ds.eval_split is not None and cfg.final_eval != "off":
         split_name, split = ds.eval_split
         clf = Classifier(training.model, meta, training.device, best, cfg)
+        # each image once: every rank evaluates its part, the parts are gathered in order
         report, rows = evaluate_split(clf, split, split_name, cfg.precision, cfg.tta, workers=cfg.workers,
-                                      verbose=is_main())
+                                      verbose=is_main(), part=shard_split(split), gather=gathered)
         report["title"] = f"{run_dir.name} ({cfg.model} on {cfg.data})"
         if is_main():
             write_report(run_dir, report)

@@ -48,6 +48,8 @@ def _parse_model_args(items: Sequence[str]) -> dict[str, Any]:
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
+        if f.metadata.get("recorded"):
+            continue
         flag = "--" + f.name.replace("_", "-")
         hint = unwrap_optional(hints[f.name])
         base = typing.get_origin(hint) or hint
@@ -94,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a classifier (default: digits, bundled)", allow_abbrev=False)
     p.add_argument("--config", metavar="FILE", help="YAML file of config keys; flags override it")
     p.add_argument("--resume", metavar="RUN", help="continue a run folder from its last completed epoch")
+    p.add_argument("--nproc", type=int, metavar="N", help="train one model on N processes of this machine (DDP): "
+                   "hands over to torchrun (torch.distributed.run --standalone)")
     _add_config_flags(p)
 
     p = sub.add_parser("eval", help="evaluate a run or weights file and write a report", allow_abbrev=False)
@@ -214,13 +218,43 @@ def _reject_unknown(unknown: list[str], parser: argparse.ArgumentParser) -> None
 def cmd_train(ns: argparse.Namespace) -> int:
     import recog
 
-    overrides = {f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig)}
+    if ns.nproc is not None:
+        return _torchrun(ns.nproc, ns.argv)
+    overrides = {f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(ns, f.name)}
     if overrides["model_args"] is not None:
         overrides["model_args"] = _parse_model_args(overrides["model_args"])
     try:
         recog.train(ns.config, resume=ns.resume, **overrides)
     except KeyboardInterrupt:
         return 130
+    return 0
+
+
+def _torchrun(nproc: int, argv: list[str]) -> int:
+    """``recog train --nproc N …``: ``torchrun --standalone --nproc-per-node N -m recog train …`` in this
+    process (torch.distributed.run is the agent that starts, watches and stops the workers)."""
+    import os
+
+    if nproc < 1:
+        raise RecogError(f"--nproc must be at least 1, got {nproc}")
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    if "OMP_NUM_THREADS" not in os.environ:  # torchrun's default is 1 thread per process; share the cores
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        os.environ["OMP_NUM_THREADS"] = str(max(1, cores // nproc))
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    try:
+        torchrun(["--standalone", f"--nproc-per-node={nproc}", "-m", "recog", *rest])
+    except ChildFailedError:
+        return 1  # the workers said why on stderr; torchrun's summary follows it
     return 0
 
 
@@ -289,7 +323,9 @@ def cmd_serve(ns: argparse.Namespace) -> int:
 def cmd_lr_find(ns: argparse.Namespace) -> int:
     from recog.lr_range import lr_find
 
-    overrides = {f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig)}
+    if ns.nproc is not None:
+        return _torchrun(ns.nproc, ns.argv)
+    overrides = {f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(ns, f.name)}
     if overrides["model_args"] is not None:
         overrides["model_args"] = _parse_model_args(overrides["model_args"])
     lr_find(ns.config, start_lr=ns.start_lr, end_lr=ns.end_lr, scan_steps=ns.scan_steps, **overrides)
@@ -393,6 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 0
         _reject_unknown(unknown, parser)
+        ns.argv = argv
         return COMMANDS[ns.command](ns)
     except RecogError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -31,9 +31,13 @@ NO_RECIPE = "none"
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3, "muon": 0.05}  # lr left unset: by optimizer
 
 
-def opt(default: Any = None, help: str | None = None, factory: Any = None) -> Any:  # noqa: A002 - argparse's word
-    """A config field with its one-line help (shown by ``recog train --help``)."""
-    meta = {"help": help} if help else {}
+def opt(default: Any = None, help: str | None = None, factory: Any = None,  # noqa: A002 - argparse's word
+        recorded: bool = False) -> Any:
+    """A config field with its one-line help (shown by ``recog train --help``). ``recorded``: a fact the
+    run writes into its config.yaml (not a flag: a value given for it is replaced)."""
+    meta: dict[str, Any] = {"help": help} if help else {}
+    if recorded:
+        meta["recorded"] = True
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -112,6 +116,11 @@ class TrainConfig:
     device: str = opt("auto", 'auto | cpu | cuda | cuda:N')
     seed: int = opt(0)
     deterministic: bool = opt(False)
+    # several processes (torchrun)
+    dist_timeout: str = opt("5m", 'torchrun: how long a process waits for the others at a collective before it '
+                                  'stops with an error naming its rank')
+    sync_bn: bool = opt(False, 'torchrun on GPUs: batch-norm statistics over the global batch (SyncBatchNorm)')
+    world_size: int = opt(1, 'the processes that trained the run', recorded=True)
     # output
     project: str = opt("runs", 'parent folder of run folders')
     name: str | None = opt(None, 'run folder name (auto-numbered when taken or unset)')
@@ -167,6 +176,7 @@ class TrainConfig:
             raise ConfigError("alternating_flip needs flip: true")
         if self.time_budget is not None:
             parse_duration(self.time_budget)
+        parse_duration(self.dist_timeout, "dist_timeout")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"workers must not be negative, got {self.workers}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -205,7 +215,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def parse_duration(text: str | float | int) -> float:
+def parse_duration(text: str | float | int, key: str = "time_budget") -> float:
     """Seconds from ``90``, ``90s``, ``5m``, ``1.5h`` or ``1h30m``; raises naming the value."""
     if isinstance(text, (int, float)):
         seconds = float(text)
@@ -213,11 +223,11 @@ def parse_duration(text: str | float | int) -> float:
         parts = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*(?:(\d+(?:\.\d+)?)\s*s?)?\s*",
                              text.lower())
         if not parts or not any(parts.groups()):
-            raise ConfigError(f"time_budget: cannot read {text!r} as a duration (examples: 90s, 5m, 1h30m)")
+            raise ConfigError(f"{key}: cannot read {text!r} as a duration (examples: 90s, 5m, 1h30m)")
         h, m, s = (float(g) if g else 0.0 for g in parts.groups())
         seconds = h * 3600 + m * 60 + s
     if seconds <= 0:
-        raise ConfigError(f"time_budget must be positive, got {text!r}")
+        raise ConfigError(f"{key} must be positive, got {text!r}")
     return seconds
 
 

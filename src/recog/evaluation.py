@@ -94,20 +94,26 @@ def collect_logits(
     return torch.cat(outs), torch.cat(targets)
 
 
+Gather = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
 def evaluate_split(clf: Classifier, split: AnySplit, split_name: str, precision: str = "fp32", tta: bool = False,
-                   batch_size: int = 256, workers: int | None = None,
-                   verbose: bool = True) -> tuple[dict[str, Any], list[list[Any]]]:
+                   batch_size: int = 256, workers: int | None = None, verbose: bool = True,
+                   part: AnySplit | None = None, gather: Gather | None = None) -> tuple[dict[str, Any], list[list[Any]]]:
     """The task's report on ``split`` and the rows of ``predictions.csv`` (``verbose``: notes on stderr;
-    under torchrun only rank 0 says them)."""
+    under torchrun only rank 0 says them). Several processes: each evaluates its ``part`` of the split
+    and ``gather`` puts their logits and targets together in the split's order."""
     started = time.perf_counter()
     meta = clf.meta
-    loader = make_loader(split, meta["channels"], meta["image_size"], batch_size, clf.normalize, clf.device,
-                         workers=workers)
+    loader = make_loader(split if part is None else part, meta["channels"], meta["image_size"], batch_size,
+                         clf.normalize, clf.device, workers=workers)
     views = views_for(meta) if tta else None
     if tta and len(views) == 1 and verbose:
         print("note: --tta has no views for this model (trained without flip or translate); plain evaluation",
               file=sys.stderr)
     logits, targets = collect_logits(clf.model, loader, clf.device, precision, clf.task, views)
+    if gather is not None:
+        logits, targets = gather(logits, targets)
     check_outputs(logits, clf.source)
     report = clf.task.report(logits, targets, clf.classes)
     report.update(split=split_name, tta=bool(views and len(views) > 1), seconds=round(time.perf_counter() - started, 2))

@@ -55,6 +55,7 @@ class BatchLoader:
         drop_last: bool = False,
         channels_last: bool = False,
         sample_weights: torch.Tensor | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.size = size
         self.batch_size = batch_size
@@ -66,6 +67,7 @@ class BatchLoader:
         self.drop_last = drop_last and size > batch_size
         self.channels_last = channels_last
         self.sample_weights = sample_weights  # balanced sampling: draw with replacement by these weights
+        self.rank, self.world = shard  # under DDP: this process's slice of every batch
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -75,7 +77,31 @@ class BatchLoader:
         return self.size // self.batch_size if self.drop_last else -(-self.size // self.batch_size)
 
     def generator(self) -> torch.Generator:
+        """The epoch's order: the same (seed, epoch) permutation on every rank."""
         return torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+
+    def augment_generator(self, order: torch.Generator) -> torch.Generator:
+        """The epoch's augmentation draws: the order's generator on one process, one of its own per rank
+        under DDP (the ranks' slices differ, so must their crops and flips)."""
+        if self.world == 1:
+            return order
+        return torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) * 1_000_003 + 7_919 * (self.rank + 1))
+
+    def order(self, generator: torch.Generator) -> torch.Tensor:
+        """The indices of the epoch in order: shuffled when training (drawn by weight for balanced sampling)."""
+        if self.sample_weights is not None:
+            return torch.multinomial(self.sample_weights, self.size, replacement=True, generator=generator)
+        if self.shuffle:
+            return torch.randperm(self.size, generator=generator)
+        return torch.arange(self.size)
+
+    def batches(self, order: torch.Tensor) -> Iterator[torch.Tensor]:
+        """The rows of each step: the global batch of ``batch_size`` on one process; under DDP this rank's
+        strided slice of it (DistributedSampler's scheme, aligned to batches), so N processes take the same
+        images per step as one and the same number of steps."""
+        for i in range(len(self)):
+            rows = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield rows if self.world == 1 else rows[self.rank::self.world]
 
     def finish(self, images_u8: torch.Tensor, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         x = self.normalize(images_u8)
@@ -97,13 +123,8 @@ class MemoryLoader(BatchLoader):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = self.generator()
-        if self.sample_weights is not None:
-            order = torch.multinomial(self.sample_weights, self.size, replacement=True, generator=generator)
-        elif self.shuffle:
-            order = torch.randperm(self.size, generator=generator)
-        else:
-            order = torch.arange(self.size)
-        order = order.to(self.images.device)
-        for i in range(len(self)):
-            rows = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield self.finish(self.images[rows], rows, generator), self.labels[rows]
+        order = self.order(generator).to(self.images.device)
+        augment = self.augment_generator(generator)
+        for rows in self.batches(order):
+            if len(rows):
+                yield self.finish(self.images[rows], rows, augment), self.labels[rows]

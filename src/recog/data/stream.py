@@ -121,18 +121,14 @@ class StreamLoader(BatchLoader):
         self.skipped: list[tuple[str, str]] = []
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
+        from torch.utils.data import DataLoader
 
         generator = self.generator()
-        sampler = None
-        if self.sample_weights is not None:
-            sampler = WeightedRandomSampler(self.sample_weights, self.size, True, generator=generator)
-        elif self.shuffle:
-            sampler = RandomSampler(self.dataset, generator=generator)
+        batches = [rows.tolist() for rows in self.batches(self.order(generator)) if len(rows)]
+        augment = self.augment_generator(generator)  # also seeds the workers' per-sample policies
         loader = DataLoader(
-            self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.workers,
-            collate_fn=_collate, pin_memory=self.device.type == "cuda", drop_last=self.drop_last,
-            generator=generator, prefetch_factor=4 if self.workers else None,
+            self.dataset, batch_sampler=batches, num_workers=self.workers, collate_fn=_collate,
+            pin_memory=self.device.type == "cuda", generator=augment, prefetch_factor=4 if self.workers else None,
         )
         for images, labels, index, bad in loader:
             for path, why in bad:
@@ -140,7 +136,7 @@ class StreamLoader(BatchLoader):
             self.skipped.extend(bad)
             if len(labels) == 0:
                 continue
-            x = self.finish(images.to(self.device, non_blocking=True), index, generator)
+            x = self.finish(images.to(self.device, non_blocking=True), index, augment)
             yield x, labels.to(self.device, non_blocking=True)
 
 
@@ -160,13 +156,16 @@ def make_loader(
     workers: int | None = None,
     sample_weights: torch.Tensor | None = None,
     force_stream: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> MemoryLoader | StreamLoader:
     """The in-memory loader when the split is decoded and every augmentation can be batched;
     the streaming loader for files on disk and per-sample policies (RandAugment, TrivialAugment,
-    colour jitter). A random-resized-crop is batched in memory and per sample when streaming."""
+    colour jitter). A random-resized-crop is batched in memory and per sample when streaming.
+    ``shard``: (rank, world size) under DDP: each step yields this rank's slice of the global batch."""
     per_sample = train and policy is not None and policy.needs_workers
     options = dict(shuffle=train, augment=augment if train else None, seed=seed, drop_last=train,
-                   channels_last=channels_last, sample_weights=sample_weights if train else None)
+                   channels_last=channels_last, sample_weights=sample_weights if train else None,
+                   shard=shard)
     if isinstance(split, FileSplit) or per_sample or force_stream:
         if augment is not None and policy is not None and policy.random_resized_crop:
             options["augment"] = dataclasses.replace(augment, random_resized_crop=False)  # per sample instead

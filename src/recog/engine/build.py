@@ -24,11 +24,13 @@ from recog import __version__
 from recog.config import TrainConfig, save_yaml
 from recog.data import BatchAugment, Dataset, Normalize, channel_stats, list_sources, load_dataset
 from recog.data.image import DEFAULT_MAX_PIXELS
+from recog.data.splits import AnySplit
 from recog.data.files import total_memory
 from recog.data.stream import SamplePolicy, default_workers, make_loader
 from recog.device import autocast, deterministic_mode, resolve_device, resolve_precision, seed_everything
 from recog.engine.budget import Budget, time_eval
 from recog.engine.checkpoint import LoopState, reconcile, restore_state
+from recog.engine import distributed as dist
 from recog.engine.distributed import is_main
 from recog.engine.memory import reuse_freed_memory
 from recog.engine.optim import Lookahead, make_optimizer
@@ -56,7 +58,7 @@ class Training:
     data: Dataset
     task: Task
     model: nn.Module  # what is saved
-    net: nn.Module  # what runs: the model, or its torch.compile
+    net: nn.Module  # what trains: the model, or its DDP wrapper and/or torch.compile
     optimizer: torch.optim.Optimizer
     lookahead: Lookahead | None
     train_loader: Any
@@ -67,15 +69,30 @@ class Training:
     state: LoopState  # where the loop starts (restored when resuming)
     budget: Budget | None
     started: float  # when set-up began (a time budget counts from here)
+    ran_images: int = 0  # training images this process stepped on (under DDP, its share)
 
     @property
     def steps_per_epoch(self) -> int:
         return len(self.train_loader)
 
+    @property
+    def eval_net(self) -> nn.Module:
+        """What evaluates: the model, or its torch.compile (never DDP: evaluation has no gradients to
+        average, and each rank evaluates its own part of the images)."""
+        return self.model if dist.active() else self.net
+
     def stepper(self) -> Stepper:
         c = self.config
         return Stepper(self.net, self.model, self.optimizer, self.task, self.device, c.precision, c.l1,
-                       c.grad_clip, c.micro_batch)
+                       c.grad_clip, c.micro_batch, dist.all_finite if dist.active() else None)
+
+    def rewrap(self, stepper: Stepper | None = None) -> None:
+        """After the trainable parameters changed (the stem freeze): DDP records them when it is
+        built, so it is built again (every rank at the same step), and the stepper follows."""
+        if dist.active():
+            self.net = _wrap(self.model, self.device, self.config.compile)
+            if stepper is not None:
+                stepper.net = self.net
 
     def record(self, total_steps: int) -> None:
         """The run's resolved config follows the steps now planned (a time budget re-plans after each
@@ -97,14 +114,14 @@ def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path |
           planning_s: float = 0.0) -> Training:
     """The data, model, optimizer and loaders of a run; ``saved`` is the training state to resume.
     ``planning_s``: what planning took before (timing sizes), counted in a time budget; decoding is not."""
-    device = resolve_device(cfg.device)
+    device = dist.device_for(resolve_device(cfg.device))
     cfg = fill_defaults(cfg)
     if run_dir is None:
         check_folder(cfg.project, "project")  # before the data is loaded, not after minutes of decoding
     check_batch_memory(cfg)
     if cfg.data not in list_sources() and cfg.data.strip() and Path(cfg.data).expanduser().exists():
         cfg = cfg.replace(data=str(Path(cfg.data).expanduser().resolve()))  # a path: recorded absolute, for eval
-    ds = run_data(cfg, cfg.image_size, cfg.channels, device)
+    ds = dist.in_turns(lambda: run_data(cfg, cfg.image_size, cfg.channels, device))  # rank 0 fills the cache
     if cfg.mean is not None and not len(cfg.mean) == len(cfg.std) == ds.channels:
         raise ConfigError(f"mean and std need one value per channel: the images have {ds.channels}, "
                           f"got mean {list(cfg.mean)} and std {list(cfg.std)}")
@@ -112,7 +129,7 @@ def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path |
     cfg = cfg.replace(precision=resolve_precision(cfg.precision, device, cfg.verbose and is_main()),
                       mean=mean, std=std, image_size=ds.image_size, channels=ds.channels,
                       workers=default_workers() if cfg.workers is None else cfg.workers,
-                      max_image_pixels=cfg.max_image_pixels or DEFAULT_MAX_PIXELS)
+                      max_image_pixels=cfg.max_image_pixels or DEFAULT_MAX_PIXELS, world_size=dist.world_size())
     _describe(ds, cfg)
     started = time.perf_counter() - planning_s
 
@@ -123,6 +140,7 @@ def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path |
         _initial_weights(model, cfg)
     if cfg.freeze_stem_epochs is not None and not hasattr(model, "freeze_stem"):
         raise ConfigError(f"freeze_stem_epochs: model {cfg.model!r} has no stem to freeze (airnet has)")
+    model = dist.sync_batch_norm(model, device, cfg.sync_bn)
     model.to(device)
     normalize = Normalize(cfg.mean, cfg.std, device)
     if hasattr(model, "data_init") and saved is None and not cfg.weights:
@@ -147,10 +165,12 @@ def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path |
         augment=BatchAugment(cfg.flip, cfg.translate, cfg.cutout, cfg.alternating_flip, cfg.random_resized_crop,
                              cfg.crop_scale, cfg.random_erasing),
         policy=SamplePolicy(cfg.random_resized_crop, cfg.crop_scale, cfg.auto_augment, cfg.color_jitter),
-        seed=cfg.seed, sample_weights=sample_weights(ds) if cfg.balanced_sampling else None, **common)
-    val_loader = (make_loader(ds.val, ds.channels, ds.image_size, max(256, cfg.batch_size), normalize, device,
-                              **common) if ds.val is not None and len(ds.val) else None)
-    net = torch.compile(model) if cfg.compile else model
+        seed=cfg.seed, sample_weights=sample_weights(ds) if cfg.balanced_sampling else None,
+        shard=(dist.rank(), dist.world_size()), **common)
+    val_loader = (make_loader(shard_split(ds.val), ds.channels, ds.image_size, max(256, cfg.batch_size), normalize,
+                              device, **common)
+                  if ds.val is not None and len(ds.val) else None)
+    net = _wrap(model, device, cfg.compile)
 
     # ---- the plan: steps, and the run folder that records it -------------------------------
     steps_per_epoch = len(train_loader)
@@ -158,12 +178,16 @@ def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path |
     if state.total_steps is None:  # --steps wins over --epochs; a resumed run keeps its plan
         state.total_steps = cfg.steps or (cfg.epochs or 1) * steps_per_epoch  # a time budget sizes it below
     if run_dir is None:
-        run_dir = next_run_dir(cfg.project, cfg.name) if is_main() else Path(cfg.project) / "_rank"
+        run_dir = dist.broadcast(next_run_dir(cfg.project, cfg.name) if is_main() else None)
+    dist.mark(run_dir)  # a torchrun restart continues this folder
     meta = weights_meta(cfg, ds, task)
     training = Training(cfg, ds, task, model, net, optimizer, lookahead, train_loader, val_loader, device, run_dir,
                         meta, state, budget, started)
     if budget is not None:
         state.total_steps = _calibrate(training, normalize)
+        # rank 0's timings decide: every rank must run the same steps
+        training.config, state.total_steps, training.meta = dist.broadcast((training.config, state.total_steps,
+                                                                            training.meta))
     elif cfg.tta is None:  # no budget to spend: the recipes' TTA on, all views
         training.config = cfg.replace(tta=cfg.recipe in TTA_RECIPES)
     cfg = training.config
@@ -175,6 +199,22 @@ def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path |
     if is_main() and ds.skipped:
         write_skipped(run_dir / "skipped.csv", ds.skipped)
     return training
+
+
+def shard_split(split: AnySplit) -> AnySplit:
+    """This rank's contiguous part of an evaluation split under DDP (the whole split on one process)."""
+    if not dist.active():
+        return split
+    if len(split) < dist.world_size():
+        raise ConfigError(f"an evaluation split of {len(split)} images cannot be shared by {dist.world_size()} "
+                          f"processes; use fewer processes or more images")
+    return split.subset(torch.arange(len(split))[dist.shard(len(split))])
+
+
+def _wrap(model: nn.Module, device: torch.device, compile_: bool) -> nn.Module:
+    """What trains: DDP around the model under torchrun, then torch.compile when asked."""
+    net = dist.wrap(model, device)
+    return torch.compile(net) if compile_ else net
 
 
 def plan_line(training: Training, memory: MemoryPlan) -> str:
@@ -190,7 +230,8 @@ def plan_line(training: Training, memory: MemoryPlan) -> str:
     return (f"plan: {cfg.recipe or 'no'} recipe: {cfg.model} {params / 1e6:.2f} M params at {size} px"
             f"{f' (stem {stride}x{stride} patches)' if stride > 1 else ''}, {cfg.precision}"
             f"{', channels-last' if cfg.channels_last else ''}, batch {cfg.batch_size}, "
-            f"{epochs:.3g} epoch{'' if epochs == 1 else 's'}{timing}; "
+            f"{epochs:.3g} epoch{'' if epochs == 1 else 's'}{timing}"
+            f"{f' on {dist.world_size()} processes' if dist.world_size() > 1 else ''}; "
             f"{memory.describe(cfg.batch_size)}")
 
 
@@ -299,7 +340,7 @@ def _calibrate(training: Training, normalize: Normalize) -> int:
     eval_split = ds.eval_split[1] if ds.eval_split else ds.train
     eval_batch = next(iter(make_loader(eval_split, ds.channels, ds.image_size, 256, normalize, training.device,
                                        workers=cfg.workers, channels_last=cfg.channels_last)))[0]
-    eval_image_s = time_eval(training.net, eval_batch, lambda: autocast(training.device, cfg.precision))
+    eval_image_s = time_eval(training.eval_net, eval_batch, lambda: autocast(training.device, cfg.precision))
     if cfg.tta is None:  # the recipes' TTA, as many views as 10% of the budget affords; none without a recipe
         final_images = len(eval_split) if ds.eval_split else 0
         tta, translate = (afford_tta(cfg, final_images * eval_image_s, training.budget.seconds)
@@ -312,11 +353,17 @@ def _calibrate(training: Training, normalize: Normalize) -> int:
     def freeze() -> Any:
         flags = [(p, p.requires_grad) for p in model.parameters()]
         model.freeze_stem()
-        return lambda: [p.requires_grad_(flag) for p, flag in flags]
+        training.rewrap(stepper)
+
+        def undo() -> None:
+            for p, flag in flags:
+                p.requires_grad_(flag)
+            training.rewrap(stepper)
+        return undo
 
     sizes = dict(steps_per_epoch=training.steps_per_epoch, val_images=len(ds.val) if ds.val is not None else 0,
                  final_images=len(eval_split) if ds.eval_split else 0, final_views=views)
-    return training.budget.calibrate(stepper, training.net, training.optimizer, training.train_loader, eval_batch,
+    return training.budget.calibrate(stepper, training.model, training.optimizer, training.train_loader, eval_batch,
                                      lambda: autocast(training.device, cfg.precision), sizes,
                                      freeze if freeze_step is not None else None, freeze_step,
                                      eval_image_s=eval_image_s)

@@ -18,6 +18,7 @@ import torch
 
 from recog.engine.build import Training
 from recog.engine.checkpoint import LoopState, save_state, state_dict
+from recog.engine import distributed as dist
 from recog.engine.distributed import is_main
 from recog.engine.schedule import epochs_to_steps, lr_at
 from recog.engine.step import NonFiniteLoss, Stepper
@@ -53,8 +54,9 @@ def fit(training: Training, hooks: Hooks | None = None) -> LoopState:
         # ---- validate ------------------------------------------------------------------------
         extra_meta: dict[str, Any] = {}
         val_started = time.perf_counter()
+        dist.broadcast_state(t.model, buffers_only=True)  # rank 0's batch-norm statistics validate and are saved
         if t.val_loader is not None:
-            logits, targets = collect_logits(t.net, t.val_loader, t.device, cfg.precision, t.task)
+            logits, targets = gathered(*collect_logits(t.eval_net, t.val_loader, t.device, cfg.precision, t.task))
             metrics, extra_meta = t.task.validate(logits, targets)
             row.update(metrics)
         row["seconds"] = row["train_seconds"] + time.perf_counter() - val_started
@@ -83,7 +85,8 @@ def fit(training: Training, hooks: Hooks | None = None) -> LoopState:
             _replan(t, steps_done, row["train_seconds"] / max(1, steps_run), row["seconds"] - row["train_seconds"])
 
         # ---- stop? ---------------------------------------------------------------------------
-        if hooks.on_epoch_end is not None and hooks.on_epoch_end(dict(row, model=t.model)):
+        if hooks.on_epoch_end is not None and dist.broadcast(  # rank 0's hook decides for all
+                bool(hooks.on_epoch_end(dict(row, model=t.model))) if is_main() else None):
             state.stopped_early = epoch < math.ceil(state.total_steps / spe)
             break
         if state.stopped_early:
@@ -120,6 +123,7 @@ def _train_epoch(t: Training, stepper: Stepper, epoch: int, show: bool) -> tuple
             break  # a partial last epoch (--steps, or sized by --time-budget)
         if freeze_step is not None and global_step >= freeze_step:
             t.model.freeze_stem()  # e.g. airnet's whitening bias: also spares a backward pass
+            t.rewrap(stepper)  # DDP: built again for the parameters that still train
             freeze_step = None
         lr = lr_at(global_step, total, cfg.lr, cfg.schedule, warmup, cfg.final_lr)
         stepper.set_lr(lr)
@@ -144,6 +148,10 @@ def _train_epoch(t: Training, stepper: Stepper, epoch: int, show: bool) -> tuple
             bar.set_postfix_str(f"loss {loss_sum.item() / images:.4f}, acc {correct.item() / decisions:.3f}, "
                                 f"{images / max(elapsed, 1e-9):.0f} img/s", refresh=False)
     bar.close()
+    counts = torch.tensor([images, decisions], device=t.device)
+    t.ran_images += images
+    dist.all_sum(loss_sum, correct, counts)  # the epoch's figures over all ranks
+    images, decisions = (int(c) for c in counts.tolist())
     if images == 0:  # the streaming loader skipped every file: they vanished or broke after the scan
         raise TrainingError(f"no training image could be read in epoch {epoch + 1}: every file failed (the "
                             f"warnings above say why; they are listed in {t.run_dir / 'skipped.csv'})")
@@ -159,9 +167,19 @@ def _train_epoch(t: Training, stepper: Stepper, epoch: int, show: bool) -> tuple
 def _replan(t: Training, steps_done: int, step_s: float, val_s: float) -> int:
     """The steps a time budget fits from ``steps_done`` on at ``step_s`` per step and ``val_s`` per
     validation, kept in the loop state and the run's config.yaml."""
-    t.state.total_steps = t.budget.replan(steps_done, step_s, val_s, t.steps_per_epoch, t.state.total_steps)
+    # rank 0's measurement decides: every rank runs the same steps
+    t.state.total_steps = dist.broadcast(t.budget.replan(steps_done, step_s, val_s, t.steps_per_epoch,
+                                                         t.state.total_steps) if is_main() else None)
     t.record(t.state.total_steps)
     return t.state.total_steps
+
+
+def gathered(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's part of an evaluation, in rank order (the split's order): the same on every rank."""
+    if not dist.active():
+        return logits, targets
+    parts = dist.gather((logits, targets))
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 def _check_finite(t: Training, row: dict[str, Any], epoch: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,7 @@ class Stepper:
     l1: float = 0.0
     grad_clip: float | None = None
     micro_batch: int | None = None
+    all_finite: Callable[[torch.Tensor], bool] | None = None  # under DDP: finite on every rank (they stop together)
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -54,7 +56,7 @@ class Stepper:
                 loss = loss * (len(part[0]) / n)
             if self.l1 > 0 and start == 0:
                 loss = loss + self.l1 * l1_penalty(self.model)
-            if not torch.isfinite(loss):
+            if not (torch.isfinite(loss) if self.all_finite is None else self.all_finite(loss)):
                 raise NonFiniteLoss(loss.item() * n / len(part[0]))
             if start == 0:  # after the first forward, as the old gradients are not needed in it
                 self.optimizer.zero_grad(set_to_none=True)
