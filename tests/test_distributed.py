@@ -18,8 +18,7 @@ import recog
 from recog.errors import ConfigError
 
 WORKER = Path(__file__).parent / "helpers" / "ddp_worker.py"
-# the recipe's stem freeze after one epoch (of 20 steps of 64), so that DDP must be built again mid-run
-ARGS = ["--data", "digits", "--epochs", "3", "--freeze-stem-epochs", "1", "--seed", "0"]
+ARGS = ["--data", "digits", "--model", "seednet", "--epochs", "3", "--seed", "0"]  # 20 steps of 64 an epoch
 
 
 def torchrun(launcher: list[str], args: list[str], env: dict[str, str] | None = None,
@@ -37,8 +36,7 @@ def rank_lines(stderr: str) -> dict[int, tuple[int, str]]:
 
 
 def test_two_processes_train_one_model_as_one_process_would(tmp_path: Path) -> None:
-    one = recog.train(data="digits", epochs=3, freeze_stem_epochs=1, seed=0, project=str(tmp_path / "one"),
-                      verbose=False)
+    one = recog.train(data="digits", model="seednet", epochs=3, seed=0, project=str(tmp_path / "one"), verbose=False)
     done = torchrun(["--standalone", "--nproc-per-node", "2"], [*ARGS, "--project", str(tmp_path / "two")],
                     env={"RECOG_TEST_RANK1_ARGS": "--batch-size 32"})  # rank 1 started with another config
     assert done.returncode == 0, done.stderr[-3000:]
@@ -62,15 +60,20 @@ def test_two_processes_train_one_model_as_one_process_would(tmp_path: Path) -> N
     assert again["accuracy"] == pytest.approx(two["accuracy"])
 
 
-def test_a_worker_that_dies_is_restarted_and_the_run_resumes_in_its_folder(tmp_path: Path) -> None:
+def test_a_worker_that_dies_is_restarted_and_the_run_resumes_in_its_folder(tmp_path: Path, cifar_png: Path) -> None:
+    """An image folder: rank 0 decodes it into the cache, the other rank maps it; after a worker dies
+    in epoch 2, torchrun restarts both and they continue the same run folder from epoch 2."""
+    args = ["--data", str(cifar_png), "--model", "seednet", "--epochs", "3", "--batch-size", "32"]  # 8 steps/epoch
     done = torchrun(["--standalone", "--nproc-per-node", "2", "--max-restarts", "1"],
-                    [*ARGS, "--project", str(tmp_path)], env={"RECOG_TEST_EXIT_AT": "1:30"})  # epoch 2 of 3
+                    [*args, "--project", str(tmp_path / "runs")], env={"RECOG_TEST_EXIT_AT": "1:12"})
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "continuing" in done.stderr and "torchrun restart 1" in done.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["train"]
-    with (tmp_path / "train" / "metrics.csv").open() as f:
+    assert "torchrun restart 1: continuing" in done.stderr
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["train"]
+    with (tmp_path / "runs" / "train" / "metrics.csv").open() as f:
         assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2", "3"]  # epoch 1 was not trained again
-    assert (tmp_path / "train" / "report.json").is_file()
+    assert json.loads((tmp_path / "runs" / "train" / "report.json").read_text())["num_images"] == 100
+    # decoded once, by rank 0; rank 1 and the restarted workers read the cache
+    assert re.findall(r"rank (\d) decoded \d+ files", done.stderr) in (["0"], ["0", "0"])  # one call per split
 
 
 def test_a_hung_worker_stops_the_run_after_the_timeout_with_a_message_naming_the_rank(tmp_path: Path) -> None:
@@ -91,11 +94,12 @@ def _free_port() -> int:
 
 
 def test_two_machines_meet_at_a_c10d_rendezvous_and_train_one_model_in_a_time_budget(tmp_path: Path) -> None:
-    """Two launches as two machines would make them (here both on localhost), with a time budget whose
-    calibration times the frozen-stem steps (freeze, re-wrap, undo, re-wrap) on both."""
+    """Two launches as two machines would make them (here both on localhost), with the small recipe's
+    stem freeze after one epoch (DDP built again mid-run) and a time budget whose calibration times
+    the frozen-stem steps too (freeze, re-wrap, undo, re-wrap) on both."""
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = ["--data", "digits", "--time-budget", "25s", "--freeze-stem-epochs", "1", "--project", str(tmp_path)]
+    args = ["--data", "digits", "--time-budget", "20s", "--freeze-stem-epochs", "1", "--project", str(tmp_path)]
     launches = [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1", "--node-rank",
          str(node), "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "recog-test",
@@ -107,7 +111,7 @@ def test_two_machines_meet_at_a_c10d_rendezvous_and_train_one_model_in_a_time_bu
     assert set(ranks) == {0, 1} and ranks[0] == ranks[1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train"]
     config = (tmp_path / "train" / "config.yaml").read_text()
-    assert "world_size: 2" in config and "time_budget: 25s" in config
+    assert "world_size: 2" in config and "time_budget: 20s" in config
     assert json.loads((tmp_path / "train" / "report.json").read_text())["accuracy"] > 0.5
 
 
@@ -122,6 +126,18 @@ def test_bad_distributed_settings_are_named(tmp_path: Path, monkeypatch: pytest.
     assert main(["train", "--dist-timeout", "soon", "--project", str(tmp_path)]) == 2
     assert "dist_timeout: cannot read 'soon'" in capsys.readouterr().err
     assert main(["train", "--nproc", "0", "--project", str(tmp_path)]) == 2
+    # --nproc N hands over to torch.distributed.run with the cores shared out
+    import torch.distributed.run
+
+    launched: list[list[str]] = []
+    monkeypatch.setattr(torch.distributed.run, "main", launched.append)
+    monkeypatch.setenv("OMP_NUM_THREADS", "0")  # recorded, so that the value set below is undone after the test
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1, 2, 3})
+    assert main(["train", "--epochs", "1", "--nproc", "2", "--project", str(tmp_path)]) == 0
+    assert launched == [["--standalone", "--nproc-per-node=2", "-m", "recog", "train", "--epochs", "1", "--project",
+                         str(tmp_path)]]
+    assert os.environ["OMP_NUM_THREADS"] == "2"
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     assert main(["train", "--epochs", "1", "--project", str(tmp_path)]) == 2

@@ -68,9 +68,6 @@ def train(
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the processes train one model with DDP: rank 0's config
     is the run's, each rank steps on its slice of every batch, rank 0 writes; the hook runs on rank 0."""
     if overrides.get("lr") == "auto" and resume is None:
-        if dist.world_size() > 1:
-            raise ConfigError("--lr auto under torchrun: run recog lr-find on one process first, then train "
-                              "with --lr (and --muon-lr) set to what it suggests")
         overrides = _lr_from_range_test(config, overrides)
     given = _given(config, resume, overrides)
     with dist.process_group(dist.device_for(resolve_device(given.device)),
@@ -93,9 +90,6 @@ def train(
                 if writer is not None:
                     writer.close()
             _late_skipped(training)
-            if dist.active() and cfg.verbose:  # each rank says what it did: its share, and the same weights
-                print(f"rank {dist.rank()}/{dist.world_size()}: trained on {training.ran_images} images; weights "
-                      f"sha256 {dist.checksum(training.model)}", file=sys.stderr, flush=True)
             report = _final_report(training, state)
     return Run(training.run_dir, training.config, state.history, training.model, training.data.classes, report)
 
@@ -141,6 +135,9 @@ def _lr_from_range_test(config: str | os.PathLike | None, overrides: dict[str, A
     becomes ``lr`` (and, with Muon, ``muon_lr`` at the scan's ratio unless given)."""
     from recog.lr_range import lr_find
 
+    if dist.world_size() > 1:
+        raise ConfigError("--lr auto under torchrun: run recog lr-find on one process first, then train "
+                          "with --lr (and --muon-lr) set to what it suggests")
     result = lr_find(config, **{k: v for k, v in overrides.items() if k != "lr"})
     chosen = {"lr": float(f"{result.suggestion:.3g}")}
     if result.muon_ratio is not None and overrides.get("muon_lr") is None:
@@ -188,6 +185,9 @@ def _late_skipped(training: Training, share: bool = True) -> None:
 def _final_report(training: Training, state: LoopState) -> dict[str, Any]:
     """Evaluate the best weights on the test split (else val): report, predictions.csv, curves."""
     cfg, ds, run_dir = training.config, training.data, training.run_dir
+    if dist.active() and cfg.verbose:  # each rank says what it did: its share, and the same weights
+        print(f"rank {dist.rank()}/{dist.world_size()}: trained on {training.ran_images} images; weights "
+              f"sha256 {dist.checksum(training.model)}", file=sys.stderr, flush=True)
     best = run_dir / "weights" / "best.safetensors"
     meta = training.meta
     if is_main() and best.is_file():  # rank 0's folder (on another machine the others have none)

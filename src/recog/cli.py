@@ -15,7 +15,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from recog.config import TrainConfig, field_names, unwrap_optional
+from recog.config import TrainConfig, unwrap_optional
 from recog.errors import ConfigError, RecogError, did_you_mean, shown
 
 EXAMPLES = """examples:
@@ -209,7 +209,8 @@ def _reject_unknown(unknown: list[str], parser: argparse.ArgumentParser) -> None
     flags = [u for u in unknown if u.startswith("--")]
     if flags:
         name = flags[0][2:].split("=")[0]
-        hint = did_you_mean(name.replace("-", "_"), field_names(), "; did you mean --{}?", cutoff=0.5)
+        flag_names = [f.name for f in dataclasses.fields(TrainConfig) if not f.metadata.get("recorded")]
+        hint = did_you_mean(name.replace("-", "_"), flag_names, "; did you mean --{}?", cutoff=0.5)
         raise RecogError(f"unknown option {flags[0]}{hint.replace('_', '-')}")
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -323,8 +324,6 @@ def cmd_serve(ns: argparse.Namespace) -> int:
 def cmd_lr_find(ns: argparse.Namespace) -> int:
     from recog.lr_range import lr_find
 
-    if ns.nproc is not None:
-        return _torchrun(ns.nproc, ns.argv)
     overrides = {f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(ns, f.name)}
     if overrides["model_args"] is not None:
         overrides["model_args"] = _parse_model_args(overrides["model_args"])

@@ -6,6 +6,8 @@
                                    the others must stop after --dist-timeout)
     RECOG_TEST_RANK1_ARGS="..."    more arguments for rank 1 only (a rank started with another config)
 
+Each rank also says when it decodes image files ("rank R decoded N files"): only rank 0 should.
+
     torchrun ... tests/helpers/ddp_worker.py train --data digits ...
 """
 
@@ -14,6 +16,7 @@ import sys
 import time
 
 from recog.cli import main
+from recog.data import files
 from recog.engine import distributed, step
 
 
@@ -43,5 +46,14 @@ def faulty(self, batch):  # noqa: ANN001, ANN202
 
 
 step.Stepper.__call__ = faulty
+decode_files = files.decode_files
+
+
+def decoding(pairs, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    print(f"rank {distributed.rank()} decoded {len(pairs)} files", file=sys.stderr, flush=True)
+    return decode_files(pairs, *args, **kwargs)
+
+
+files.decode_files = decoding
 extra = os.environ.get("RECOG_TEST_RANK1_ARGS", "").split() if distributed.rank() == 1 else []
 sys.exit(main(sys.argv[1:] + extra))

@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,10 +129,14 @@ def cache_key(scan: Scan, size: int, channels: int, max_pixels: int | None) -> s
 
 
 def _read_cache(folder: Path) -> tuple[dict[str, Split], list[tuple[str, str]], dict[str, int]] | None:
+    """The decoded splits. Under torchrun (several processes) the images are mapped read-only, so the
+    processes of a machine share one copy in the page cache instead of holding one each."""
+    shared = int(os.environ.get("WORLD_SIZE", "1")) > 1
     try:
         meta = json.loads((folder / "meta.json").read_text())
         splits = {
-            name: Split(torch.from_numpy(np.load(folder / f"{name}.images.npy", allow_pickle=False)),
+            name: Split(_tensor(np.load(folder / f"{name}.images.npy", allow_pickle=False,
+                                        mmap_mode="r" if shared else None)),
                         torch.from_numpy(np.load(folder / f"{name}.labels.npy", allow_pickle=False)),
                         meta.get("paths", {}).get(name))
             for name in meta["splits"]
@@ -141,6 +146,13 @@ def _read_cache(folder: Path) -> tuple[dict[str, Split], list[tuple[str, str]], 
             warn(f"unreadable image cache {folder} ({exc}): decoding again and replacing it")
         return None
     return splits, [tuple(s) for s in meta["skipped"]], meta.get("sizes", {})
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor over the array (a read-only map stays one: nothing writes into decoded images)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
 
 
 def _write_cache(folder: Path, splits: dict[str, Split], skipped: list[tuple[str, str]], sizes: dict[str, int]) -> None:
