@@ -2,10 +2,10 @@
 images per second and seconds per epoch, with the cores shared out so they are not oversubscribed
 (threads per process = cores // processes).
 
-    python benchmarks/ddp_scaling.py [--procs 1,2] [--epochs 2] [--model airnet] [--recipe fast]
+    python benchmarks/ddp_scaling.py [--procs 1,2] [--epochs 1] [--model airnet] [--recipe fast]
 
 Data: the shared CIFAR-10 PNG copy (50,000 training images), decoded once into the cache before the
-timed runs. The figures are those of the last epoch (the first pays for warm-up). Last line JSON.
+timed runs. The figures are those of the last epoch (with one epoch, its first steps include the warm-up). Last line JSON.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def run(procs: int, args: argparse.Namespace, data: Path, threads: int) -> dict[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--procs", default="1,2")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--model", default="airnet")
     parser.add_argument("--recipe", default="fast")
     parser.add_argument("--batch-size", type=int, default=512, help="the global batch (split over the processes)")
