@@ -231,6 +231,25 @@ def _summary(report: dict[str, Any], state: LoopState, training: Training) -> st
     return "\n".join(lines)
 
 
+def _with_classes(ds: Any, classes: list[str], data: str) -> Any:
+    """The data with its labels renumbered as the model's ``classes`` (which must hold each of its
+    classes): a text head given --classes may choose among more names than the data has."""
+    if ds.classes == classes:
+        return ds
+    missing = [c for c in ds.classes if c not in classes]
+    if missing or ds.multilabel:
+        raise DataError(f"the classes of {data} ({', '.join(ds.classes[:6])}…) are not the model's "
+                        f"({', '.join(classes[:6])}…)" + (f"; missing: {', '.join(missing[:6])}" if missing else ""))
+    import dataclasses
+
+    import torch
+
+    order = torch.tensor([classes.index(c) for c in ds.classes])
+    renumber = {name: dataclasses.replace(split, labels=order[split.labels])
+                for name, split in (("train", ds.train), ("val", ds.val), ("test", ds.test)) if split is not None}
+    return dataclasses.replace(ds, classes=list(classes), **renumber)
+
+
 def _labelled_folder(data: str) -> str:
     """A folder to evaluate on that holds only ``test/`` (or ``val/``) and no ``train/``: that split."""
     path = Path(data).expanduser()
@@ -258,12 +277,16 @@ def evaluate(
     device: str = "auto",
     batch_size: int = 256,
     verbose: bool = True,
+    classes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run or weights file on ``data`` (default: the run's own data) and write a report
-    and ``predictions.csv``. ``tta`` unset: as the run's final evaluation did."""
+    and ``predictions.csv``. ``tta`` unset: as the run's final evaluation did. ``classes`` (a text-head
+    model): choose among these names; the data's classes must be among them."""
     if out is not None:
         check_folder(out, "--out")
     clf = load(source, device)
+    if classes is not None:
+        clf.set_classes(classes)
     cfg = clf.config
     if data is None:
         if cfg is None:
@@ -277,9 +300,12 @@ def evaluate(
         options = {**data_options(cfg, clf.device), "without_test": False} if cfg is not None else {
             "device": str(clf.device)}  # other data: its test split is what the user asks to evaluate on
         ds = load_dataset(data, data_root, 0.0, 0, clf.meta["image_size"], clf.meta["channels"], **options)
-    if ds.classes != clf.classes:
-        raise DataError(f"the classes of {data} ({', '.join(ds.classes[:6])}…) are not the model's "
-                        f"({', '.join(clf.classes[:6])}…)")
+    if ds.classes != clf.classes and clf.meta.get("head") == "text" and classes is None:
+        if verbose:  # labels as language: the data's own class names are the label set
+            print(f"note: {data} has other classes than the model was trained on; its text head chooses among "
+                  f"them: {', '.join(ds.classes[:8])}{' …' if len(ds.classes) > 8 else ''}", file=sys.stderr)
+        clf.set_classes(ds.classes)
+    ds = _with_classes(ds, clf.classes, data)
     if (ds.channels, ds.image_size) != (clf.meta["channels"], clf.meta["image_size"]):
         raise DataError(f"{data} has {ds.channels}x{ds.image_size}px images; the model takes "
                         f"{clf.meta['channels']}x{clf.meta['image_size']}px")

@@ -74,6 +74,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                                 help=help_text)
 
 
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def _lr_value(text: str) -> float | str:
     if text == "auto":
         return text
@@ -109,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="report folder (default: runs/eval, auto-numbered)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--classes", type=_names, metavar="A,B,…", help="a --head text model: choose among these class "
+                   "names (trained or not); the data's classes must be among them")
 
     p = sub.add_parser("predict", help="top-k classes (multi-label: the labels over their thresholds) for image "
                                        "files or folders", allow_abbrev=False)
@@ -119,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true", help="one JSON object per image")
     fmt.add_argument("--csv", action="store_true", help="CSV: path, rank, class, prob")
     p.add_argument("--device", default="auto")
+    p.add_argument("--classes", type=_names, metavar="A,B,…", help="a --head text model: choose among these class "
+                   "names, given as text (classes never trained on included; needs recog[text])")
 
     p = sub.add_parser("export", help="one ONNX (or torch.export) file: uint8 images in, probabilities out, "
                                       "preprocessing and classes inside", allow_abbrev=False)
@@ -263,7 +271,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     import recog
 
     report = recog.evaluate(ns.source, data=ns.data, data_root=ns.data_root, tta=ns.tta, out=ns.out,
-                            device=ns.device, batch_size=ns.batch_size)
+                            device=ns.device, batch_size=ns.batch_size, classes=ns.classes)
     from recog.report import report_markdown
 
     print(report_markdown(report), end="")
@@ -274,11 +282,15 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     if ns.source.lower().endswith(".onnx"):  # numpy, Pillow and onnxruntime only: torch is never imported
         from recog.onnx_predict import predict
 
+        if ns.classes is not None:
+            raise RecogError("--classes needs the run folder or weights of a --head text model, not an .onnx file "
+                             "(an exported text head carries its trained classes' prompt embeddings)")
+
         results = predict(ns.source, ns.images, top_k=ns.top_k)
     else:
         import recog
 
-        results = recog.predict(ns.source, ns.images, top_k=ns.top_k, device=ns.device)
+        results = recog.predict(ns.source, ns.images, top_k=ns.top_k, device=ns.device, classes=ns.classes)
     if not results:
         print(f"error: no images found in {', '.join(ns.images)}", file=sys.stderr)
         return 1

@@ -24,6 +24,7 @@ PRECISIONS = ("fp32", "bf16", "auto")
 LOADERS = ("auto", "memory", "stream")
 AUTO_AUGMENTS = ("randaugment", "trivialaugment")
 PROGRESS = ("auto", "bar", "lines", "none")
+HEADS = ("linear", "text")
 FINAL_EVALS = ("auto", "val", "off")  # "val" and "off": the test split is never read
 CROP_SCALE = 0.35  # the smallest random-resized-crop area (torchvision uses 0.08; small images want more)
 RECIPE_AUTO = "auto"
@@ -85,6 +86,12 @@ class TrainConfig:
     model: str = opt("airnet")
     model_args: dict[str, Any] = opt(None, 'builder keyword arguments', factory=dict)
     weights: str | None = opt(None, 'initial weights: a .safetensors or a plain state dict file')
+    head: str = opt("linear", 'linear | text: the classes as language, scored against prompt embeddings of their '
+                              'names (recog[text]); predict and eval can then take other --classes')
+    prompt: str = opt("a photo of a {class}|a blurry photo of a {class}|a close-up photo of the {class}",
+                      'head text: prompt templates, separated by |, averaged per class')
+    text_encoder: str | None = opt(None, 'head text: a local sentence-transformers folder (default: the MiniLM '
+                                         'that recog[text] installs)')
     # optimisation
     epochs: int | None = opt(None, 'default: planned from the data (and the time budget)')
     time_budget: str | None = opt(None, 'e.g. 5m: measure the first steps and choose the epochs to fit')
@@ -154,6 +161,9 @@ class TrainConfig:
         _choice("loader", self.loader, LOADERS)
         _choice("progress", self.progress, PROGRESS)
         _choice("final_eval", self.final_eval, FINAL_EVALS)
+        _choice("head", self.head, HEADS)
+        if any("{class}" not in t for t in self.prompt.split("|") if t.strip()) or not self.prompt.strip("| "):
+            raise ConfigError(f"prompt: each template needs {{class}}, e.g. 'a photo of a {{class}}'; got {self.prompt!r}")
         if self.auto_augment is not None:
             _choice("auto_augment", self.auto_augment, AUTO_AUGMENTS)
         if self.class_weights is not None:

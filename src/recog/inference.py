@@ -17,7 +17,8 @@ from recog.data.image import answer_files, image_files, load_image
 from recog.data.loader import Normalize
 from recog.device import resolve_device
 from recog.errors import ConfigError, WeightsError
-from recog.models import create_model
+from recog.text import DEFAULT_ENCODER, DEFAULT_PROMPT
+from recog.models import create_model, feature_width, head, replace_head
 from recog.tasks import Task, task_from_meta
 from recog.weights import load_into, read_weights
 
@@ -37,6 +38,26 @@ class Classifier(nn.Module):
     @property
     def classes(self) -> list[str]:
         return list(self.meta["classes"])
+
+    def set_classes(self, classes: Sequence[str]) -> None:
+        """Classify among ``classes``, given as text (a model trained with ``--head text``): their prompt
+        embeddings, made with the training's prompts and text encoder, replace the trained ones —
+        classes never trained on included. Needs ``recog[text]``."""
+        from recog.models.heads import TextHead
+        from recog.text import class_prompts
+
+        names = [c.strip() for c in classes if c.strip()]
+        text_head = head(self.model)[1]
+        if self.meta.get("head") != "text" or not isinstance(text_head, TextHead):
+            raise ConfigError(f"--classes needs a model trained with --head text; {self.source or 'this model'} has "
+                              f"a linear head over its own {len(self.classes)} classes")
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise ConfigError(f"--classes takes two or more different names, got {list(classes)}")
+        encoder = self.meta.get("text_encoder")
+        text_head.set_classes(class_prompts(names, self.meta.get("prompt") or DEFAULT_PROMPT,
+                                            None if encoder == DEFAULT_ENCODER else encoder, verbose=False))
+        self.meta = {**self.meta, "classes": names}
+        self.task = task_from_meta(self.meta)
 
     def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
         return self.model(self.normalize(images_u8))
@@ -85,6 +106,13 @@ def load(source: str | os.PathLike, device: str = "auto") -> Classifier:
     dev = resolve_device(device)
     model = create_model(meta["model"], len(meta["classes"]), meta["channels"], meta["image_size"],
                          **meta.get("model_args", {}))
+    if meta.get("head") == "text":  # its prompt embeddings are in the weights: no text encoder needed here
+        from recog.models.heads import TextHead
+
+        prompts = state.get(f"{head(model)[0]}.prompts")
+        if prompts is None:
+            raise WeightsError(f"{path} says it has a text head, but its weights hold no prompt embeddings")
+        replace_head(model, TextHead(feature_width(model), torch.zeros_like(prompts)))
     load_into(model, state, str(path))
     model.to(dev).eval()
     cfg = make_config(run_dir / "config.yaml", verbose=False) if run_dir else None
@@ -99,10 +127,14 @@ def predict(
     top_k: int = 5,
     device: str = "auto",
     batch_size: int = 64,
+    classes: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Per image ``{"path", "top": [{"class", "prob"}…]}`` (single-label) or ``{"path", "labels":
-    [...]}`` (multi-label); unreadable files get ``"error"`` (and ``"kind"``) instead."""
+    [...]}`` (multi-label); unreadable files get ``"error"`` (and ``"kind"``) instead. ``classes``: a
+    text-head model chooses among these names instead of its trained classes."""
     clf = source if isinstance(source, Classifier) else load(source, device)
+    if classes is not None:
+        clf.set_classes(classes)
     if top_k < 1:
         raise ConfigError(f"top_k must be at least 1, got {top_k}")
     paths = image_files([images] if isinstance(images, (str, os.PathLike)) else images)

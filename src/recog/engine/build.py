@@ -41,7 +41,7 @@ from recog.engine.step import Stepper
 from recog.errors import ConfigError
 from recog.evaluation import tta_views
 from recog.fileio import check_folder, next_run_dir
-from recog.models import create_model
+from recog.models import create_model, feature_width, replace_head
 from recog.report import write_skipped
 from recog.tasks import Classification, MultiLabel, Task
 from recog.weights import load_into, read_weights
@@ -136,6 +136,11 @@ def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path |
     # ---- model, optimizer, task ------------------------------------------------------------
     seed_everything(cfg.seed)
     model = create_model(cfg.model, len(ds.classes), ds.channels, ds.image_size, **cfg.model_args)
+    if cfg.head == "text":  # the classes as language: prompt embeddings of their names (recog.text)
+        from recog.text import text_head
+
+        replace_head(model, text_head(feature_width(model), ds.classes, cfg.prompt, cfg.text_encoder,
+                                      cfg.verbose and is_main()))
     if cfg.weights and saved is None:
         _initial_weights(model, cfg)
     if cfg.freeze_stem_epochs is not None and not hasattr(model, "freeze_stem"):
@@ -421,6 +426,12 @@ def sample_weights(ds: Dataset) -> torch.Tensor:
     return (1.0 / ds.counts(ds.train).double())[ds.train.labels]
 
 
+def text_encoder_id(spec: str | None) -> str:
+    from recog.text import encoder_id
+
+    return encoder_id(spec)
+
+
 def weights_meta(cfg: TrainConfig, ds: Dataset, task: Task) -> dict[str, Any]:
     """What travels with the weights: enough to rebuild the model and read an image the same way."""
     return {
@@ -437,5 +448,7 @@ def weights_meta(cfg: TrainConfig, ds: Dataset, task: Task) -> dict[str, Any]:
         "translate": cfg.translate,
         "tta_translate": cfg.tta_translate,
         "data": cfg.data,
+        **({"head": "text", "prompt": cfg.prompt, "text_encoder": text_encoder_id(cfg.text_encoder)}
+           if cfg.head == "text" else {}),
         "recog_version": __version__,
     }
