@@ -111,6 +111,8 @@ def test_two_machines_meet_at_a_c10d_rendezvous_and_train_one_model_in_a_time_bu
     config = (tmp_path / "train" / "config.yaml").read_text()
     assert "world_size: 2" in config and "time_budget: 20s" in config
     assert json.loads((tmp_path / "train" / "report.json").read_text())["accuracy"] > 0.5
+    with (tmp_path / "train" / "metrics.csv").open() as f:
+        assert len(list(csv.DictReader(f))) >= 2  # past the stem freeze after epoch 1: DDP was rebuilt mid-run
 
 
 def test_bad_distributed_settings_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
