@@ -27,7 +27,7 @@ from recog.engine.fit import EpochHook, Hooks, fit, gathered
 from recog.engine.plan import plan
 from recog.engine.memory import reuse_freed_memory
 from recog.errors import ConfigError, DataError, WeightsError
-from recog.evaluation import evaluate_split, write_predictions
+from recog.evaluation import ablation, evaluate_split, write_predictions
 from recog.fileio import check_folder, next_run_dir, remove_stale_temporaries
 from recog.inference import Classifier, load, predict
 from recog.models import create_model, list_models
@@ -278,10 +278,12 @@ def evaluate(
     batch_size: int = 256,
     verbose: bool = True,
     classes: list[str] | None = None,
+    ablate: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a run or weights file on ``data`` (default: the run's own data) and write a report
     and ``predictions.csv``. ``tta`` unset: as the run's final evaluation did. ``classes`` (a text-head
-    model): choose among these names; the data's classes must be among them."""
+    model): choose among these names; the data's classes must be among them. ``ablate`` (a fusion
+    model): also image only, text only and both, as ``report["ablation"]``."""
     if out is not None:
         check_folder(out, "--out")
     clf = load(source, device)
@@ -306,6 +308,12 @@ def evaluate(
                   f"them: {', '.join(ds.classes[:8])}{' …' if len(ds.classes) > 8 else ''}", file=sys.stderr)
         clf.set_classes(ds.classes)
     ds = _with_classes(ds, clf.classes, data)
+    if clf.takes_text:  # image + text: the data's texts, embedded by the model's own encoder
+        from recog.text import attach_text
+
+        attach_text(ds, clf.meta.get("text_encoder"))
+    elif ablate:
+        raise ConfigError(f"--ablate is for image + text (fusion) models; {clf.source} takes images only")
     if (ds.channels, ds.image_size) != (clf.meta["channels"], clf.meta["image_size"]):
         raise DataError(f"{data} has {ds.channels}x{ds.image_size}px images; the model takes "
                         f"{clf.meta['channels']}x{clf.meta['image_size']}px")
@@ -317,6 +325,9 @@ def evaluate(
     with reuse_freed_memory(clf.device.type == "cpu" and (cfg.reuse_memory if cfg else True)):  # 1.4x with TTA
         report, rows = evaluate_split(clf, split, split_name, precision, tta, batch_size, cfg.workers if cfg else None,
                                       verbose)
+        if ablate:
+            report["ablation"] = ablation(clf, split, split_name, precision, tta, batch_size,
+                                          cfg.workers if cfg else None)
     report["title"] = f"{clf.source} on {data}"
     out_dir = Path(out) if out else next_run_dir(cfg.project if cfg else "runs", "eval")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--classes", type=_names, metavar="A,B,…", help="a --head text model: choose among these class "
                    "names (trained or not); the data's classes must be among them")
+    p.add_argument("--ablate", action="store_true", help="a fusion model: also evaluate it with the image only, the "
+                   "text only and both (a table in the report)")
 
     p = sub.add_parser("predict", help="top-k classes (multi-label: the labels over their thresholds) for image "
                                        "files or folders", allow_abbrev=False)
@@ -127,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--classes", type=_names, metavar="A,B,…", help="a --head text model: choose among these class "
                    "names, given as text (classes never trained on included; needs recog[text])")
+    p.add_argument("--text", action="append", metavar="TEXT", help="a fusion model: the images' text (once: for "
+                   "every image; repeated: one per image file, in order; needs recog[text])")
 
     p = sub.add_parser("export", help="one ONNX (or torch.export) file: uint8 images in, probabilities out, "
                                       "preprocessing and classes inside", allow_abbrev=False)
@@ -271,7 +275,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     import recog
 
     report = recog.evaluate(ns.source, data=ns.data, data_root=ns.data_root, tta=ns.tta, out=ns.out,
-                            device=ns.device, batch_size=ns.batch_size, classes=ns.classes)
+                            device=ns.device, batch_size=ns.batch_size, classes=ns.classes, ablate=ns.ablate)
     from recog.report import report_markdown
 
     print(report_markdown(report), end="")
@@ -285,12 +289,16 @@ def cmd_predict(ns: argparse.Namespace) -> int:
         if ns.classes is not None:
             raise RecogError("--classes needs the run folder or weights of a --head text model, not an .onnx file "
                              "(an exported text head carries its trained classes' prompt embeddings)")
+        if ns.text is not None:
+            raise RecogError("--text needs the run folder or weights of a fusion model, not an .onnx file "
+                             "(fusion models are not exported)")
 
         results = predict(ns.source, ns.images, top_k=ns.top_k)
     else:
         import recog
 
-        results = recog.predict(ns.source, ns.images, top_k=ns.top_k, device=ns.device, classes=ns.classes)
+        results = recog.predict(ns.source, ns.images, top_k=ns.top_k, device=ns.device, classes=ns.classes,
+                                texts=ns.text)
     if not results:
         print(f"error: no images found in {', '.join(ns.images)}", file=sys.stderr)
         return 1

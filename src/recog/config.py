@@ -92,6 +92,10 @@ class TrainConfig:
                       'head text: prompt templates, separated by |, averaged per class')
     text_encoder: str | None = opt(None, 'head text: a local sentence-transformers folder (default: the MiniLM '
                                          'that recog[text] installs)')
+    fusion: str | None = opt(None, 'model fusion:NAME: concat (an MLP over both, the default) | gated (a learned '
+                                   'gate mixes image and text features)')
+    modalities: str | None = opt(None, 'model fusion:NAME: image | text | image,text (the default): what it learns '
+                                       'from (the ablations)')
     # optimisation
     epochs: int | None = opt(None, 'default: planned from the data (and the time budget)')
     time_budget: str | None = opt(None, 'e.g. 5m: measure the first steps and choose the epochs to fit')
@@ -164,6 +168,20 @@ class TrainConfig:
         _choice("head", self.head, HEADS)
         if any("{class}" not in t for t in self.prompt.split("|") if t.strip()) or not self.prompt.strip("| "):
             raise ConfigError(f"prompt: each template needs {{class}}, e.g. 'a photo of a {{class}}'; got {self.prompt!r}")
+        if self.fusion is not None or self.modalities is not None:
+            if not self.model.startswith("fusion:"):
+                key = "fusion" if self.fusion is not None else "modalities"
+                raise ConfigError(f"{key} is for image + text models: use --model fusion:{self.model} (and a "
+                                  f"manifest with a text column)")
+            from recog.models.fusion import FUSIONS, parse_modalities
+
+            if self.fusion is not None:
+                _choice("fusion", self.fusion, FUSIONS)
+            if self.modalities is not None:
+                parse_modalities(self.modalities)
+        if self.head == "text" and self.model.startswith("fusion:"):
+            raise ConfigError("head text is for image models; a fusion model's classes come from its own head "
+                              "(use --model " + self.model[7:] + " --head text for labels as language)")
         if self.auto_augment is not None:
             _choice("auto_augment", self.auto_augment, AUTO_AUGMENTS)
         if self.class_weights is not None:

@@ -139,3 +139,28 @@ def write_predictions(path: Path, rows: list[list[Any]]) -> None:
     writer.writerow(["image", "true", "predicted", "probability"])
     writer.writerows([name, true, pred, f"{prob:.6f}"] for name, true, pred, prob in rows)
     atomic_write_text(path, buf.getvalue())
+
+
+ABLATIONS = (("image",), ("text",), ("image", "text"))
+
+
+def ablation(clf: Classifier, split: AnySplit, split_name: str, precision: str = "fp32", tta: bool = False,
+             batch_size: int = 256, workers: int | None = None) -> list[dict[str, Any]]:
+    """A fusion model evaluated with the image only (the empty text in place of each text), the
+    text only (its learned "no image" in place of the image) and both: one row per input set
+    with the task's headline metric."""
+    model = clf.model
+    if not hasattr(model, "use") or tuple(model.modalities) != ("image", "text"):
+        raise DataError(f"--ablate is for fusion models trained on image and text; {clf.source or 'this model'} "
+                        f"learned from {', '.join(getattr(model, 'modalities', ('image',)))} only")
+    rows = []
+    try:
+        for inputs in ABLATIONS:
+            model.use = inputs
+            report, _ = evaluate_split(clf, split, split_name, precision, tta, batch_size, workers, verbose=False)
+            key = "map_macro" if report.get("task") == "multilabel" else "accuracy"
+            rows.append({"inputs": "+".join(inputs), "metric": key, "value": report[key],
+                         "num_images": report["num_images"]})
+    finally:
+        model.use = model.modalities
+    return rows

@@ -71,6 +71,10 @@ def export(source: str | os.PathLike | Classifier, format: str = "onnx", output:
         raise ConfigError(f"unknown export format {format!r}{did_you_mean(format, FORMATS)} (formats: "
                           f"{', '.join(FORMATS)})")
     clf = source if isinstance(source, Classifier) else load(source, "cpu")
+    if clf.takes_text:
+        raise ExportError(f"{clf.source}: image + text (fusion) models are not exported yet: their texts need the "
+                          f"text encoder, which the exported file would not hold; serve the run folder instead "
+                          f"(recog serve RUN takes a text field)")
     if int8 and clf.config is None:  # said before anything is written
         raise ConfigError("--int8 needs the run's data (calibration and the accuracy check): export a run folder, "
                           "not a bare weights file; nothing was written")

@@ -59,19 +59,38 @@ class Classifier(nn.Module):
         self.meta = {**self.meta, "classes": names}
         self.task = task_from_meta(self.meta)
 
-    def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
-        return self.model(self.normalize(images_u8))
+    @property
+    def takes_text(self) -> bool:
+        """A fusion model: each image may come with a text (``predict(..., texts=)``)."""
+        return "text" in self.meta.get("inputs", ())
+
+    def forward(self, images_u8: torch.Tensor, *text: torch.Tensor) -> torch.Tensor:
+        """Logits; a fusion model also takes the texts' embeddings (none: each image without text)."""
+        return self.model(self.normalize(images_u8), *text)
+
+    def embed(self, texts: Sequence[str], cache: bool = True) -> torch.Tensor:
+        """The texts' embeddings by the encoder the model was trained with (needs ``recog[text]``);
+        ``cache``: as :func:`recog.text.embed`."""
+        from recog.text import embed
+
+        if not self.takes_text:
+            raise ConfigError(f"text was given, but {self.source or 'this model'} takes images only (train with "
+                              f"--model fusion:NAME on a manifest with a text column for image + text)")
+        return embed(list(texts), self.meta.get("text_encoder"), cache).to(self.device)
 
     def read(self, source: str | os.PathLike | bytes) -> torch.Tensor:
         """One image file or its bytes as the model's uint8 input (C, H, W), decoded as in training."""
         return torch.from_numpy(load_image(source, self.meta["channels"], self.meta["image_size"]))
 
     @torch.no_grad()
-    def predict_images(self, images_u8: torch.Tensor, top_k: int = 5) -> list[dict[str, Any]]:
+    def predict_images(self, images_u8: torch.Tensor, top_k: int = 5,
+                       text: torch.Tensor | None = None) -> list[dict[str, Any]]:
         """Per image the task's answer: ``{"top": [{class, prob}…]}`` (single-label, top-k) or
-        ``{"labels": [{class, prob}…]}`` (multi-label: every label over its threshold)."""
+        ``{"labels": [{class, prob}…]}`` (multi-label: every label over its threshold). ``text``: a
+        fusion model's text embeddings, one row per image (:meth:`embed`)."""
         self.eval()
-        logits = self(images_u8.to(self.device)).float()
+        extra = () if text is None else (text.to(self.device),)
+        logits = self(images_u8.to(self.device), *extra).float()
         check_outputs(logits, self.source)
         return self.task.predict(logits, self.classes, top_k)
 
@@ -128,14 +147,28 @@ def predict(
     device: str = "auto",
     batch_size: int = 64,
     classes: Sequence[str] | None = None,
+    texts: str | Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Per image ``{"path", "top": [{"class", "prob"}…]}`` (single-label) or ``{"path", "labels":
     [...]}`` (multi-label); unreadable files get ``"error"`` (and ``"kind"``) instead. ``classes``: a
-    text-head model chooses among these names instead of its trained classes."""
+    text-head model chooses among these names instead of its trained classes. ``texts`` (a fusion
+    model): one text for every image, or one per image file in order; none: the images alone."""
     clf = source if isinstance(source, Classifier) else load(source, device)
     if classes is not None:
         clf.set_classes(classes)
     if top_k < 1:
         raise ConfigError(f"top_k must be at least 1, got {top_k}")
     paths = image_files([images] if isinstance(images, (str, os.PathLike)) else images)
-    return answer_files(paths, clf.read, lambda xs: clf.predict_images(torch.stack(xs), top_k), batch_size)
+    if texts is None:
+        return answer_files(paths, clf.read, lambda xs: clf.predict_images(torch.stack(xs), top_k), batch_size)
+    texts = [texts] * len(paths) if isinstance(texts, str) else list(texts)
+    if len(texts) == 1:
+        texts = texts * len(paths)
+    if len(texts) != len(paths):
+        raise ConfigError(f"{len(texts)} texts for {len(paths)} images: give one text for all of them, or one "
+                          f"per image in order")
+    vectors = dict(zip(map(str, paths), clf.embed(texts)))
+
+    def answer(items: list[tuple[torch.Tensor, torch.Tensor]]) -> list[dict[str, Any]]:
+        return clf.predict_images(torch.stack([x for x, _ in items]), top_k, torch.stack([t for _, t in items]))
+    return answer_files(paths, lambda p: (clf.read(p), vectors[str(p)]), answer, batch_size)

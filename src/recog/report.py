@@ -109,7 +109,16 @@ def _multilabel_markdown(report: dict[str, Any]) -> str:
 def report_markdown(report: dict[str, Any]) -> str:
     """report.md: the headline figures, the per-class table and links to the figures made for it."""
     figures = "".join(f"\n## {f['title']}\n\n![{f['title']}]({f['path']})\n" for f in report.get("figures", []))
-    return _report_markdown(report) + figures
+    return _report_markdown(report) + _ablation_markdown(report.get("ablation")) + figures
+
+
+def _ablation_markdown(rows: list[dict[str, Any]] | None) -> str:
+    """A fusion model's ablation table: the headline metric with image only, text only and both."""
+    if not rows:
+        return ""
+    lines = ["", "## Ablation (what the model is given)", "", f"| inputs | {rows[0]['metric']} | images |", "|---|---|---|"]
+    lines += [f"| {r['inputs'].replace('+', ' + ')} | {_pct(r['value'])} | {r['num_images']} |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def _report_markdown(report: dict[str, Any]) -> str:

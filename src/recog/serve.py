@@ -3,7 +3,8 @@ exported ``.onnx`` file (ONNX Runtime, no torch).
 
     GET  /             a web page: drop an image, see the top classes and where the evidence is
     POST /v1/predict   an image as the raw body or as a multipart ``file`` field -> top-k JSON
-                       (multi-label: the labels over their thresholds)
+                       (multi-label: the labels over their thresholds); a fusion model also
+                       takes a ``text`` form field or ``?text=`` (none: the image alone)
     POST /v1/explain   the same image -> a PNG of the explanation's overlay (torch backend;
                        ``?method=ig|gradcam|saliency|occlusion&target=CLASS``)
     GET  /v1/model     classes, input size, channels, task, format, precision, recog version
@@ -78,13 +79,20 @@ class Predictor:
             self.precision = resolve_precision(precision, self.model.device, doing="serving")
         self.meta = self.model.meta
         self.classes = list(self.meta["classes"])
+        self.takes_text = "text" in self.meta.get("inputs", ())  # a fusion model: image + text
 
-    def read(self, data: bytes) -> Any:
-        """The image as the model's uint8 input (C, H, W), decoded as in training."""
-        return self.model.read(data)
+    def read(self, data: bytes, text: str | None = None) -> Any:
+        """The image as the model's uint8 input (C, H, W), decoded as in training; for a fusion model
+        (image, the text's embedding), the text "" when none was sent."""
+        if text is not None and not self.takes_text:
+            raise ConfigError("this model takes images only: send no 'text' (image + text needs a model trained "
+                              "with --model fusion:NAME)")
+        image = self.model.read(data)
+        # request texts are anyone's: embedded without the disk cache, which would grow with every new one
+        return (image, self.model.embed([text or ""], cache=False)[0]) if self.takes_text else image
 
     def run(self, images: list[Any], top_k: int) -> list[dict[str, Any]]:
-        """One batch of decoded images -> one answer each."""
+        """One batch of decoded images (fusion: (image, text embedding) pairs) -> one answer each."""
         if self.backend == "onnx":
             import numpy as np
 
@@ -93,8 +101,11 @@ class Predictor:
 
         from recog.device import autocast
 
+        text = torch.stack([t for _, t in images]) if self.takes_text else None
+        if self.takes_text:
+            images = [x for x, _ in images]
         with torch.inference_mode(), autocast(self.model.device, self.precision):
-            return self.model.predict_images(torch.stack(images), top_k)
+            return self.model.predict_images(torch.stack(images), top_k, text)
 
     def explain_png(self, image: Any, method: str | None, target: str | None) -> bytes:
         """The explanation's overlay (image and map) as a PNG (``method`` None: recog explain's
@@ -294,6 +305,7 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
         return {"model": m["model"], "classes": predictor.classes, "image_size": m["image_size"],
                 "channels": m["channels"], "task": m.get("task", "classification"), "format": predictor.backend,
                 "precision": predictor.precision, "explain": predictor.backend == "torch",
+                "inputs": m.get("inputs", ["image"]),
                 "recog_version": __version__}
 
     async def decoded(request: Request) -> Any:
@@ -310,9 +322,11 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
             refusal = data if isinstance(data, JSONResponse) else None
             if refusal is None:
                 try:
-                    return await run_in_threadpool(predictor.read, data)
+                    return await run_in_threadpool(predictor.read, *data)
                 except ImageReadError as exc:  # the message names no server path: the upload has no name here
                     refusal = refuse(STATUS.get(exc.kind, 415), str(exc), exc.kind)
+                except ConfigError as exc:  # text for an image-only model, or no text encoder installed
+                    refusal = refuse(501 if "pip install" in str(exc) else 400, str(exc), "bad_request")
         except BaseException:
             batcher.withdraw()
             raise
@@ -347,6 +361,8 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
         if isinstance(image, JSONResponse):
             return image
         batcher.withdraw()  # explanations run on the model thread between batches, not in a batch
+        if predictor.takes_text:  # the image's explanation (the model given the image without its text)
+            image = image[0]
         try:
             png = await batcher.call(lambda: predictor.explain_png(image, method, target), timeout)
         except asyncio.TimeoutError:
@@ -355,19 +371,23 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
             return refuse(501 if "pip install" in str(exc) else 400, str(exc), "bad_request")
         return Response(png, media_type="image/png")
 
-    async def _image_bytes(request: Request) -> bytes | JSONResponse:
-        """The raw body, or the multipart ``file`` field (its filename is never used)."""
+    async def _image_bytes(request: Request) -> tuple[bytes, str | None] | JSONResponse:
+        """(the raw body or the multipart ``file`` field (its filename is never used), the ``text``
+        form field or query parameter, for fusion models)."""
+        text = request.query_params.get("text")
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             form = await request.form()
             upload = form.get("file")
             if upload is None or isinstance(upload, str):
                 return refuse(400, "multipart body without a 'file' field", "bad_request")
             data = await upload.read()
+            field = form.get("text")
+            text = field if isinstance(field, str) else text
         else:
             data = await request.body()
         if not data:
             return refuse(400, "empty body: send an image", "empty")
-        return data
+        return data, text
 
     return BodyLimit(app, int(max_upload_mb * 2**20))
 

@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -69,13 +70,14 @@ def encoder_id(spec: str | None) -> str:
     return DEFAULT_ENCODER if spec in (None, "", DEFAULT_ENCODER) else str(encoder_path(spec))
 
 
-def embed(texts: Sequence[str], encoder: str | None = None) -> torch.Tensor:
-    """(len(texts), d) L2-normalised embeddings, from the disk cache where already computed."""
+def embed(texts: Sequence[str], encoder: str | None = None, cache: bool = True) -> torch.Tensor:
+    """(len(texts), d) L2-normalised embeddings, from the disk cache where already computed
+    (``cache=False``: neither read nor written, e.g. for a server's arbitrary request texts)."""
     ident = encoder_id(encoder)
     folder = _cache_root() / hashlib.sha256(ident.encode()).hexdigest()[:16]
     keys = [hashlib.sha256(t.encode()).hexdigest()[:32] for t in texts]
     found: dict[str, np.ndarray] = {}
-    for key in set(keys):
+    for key in set(keys) if cache else ():
         try:
             found[key] = np.load(folder / f"{key}.npy", allow_pickle=False)
         except (OSError, ValueError):
@@ -86,11 +88,14 @@ def embed(texts: Sequence[str], encoder: str | None = None) -> torch.Tensor:
         with torch.no_grad():
             vectors = model.encode(missing, batch_size=64, convert_to_numpy=True, normalize_embeddings=True,
                                    show_progress_bar=False)
-        folder.mkdir(parents=True, exist_ok=True)
+        if cache:
+            folder.mkdir(parents=True, exist_ok=True)
         for text, vector in zip(missing, vectors):
             key = hashlib.sha256(text.encode()).hexdigest()[:32]
             found[key] = vector.astype(np.float32)
-            tmp = folder / f".{key}.{os.getpid()}.npy"
+            if not cache:
+                continue
+            tmp = folder / f".{key}.{os.getpid()}.{threading.get_ident()}.npy"
             np.save(tmp, found[key])
             os.replace(tmp, folder / f"{key}.npy")
     return torch.from_numpy(np.stack([found[k] for k in keys]))
@@ -129,3 +134,22 @@ def text_head(in_features: int, classes: Sequence[str], prompt: str = DEFAULT_PR
     from recog.models.heads import TextHead
 
     return TextHead(in_features, class_prompts(classes, prompt, encoder, verbose))
+
+
+def attach_text(ds, encoder: str | None = None) -> torch.Tensor:  # noqa: ANN001 - a recog.data.Dataset
+    """Give every split of ``ds`` (a manifest with a ``text`` column) its texts' embeddings, which the
+    loaders then yield after the labels; returns the empty text's embedding (what a missing text is)."""
+    import dataclasses
+
+    from recog.errors import DataError
+
+    if not ds.has_text:
+        raise DataError(f"{ds.name}: fusion models read each item's text, but the data has none: give --data a "
+                        f"CSV/JSONL manifest with a 'text' column (and image, label or labels)")
+    empty = embed([""], encoder)[0]
+    for name in ("train", "val", "test"):
+        split = getattr(ds, name)
+        if split is not None and split.text is None:
+            setattr(ds, name, dataclasses.replace(split, text=embed(split.texts, encoder) if len(split)
+                                                   else torch.zeros(0, len(empty))))
+    return empty

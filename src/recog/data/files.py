@@ -10,6 +10,7 @@ image size and channels), so the next run starts from it; larger data stays on d
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import os
@@ -52,6 +53,7 @@ class Scan:
     empty: list[str] = field(default_factory=list)  # class folders with no image files
     skipped: list[tuple[str, str]] = field(default_factory=list)  # found missing while scanning
     train_root: Path | None = None  # where class folders live (messages about empty classes)
+    texts: dict[str, list[str]] | None = None  # split -> each pair's text (manifests with a text column)
 
     @property
     def num_labels(self) -> int | None:
@@ -174,6 +176,20 @@ def _write_cache(folder: Path, splits: dict[str, Split], skipped: list[tuple[str
         warn(f"could not write the image cache {folder} ({exc}); the next run decodes again")
 
 
+def _with_texts(split: Split, pairs: list[tuple[str, Label]], texts: list[str]) -> Split:
+    """The split with its items' texts: the decoded images are the scan's pairs in order, less the
+    files that could not be read (a file named twice decodes the same both times, so the walk is exact)."""
+    kept, paths, j = [], split.paths or [], 0
+    for (path, _), text in zip(pairs, texts):
+        if j < len(paths) and paths[j] == path:
+            kept.append(text)
+            j += 1
+    if len(kept) != len(split):
+        raise DataError(f"the decoded images and the manifest's rows do not line up ({len(kept)} texts for "
+                        f"{len(split)} images); delete the image cache {cache_dir() / 'images'} and run again")
+    return dataclasses.replace(split, texts=kept)
+
+
 def total_memory() -> int:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -211,7 +227,8 @@ def load_scan(
     mode = choose_loader(loader, n_files * channels * size * size, memory_fraction, device)
     name = scan.root.name or str(scan.root)
     if mode == "stream":
-        splits_f = {s: FileSplit([p for p, _ in pairs], label_tensor([c for _, c in pairs], scan.num_labels))
+        splits_f = {s: FileSplit([p for p, _ in pairs], label_tensor([c for _, c in pairs], scan.num_labels),
+                                 scan.texts[s] if scan.texts is not None else None)
                     for s, pairs in scan.files.items()}
         notes.append(f"{n_files} images stream from disk through worker processes (--loader stream"
                      f"{'' if loader == 'stream' else ': too large for --memory-fraction of RAM'})")
@@ -236,6 +253,8 @@ def load_scan(
             _write_cache(folder, splits, skipped, sizes)
     if len(splits["train"]) == 0:
         raise DataError(f"no readable training images in {scan.root}")
+    if scan.texts is not None:
+        splits = {s: _with_texts(split, scan.files[s], scan.texts[s]) for s, split in splits.items()}
     if scan.train_root is not None:
         train_root = scan.train_root
         counts = torch.bincount(splits["train"].labels, minlength=len(scan.classes)).tolist()

@@ -113,18 +113,21 @@ class BatchLoader:
 
 
 class MemoryLoader(BatchLoader):
-    """Yields ``(images, labels)`` on ``device``: float, normalised, augmented when training."""
+    """Yields ``(images, labels)`` on ``device``: float, normalised, augmented when training; and the
+    items' text embeddings after them when the split has them (fusion runs)."""
 
     def __init__(self, split: Split, batch_size: int, normalize: Normalize, device: torch.device | str = "cpu",
                  **options: Any) -> None:
         super().__init__(len(split), batch_size, normalize, **options)
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
+        self.text = split.text.to(device) if split.text is not None else None
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         generator = self.generator()
         order = self.order(generator).to(self.images.device)
         augment = self.augment_generator(generator)
         for rows in self.batches(order):
             if len(rows):
-                yield self.finish(self.images[rows], rows, augment), self.labels[rows]
+                batch = self.finish(self.images[rows], rows, augment), self.labels[rows]
+                yield batch if self.text is None else (*batch, self.text[rows])

@@ -5,6 +5,8 @@
 
 - ``labels``: several labels per image, ``;``-separated (or a JSON list): multi-label data.
   ``label``: one class per image: a single-label manifest.
+- ``text`` (optional): a caption or description per item, for fusion models
+  (``--model fusion:airnet``); an empty or missing text is allowed (counted in the summary).
 - ``split`` (optional): train, val or test. Or ``--data`` names a folder that holds
   ``train.csv`` / ``val.csv`` / ``test.csv`` (or ``.jsonl``), one file per split.
 - Relative image paths resolve from the manifest's own folder. A missing image is skipped and
@@ -22,7 +24,7 @@ from recog.data.files import SPLITS, Label, Scan, warn
 from recog.errors import DataError, did_you_mean
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
-COLUMNS = ("image", "labels", "label", "split")
+COLUMNS = ("image", "labels", "label", "split", "text")
 
 
 def is_manifest(path: Path) -> bool:
@@ -59,7 +61,7 @@ def _rows(path: Path) -> list[dict[str, Any]]:
     if unknown:
         hint = did_you_mean(unknown[0], COLUMNS)
         raise DataError(f"{path}: unknown column {unknown[0]!r}{hint} (a manifest has image, labels or label, "
-                        f"and optionally split)")
+                        f"and optionally split and text)")
     if "image" not in columns or ("labels" in columns) == ("label" in columns):
         raise DataError(f"{path}: a manifest needs an 'image' column and one of 'labels' (several per image, "
                         f"';'-separated) or 'label' (one per image); found {', '.join(columns) or 'no columns'}")
@@ -87,7 +89,8 @@ def scan_manifest(path: Path) -> Scan:
         raise DataError(f"the manifests in {path} mix 'labels' and 'label' columns")
     multi = kinds.pop()
     key = "labels" if multi else "label"
-    entries: dict[str, list[tuple[Path, list[str]]]] = {}
+    has_text = any("text" in columns for columns in columns_of.values())
+    entries: dict[str, list[tuple[Path, list[str], str]]] = {}
     for f, rows in tables.items():
         for n, row in enumerate(rows, 2):
             split = str(row.get("split") or (f.stem if path.is_dir() else "train")).strip().lower()
@@ -99,21 +102,25 @@ def scan_manifest(path: Path) -> Scan:
             names = _labels(row, key)
             if not multi and len(names) != 1:
                 raise DataError(f"{f}, row {n}: a 'label' column takes exactly one class, got {names or 'none'}")
-            entries.setdefault(split, []).append(((f.parent / image).expanduser(), names))
+            text = row.get("text")
+            text = "" if text is None else str(text).strip()
+            entries.setdefault(split, []).append(((f.parent / image).expanduser(), names, text))
     if "train" not in entries:
         raise DataError(f"{path}: no training rows (rows without a split column are training rows)")
-    classes = sorted({name for rows in entries.values() for _, names in rows for name in names})
+    classes = sorted({name for rows in entries.values() for _, names, _ in rows for name in names})
     if not classes:
         raise DataError(f"{path}: every row's label list is empty: there is nothing to learn")
     index = {c: i for i, c in enumerate(classes)}
     pairs: dict[str, list[tuple[str, Label]]] = {}
+    texts: dict[str, list[str]] = {}
     skipped: list[tuple[str, str]] = []
     for split, rows in entries.items():
         kept = []
-        for image, names in rows:
+        for image, names, text in rows:
             if not image.is_file():
                 skipped.append((str(image), "file not found (named in the manifest)"))
                 continue
+            texts.setdefault(split, []).append(text)
             if multi:
                 hot = [0] * len(classes)
                 for name in names:
@@ -125,4 +132,5 @@ def scan_manifest(path: Path) -> Scan:
     if skipped:
         warn(f"{len(skipped)} images named in {path} were not found (first: {skipped[0][0]}); "
              f"they are listed in the run folder's skipped.csv")
-    return Scan(path, classes, pairs, multilabel=multi, skipped=skipped)
+    return Scan(path, classes, pairs, multilabel=multi, skipped=skipped,
+                texts={split: texts.get(split, []) for split in pairs} if has_text else None)

@@ -1,7 +1,9 @@
 """What every data source ends as: splits of uint8 images (in memory) or files (streamed), and labels.
 
 Labels are int64 class indices (N,) for single-label data, or float32 multi-hot rows (N, L) for
-multi-label data (several labels per image).
+multi-label data (several labels per image). A manifest with a ``text`` column gives each item its
+text (``texts``, "" where missing); a fusion run adds their embeddings (``text``, float32 (N, d)),
+which the loaders yield after the labels.
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ class Split:
     images: torch.Tensor  # uint8 (N, C, H, W)
     labels: torch.Tensor  # int64 (N,) or float32 multi-hot (N, L)
     paths: list[str] | None = None  # the files the images were decoded from (image folders, manifests)
+    texts: list[str] | None = None  # each item's text (manifests with a text column)
+    text: torch.Tensor | None = None  # their embeddings (fusion runs)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, index: np.ndarray | torch.Tensor) -> Split:
         index = torch.as_tensor(index, dtype=torch.long)
-        paths = [self.paths[i] for i in index.tolist()] if self.paths is not None else None
-        return Split(self.images[index], self.labels[index], paths)
+        return Split(self.images[index], self.labels[index], *_pick(index, self.paths, self.texts, self.text))
 
 
 @dataclass
@@ -36,13 +39,25 @@ class FileSplit:
 
     paths: list[str]
     labels: torch.Tensor  # int64 (N,) or float32 multi-hot (N, L)
+    texts: list[str] | None = None
+    text: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, index: np.ndarray | torch.Tensor) -> FileSplit:
         index = torch.as_tensor(index, dtype=torch.long)
-        return FileSplit([self.paths[i] for i in index.tolist()], self.labels[index])
+        paths, texts, text = _pick(index, self.paths, self.texts, self.text)
+        return FileSplit(paths, self.labels[index], texts, text)
+
+
+def _pick(index: torch.Tensor, paths: list[str] | None, texts: list[str] | None,
+          text: torch.Tensor | None) -> tuple[list[str] | None, list[str] | None, torch.Tensor | None]:
+    """The rows ``index`` of a split's per-item lists and text embeddings (those it has)."""
+    rows = index.tolist()
+    return ([paths[i] for i in rows] if paths is not None else None,
+            [texts[i] for i in rows] if texts is not None else None,
+            text[index] if text is not None else None)
 
 
 AnySplit = Split | FileSplit
@@ -64,6 +79,11 @@ class Dataset:
     @property
     def in_memory(self) -> bool:
         return isinstance(self.train, Split)
+
+    @property
+    def has_text(self) -> bool:
+        """The items have texts (a manifest with a ``text`` column): fusion models can read them."""
+        return self.train.texts is not None
 
     @property
     def multilabel(self) -> bool:
@@ -113,6 +133,10 @@ class Dataset:
             lines.append("  " + c.ljust(width) + "".join(f"{counts[name][i]:>8}" for name in counts))
         if len(self.classes) > max_rows:
             lines.append(f"  … {len(self.classes) - max_rows} more classes")
+        if self.has_text:
+            missing = sum(t == "" for s in (self.train, self.val, self.test) if s is not None for t in s.texts or ())
+            lines.append(f"  texts: {missing} of {sum(len(s) for s in (self.train, self.val, self.test) if s is not None)}"
+                         f" items have none (they get the empty text's embedding)")
         if self.skipped:
             reasons = collections.Counter(r.split(" (")[0].split(":")[0] for _, r in self.skipped)
             lines.append(f"  skipped {len(self.skipped)} files: " + ", ".join(f"{n} {r}" for r, n in reasons.items()))

@@ -119,8 +119,9 @@ class StreamLoader(BatchLoader):
         self.device = torch.device(device)
         self.workers = default_workers() if workers is None else workers
         self.skipped: list[tuple[str, str]] = []
+        self.text = split.text.to(self.device) if split.text is not None else None
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         from torch.utils.data import DataLoader
 
         generator = self.generator()
@@ -137,7 +138,8 @@ class StreamLoader(BatchLoader):
             if len(labels) == 0:
                 continue
             x = self.finish(images.to(self.device, non_blocking=True), index, augment)
-            yield x, labels.to(self.device, non_blocking=True)
+            batch = x, labels.to(self.device, non_blocking=True)
+            yield batch if self.text is None else (*batch, self.text[index.to(self.device)])
 
 
 def make_loader(

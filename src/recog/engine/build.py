@@ -130,6 +130,7 @@ def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path |
                       mean=mean, std=std, image_size=ds.image_size, channels=ds.channels,
                       workers=default_workers() if cfg.workers is None else cfg.workers,
                       max_image_pixels=cfg.max_image_pixels or DEFAULT_MAX_PIXELS, world_size=dist.world_size())
+    cfg, empty_text = _fusion_inputs(cfg, ds)
     _describe(ds, cfg)
     started = time.perf_counter() - planning_s
 
@@ -141,6 +142,8 @@ def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path |
 
         replace_head(model, text_head(feature_width(model), ds.classes, cfg.prompt, cfg.text_encoder,
                                       cfg.verbose and is_main()))
+    if empty_text is not None:  # a missing text is the empty text: the model carries its embedding
+        model.empty_text.copy_(empty_text)
     if cfg.weights and saved is None:
         _initial_weights(model, cfg)
     if cfg.freeze_stem_epochs is not None and not hasattr(model, "freeze_stem"):
@@ -204,6 +207,25 @@ def build(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path |
     if is_main() and ds.skipped:
         write_skipped(run_dir / "skipped.csv", ds.skipped)
     return training
+
+
+def _fusion_inputs(cfg: TrainConfig, ds: Dataset) -> tuple[TrainConfig, torch.Tensor | None]:
+    """A fusion model: every item's text embedded once (frozen encoder, cached), the embedding width and
+    the fusion settings recorded in ``model_args`` (so the weights rebuild the model); (config, the empty
+    text's embedding). Other models: a note when the data's texts go unused."""
+    from recog.models.fusion import is_fusion
+
+    if not is_fusion(cfg.model):
+        if ds.has_text and cfg.verbose and is_main():
+            print(f"note: the manifest's text column is read by fusion models only (--model fusion:{cfg.model}); "
+                  f"{cfg.model} learns from the images", file=sys.stderr)
+        return cfg, None
+    from recog.text import attach_text
+
+    empty = attach_text(ds, cfg.text_encoder)
+    args = {**cfg.model_args, "fusion": cfg.fusion or cfg.model_args.get("fusion", "concat"),
+            "modalities": cfg.modalities or cfg.model_args.get("modalities", "image,text"), "text_dim": len(empty)}
+    return cfg.replace(model_args=args, fusion=args["fusion"], modalities=args["modalities"]), empty
 
 
 def shard_split(split: AnySplit) -> AnySplit:
@@ -450,5 +472,7 @@ def weights_meta(cfg: TrainConfig, ds: Dataset, task: Task) -> dict[str, Any]:
         "data": cfg.data,
         **({"head": "text", "prompt": cfg.prompt, "text_encoder": text_encoder_id(cfg.text_encoder)}
            if cfg.head == "text" else {}),
+        **({"inputs": ["image", "text"], "text_encoder": text_encoder_id(cfg.text_encoder)}
+           if cfg.model.startswith("fusion:") else {}),
         "recog_version": __version__,
     }

@@ -3,7 +3,8 @@
 A builder takes ``num_classes``, ``in_channels``, ``image_size`` and its own keyword arguments and
 returns an ``nn.Module``. :func:`create_model` drops keyword arguments that are ``None`` so that an
 unset option falls through to the builder's default. ``tv:<name>`` builds any torchvision
-classification model.
+classification model; ``fusion:<name>`` that model's features fused with a text embedding
+(:mod:`recog.models.fusion`).
 """
 
 from __future__ import annotations
@@ -49,9 +50,13 @@ def create_model(
         from recog.models.tv import torchvision_model
 
         return torchvision_model(name[3:], num_classes, in_channels, image_size, **kwargs)
+    if name.startswith("fusion:"):
+        from recog.models.fusion import fusion_model
+
+        return fusion_model(name[7:], num_classes, in_channels, image_size, **kwargs)
     if name not in _REGISTRY:
         hint = did_you_mean(name, _REGISTRY)
-        raise ConfigError(f"unknown model {name!r}{hint} (known: {', '.join(sorted(_REGISTRY))}, or tv:<name>)")
+        raise ConfigError(f"unknown model {name!r}{hint} (known: {', '.join(sorted(_REGISTRY))}, tv:<name> or fusion:<name>)")
     builder = _REGISTRY[name]
     accepted = set(inspect.signature(builder).parameters)
     for key in kwargs:

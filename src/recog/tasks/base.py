@@ -20,8 +20,9 @@ class Task:
 
     # ---- training -------------------------------------------------------------------------
     def forward(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        """The model's outputs for a batch (the images are its first entry)."""
-        return model(batch[0])
+        """The model's outputs for a batch: the images are its first entry, the targets the second;
+        entries after them (a fusion model's text embeddings) are the model's further inputs."""
+        return model(batch[0], *batch[2:])
 
     def targets(self, batch: Batch) -> torch.Tensor:
         return batch[1]
