@@ -41,6 +41,17 @@ def test_the_encoder_loads_offline_and_embeds_normalised_vectors(tmp_path: Path)
     assert p[0] @ p[1] > p[0] @ p[2]
 
 
+@pytest.mark.parametrize("name", ["airnet", "seednet", "tv:resnet18"])
+def test_a_text_head_stays_the_head_whatever_the_model(name: str) -> None:
+    from recog.models import create_model, replace_head
+    from recog.models.heads import TextHead
+
+    model = create_model(name, 3, 3, 32)
+    new = replace_head(model, TextHead(head(model)[1].in_features, torch.randn(3, 384)))
+    assert head(model)[1] is new  # not the projection inside it: --classes finds the text head
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
+
+
 def test_a_text_head_predicts_among_classes_given_only_at_prediction_time(tmp_path: Path, cifar_png: Path,
                                                                           capsys: pytest.CaptureFixture[str]) -> None:
     data = _subset(cifar_png, tmp_path / "data", ["airplane", "automobile", "ship"])

@@ -91,6 +91,7 @@ def replace_head(model: nn.Module, new: int | nn.Module) -> nn.Module:
         new = nn.Linear(old.in_features, new, bias=old.bias is not None).to(old.weight.device, old.weight.dtype)
     parent_name, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+    model.head_name = name  # the head is now this module, even if it holds linear layers of its own (a text head)
     return new
 
 
