@@ -25,6 +25,8 @@ LOADERS = ("auto", "memory", "stream")
 AUTO_AUGMENTS = ("randaugment", "trivialaugment")
 PROGRESS = ("auto", "bar", "lines", "none")
 HEADS = ("linear", "text")
+FUSIONS = ("concat", "gated")  # how a fusion:NAME model mixes image and text features
+MODALITIES = ("image", "text")
 FINAL_EVALS = ("auto", "val", "off")  # "val" and "off": the test split is never read
 CROP_SCALE = 0.35  # the smallest random-resized-crop area (torchvision uses 0.08; small images want more)
 RECIPE_AUTO = "auto"
@@ -173,8 +175,6 @@ class TrainConfig:
                 key = "fusion" if self.fusion is not None else "modalities"
                 raise ConfigError(f"{key} is for image + text models: use --model fusion:{self.model} (and a "
                                   f"manifest with a text column)")
-            from recog.models.fusion import FUSIONS, parse_modalities
-
             if self.fusion is not None:
                 _choice("fusion", self.fusion, FUSIONS)
             if self.modalities is not None:
@@ -241,6 +241,14 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def parse_modalities(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """``image``, ``text`` or ``image,text`` as a tuple in that order; anything else names the value."""
+    items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+    if not items or any(v not in MODALITIES for v in items) or len(set(items)) != len(items):
+        raise ConfigError(f"modalities must be image, text or image,text; got {value!r}")
+    return tuple(m for m in MODALITIES if m in items)
 
 
 def parse_duration(text: str | float | int, key: str = "time_budget") -> float:

@@ -22,31 +22,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from recog.config import FUSIONS, MODALITIES, parse_modalities
 from recog.errors import ConfigError
-
-FUSIONS = ("concat", "gated")
-MODALITIES = ("image", "text")
-
-
-def parse_modalities(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """``image``, ``text`` or ``image,text`` as a tuple in that order; anything else names the value."""
-    items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
-    if not items or any(v not in MODALITIES for v in items) or len(set(items)) != len(items):
-        raise ConfigError(f"modalities must be image, text or image,text; got {value!r}")
-    return tuple(m for m in MODALITIES if m in items)
 
 
 class FusionNet(nn.Module):
     head_name = "classifier.3"  # the last layer, as models.head reads it
 
     def __init__(self, image_model: nn.Module, image_features: int, num_classes: int, text_dim: int = 384,
-                 fusion: str = "concat", hidden: int = 256, modalities: tuple[str, ...] = MODALITIES,
+                 fusion: str = "concat", hidden: int = 256, modalities: Any = MODALITIES,
                  dropout: float = 0.1, modality_dropout: float = 0.1) -> None:
         super().__init__()
         if fusion not in FUSIONS:
             raise ConfigError(f"fusion must be one of {', '.join(FUSIONS)}; got {fusion!r}")
+        text_dim, hidden, modalities = int(text_dim), int(hidden), parse_modalities(modalities)
         self.image = image_model  # its own head replaced by nn.Identity: it gives features
-        self.fusion, self.modalities, self.modality_dropout = fusion, modalities, modality_dropout
+        self.fusion, self.modalities, self.modality_dropout = fusion, modalities, float(modality_dropout)
         self.use: tuple[str, ...] = modalities  # what evaluation feeds (--ablate switches one off)
         self.image_proj = nn.Sequential(nn.LayerNorm(image_features), nn.Linear(image_features, hidden))
         self.text_proj = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, hidden))
@@ -88,20 +79,7 @@ class FusionNet(nn.Module):
         self.image.freeze_stem()
 
 
-def fusion_model(image_name: str, num_classes: int, in_channels: int, image_size: int, fusion: str = "concat",
-                 text_dim: int = 384, hidden: int = 256, modalities: Any = "image,text",
-                 modality_dropout: float = 0.1, **image_args: Any) -> FusionNet:
-    """``fusion:<image_name>``: the image model built as usual (its own arguments in ``image_args``),
-    its head replaced by the fusion layers."""
-    from recog.models.registry import create_model, head, replace_head
-
-    if image_name.startswith("fusion:") or not image_name:
-        raise ConfigError(f"fusion:{image_name}: give an image model after 'fusion:', e.g. fusion:airnet")
-    image = create_model(image_name, num_classes, in_channels, image_size, **image_args)
-    features = head(image)[1].in_features
-    replace_head(image, nn.Identity())
-    return FusionNet(image, features, num_classes, int(text_dim), fusion, int(hidden), parse_modalities(modalities),
-                     modality_dropout=float(modality_dropout))
+FUSION_ARGS = ("fusion", "text_dim", "hidden", "modalities", "modality_dropout")  # the rest: the image model's
 
 
 def is_fusion(model_name: str) -> bool:

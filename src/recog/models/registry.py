@@ -50,10 +50,16 @@ def create_model(
         from recog.models.tv import torchvision_model
 
         return torchvision_model(name[3:], num_classes, in_channels, image_size, **kwargs)
-    if name.startswith("fusion:"):
-        from recog.models.fusion import fusion_model
+    if name.startswith("fusion:"):  # the image model as usual, its head replaced by the fusion layers
+        from recog.models.fusion import FUSION_ARGS, FusionNet
 
-        return fusion_model(name[7:], num_classes, in_channels, image_size, **kwargs)
+        if not name[7:] or name[7:].startswith("fusion:"):
+            raise ConfigError(f"{name}: give an image model after 'fusion:', e.g. fusion:airnet")
+        fusion_args = {k: kwargs.pop(k) for k in FUSION_ARGS if k in kwargs}
+        image = create_model(name[7:], num_classes, in_channels, image_size, **kwargs)
+        features = head(image)[1].in_features
+        replace_head(image, nn.Identity())
+        return FusionNet(image, features, num_classes, **fusion_args)
     if name not in _REGISTRY:
         hint = did_you_mean(name, _REGISTRY)
         raise ConfigError(f"unknown model {name!r}{hint} (known: {', '.join(sorted(_REGISTRY))}, tv:<name> or fusion:<name>)")
