@@ -103,3 +103,20 @@ def test_bad_text_settings_are_one_line(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("RECOG_CACHE", str(tmp_path / "empty-cache"))
     assert main(["train", "--head", "text", "--project", str(tmp_path)]) == 2
     assert "pip install 'recog[text]'" in capsys.readouterr().err
+
+
+def test_the_text_heads_temperature_is_not_a_bias_to_the_optimizer() -> None:
+    """The recipes train biases at 64x the learning rate; the temperature at that rate collapsed (a text
+    head on CIFAR-10 stuck at loss ln 8 = every logit equal), so it learns at the base rate."""
+    from recog.engine.optim import make_optimizer
+    from recog.models import create_model, replace_head
+    from recog.models.heads import TextHead
+
+    model = create_model("airnet", 3, 3, 32)
+    text_head = replace_head(model, TextHead(head(model)[1].in_features, torch.randn(3, 384)))
+    for name in ("sgd", "muon"):
+        groups = make_optimizer(model, name, 0.1, bias_lr_scale=64).param_groups
+        scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+        assert scale[id(text_head.logit_scale)] == 1.0
+        assert 64 in scale.values()  # the biases and norms keep their multiplier
+        assert sum(len(g["params"]) for g in groups) == sum(1 for p in model.parameters() if p.requires_grad)

@@ -21,6 +21,18 @@ def decayed_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Pa
     return decay, no_decay
 
 
+PLAIN_LR = "recog_plain_lr"  # a parameter attribute: no weight decay, but not the biases' learning-rate multiplier
+
+
+def _bias_groups(no_decay: list[nn.Parameter], bias_lr_scale: float) -> list[dict]:
+    """Biases and norms at ``bias_lr_scale``; scalars marked :data:`PLAIN_LR` (a text head's learned
+    temperature: the fast recipe's 64x would throw it to where every logit is equal) at the base rate."""
+    plain = [p for p in no_decay if getattr(p, PLAIN_LR, False)]
+    groups = [{"params": [p for p in no_decay if not getattr(p, PLAIN_LR, False)], "weight_decay": 0.0,
+               "lr_scale": bias_lr_scale}]
+    return groups + [{"params": plain, "weight_decay": 0.0, "lr_scale": 1.0}] if plain else groups
+
+
 def make_optimizer(
     model: nn.Module,
     name: str,
@@ -48,11 +60,11 @@ def make_optimizer(
              "renormalize": False, "weight_decay": weight_decay, "momentum": muon_momentum,
              "lr_scale": muon_lr / lr},
             {"params": [p for p in decay if id(p) not in filters], "weight_decay": weight_decay, "lr_scale": 1.0},
-            {"params": no_decay, "weight_decay": 0.0, "lr_scale": bias_lr_scale},
+            *_bias_groups(no_decay, bias_lr_scale),
         ]
         return Muon([g for g in groups if g["params"]], lr=lr, momentum=momentum, nesterov=nesterov)
     groups = [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
-              {"params": no_decay, "weight_decay": 0.0, "lr_scale": bias_lr_scale}]
+              *_bias_groups(no_decay, bias_lr_scale)]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
     if name == "adamw":

@@ -20,6 +20,8 @@ class TextHead(nn.Module):
         self.proj = nn.Linear(in_features, prompts.shape[1])
         self.register_buffer("prompts", F.normalize(prompts.float(), dim=1))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
+        # a temperature, not a bias: the recipes' 64x bias learning rate collapsed it (every logit equal, loss ln K)
+        setattr(self.logit_scale, "recog_plain_lr", True)
 
     @property
     def in_features(self) -> int:
