@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--accuracy", action="store_true", help="train each candidate and report its accuracy")
     parser.add_argument("--data", help="--accuracy: a photo folder (default: the shared hymenoptera photos)")
     parser.add_argument("--budget", default="2m", help="--accuracy: the time budget of each training")
+    parser.add_argument("--only", nargs="+", help="--accuracy: the candidates whose names contain these")
     args = parser.parse_args()
     if args.accuracy:
         return accuracy(args)
@@ -80,6 +81,12 @@ def accuracy(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             for name, given in CANDIDATES.items():
+                if given["model"] == "airnet":  # the planner's stem stride under the candidate's own arguments
+                    from recog.engine.plan import stem_stride
+
+                    given = {**given, "model_args": {"stem_stride": stem_stride(size), **given.get("model_args", {})}}
+                if args.only and not any(o in name for o in args.only):
+                    continue
                 run = recog.train(data=data, image_size=size, time_budget=args.budget, project=tmp, verbose=False,
                                   **given)
                 epochs = run.config.steps / -(-run.config.steps // run.config.epochs)
