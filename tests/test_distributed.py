@@ -64,7 +64,9 @@ def test_a_worker_that_dies_is_restarted_and_the_run_resumes_in_its_folder(tmp_p
     in epoch 2, torchrun restarts both and they continue the same run folder from epoch 2."""
     args = ["--data", str(cifar_png), "--model", "seednet", "--epochs", "3", "--batch-size", "32"]  # 8 steps/epoch
     done = torchrun(["--standalone", "--nproc-per-node", "2", "--max-restarts", "1"],
-                    [*args, "--project", str(tmp_path / "runs")], env={"RECOG_TEST_EXIT_AT": "1:12"})
+                    [*args, "--project", str(tmp_path / "runs")],
+                    env={"RECOG_TEST_EXIT_AT": "1:12", "RECOG_CACHE": str(tmp_path / "cache")})  # a cold cache:
+    # other tests decode the same images into the session's cache, and then nobody decodes here
     assert done.returncode == 0, done.stderr[-3000:]
     assert "torchrun restart 1: continuing" in done.stderr
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["train"]

@@ -150,7 +150,7 @@ class Gated:
     def __init__(self, source) -> None:
         from recog.serve import Predictor
 
-        self.inner = Predictor(source)
+        self.inner = Predictor(source, precision="fp32")  # compared with recog.predict (fp32) to 1e-5
         self.meta, self.classes, self.backend, self.precision = (self.inner.meta, self.inner.classes,
                                                                  self.inner.backend, self.inner.precision)
         self.gate, self.entered, self.sizes = threading.Event(), threading.Event(), []

@@ -186,8 +186,9 @@ def _final_report(training: Training, state: LoopState) -> dict[str, Any]:
     """Evaluate the best weights on the test split (else val): report, predictions.csv, curves."""
     cfg, ds, run_dir = training.config, training.data, training.run_dir
     if dist.active() and cfg.verbose:  # each rank says what it did: its share, and the same weights
-        print(f"rank {dist.rank()}/{dist.world_size()}: trained on {training.ran_images} images; weights "
-              f"sha256 {dist.checksum(training.model)}", file=sys.stderr, flush=True)
+        sys.stderr.write(f"rank {dist.rank()}/{dist.world_size()}: trained on {training.ran_images} images; weights "
+                         f"sha256 {dist.checksum(training.model)}\n")  # one write: the ranks' lines never interleave
+        sys.stderr.flush()
     best = run_dir / "weights" / "best.safetensors"
     meta = training.meta
     if is_main() and best.is_file():  # rank 0's folder (on another machine the others have none)

@@ -322,7 +322,8 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
             refusal = data if isinstance(data, JSONResponse) else None
             if refusal is None:
                 try:
-                    return await run_in_threadpool(predictor.read, *data)
+                    image, text = data  # a text only for models that read one: read(bytes) stays the interface
+                    return await run_in_threadpool(predictor.read, *((image,) if text is None else (image, text)))
                 except ImageReadError as exc:  # the message names no server path: the upload has no name here
                     refusal = refuse(STATUS.get(exc.kind, 415), str(exc), exc.kind)
                 except ConfigError as exc:  # text for an image-only model, or no text encoder installed

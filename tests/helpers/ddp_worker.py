@@ -50,7 +50,8 @@ decode_files = files.decode_files
 
 
 def decoding(pairs, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-    print(f"rank {distributed.rank()} decoded {len(pairs)} files", file=sys.stderr, flush=True)
+    sys.stderr.write(f"rank {distributed.rank()} decoded {len(pairs)} files\n")  # one write: no interleaving
+    sys.stderr.flush()
     return decode_files(pairs, *args, **kwargs)
 
 
