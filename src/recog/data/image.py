@@ -6,6 +6,7 @@ import contextlib
 import io
 import math
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -122,14 +123,42 @@ def set_max_image_pixels(limit: int | None) -> None:
     Image.MAX_IMAGE_PIXELS = limit if limit is not None else DEFAULT_MAX_PIXELS
 
 
+_BOMB_LOCK = threading.Lock()
+_bomb_users = 0  # decoders (threads) inside _bombs_as_errors
+_bomb_filter: tuple | None = None
+
+
+@contextlib.contextmanager
+def _bombs_as_errors() -> Iterator[None]:
+    """Pillow's decompression-bomb warning raised as an error while any thread decodes. Not
+    ``warnings.catch_warnings``: it saves and restores the process-wide filter list, so threads that
+    decode side by side restore each other's snapshots and a bomb slipped through as a printed
+    warning now and then. One filter, added by the first decoder and removed by the last."""
+    global _bomb_users, _bomb_filter
+    from PIL import Image
+
+    with _BOMB_LOCK:
+        if _bomb_users == 0:
+            warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+            _bomb_filter = warnings.filters[0]
+        _bomb_users += 1
+    try:
+        yield
+    finally:
+        with _BOMB_LOCK:
+            _bomb_users -= 1
+            if _bomb_users == 0:  # ours only (the same object), not a user's filter that looks like it
+                warnings.filters[:] = [f for f in warnings.filters if f is not _bomb_filter]
+                getattr(warnings, "_filters_mutated", lambda: None)()  # the module's cache of decisions
+
+
 @contextlib.contextmanager
 def _read_errors() -> Iterator[None]:
     """Turn every way a file can fail to decode into :class:`ImageReadError` with a reason."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with _bombs_as_errors():
             yield
     except ImageReadError:
         raise
