@@ -194,10 +194,8 @@ def test_serve_takes_a_text_field_for_a_fusion_model(fusion_run, cifar_png: Path
 
 
 def test_the_web_page_sends_the_text_of_a_fusion_model(fusion_run, cifar_png: Path) -> None:
-    playwright = pytest.importorskip("playwright.sync_api")
-    import subprocess
-
-    from test_serve import _chromium, _free_port, _healthy, _until
+    pytest.importorskip("playwright.sync_api")
+    from test_serve import _chromium, web_page
 
     browser_path = _chromium()
     if browser_path is None:
@@ -205,29 +203,16 @@ def test_the_web_page_sends_the_text_of_a_fusion_model(fusion_run, cifar_png: Pa
     image = sorted((cifar_png / "test" / "cat").iterdir())[0]
     expected = {t: recog.predict(fusion_run.path, [image], texts=t)[0]["top"][0]["class"]
                 for t in ("a photo of a ship", "a photo of a cat")}
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "recog", "serve", str(fusion_run.path), "--port", str(port)],
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        base = f"http://127.0.0.1:{port}/"
-        _until(lambda: _healthy(base, proc), "the server answers")
-        with playwright.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
-            page = browser.new_page()
-            page.goto(base)
-            page.wait_for_selector("#text", state="visible")  # the card says the model reads text
-            first = True
-            for text, top in expected.items():  # the top class as recog predict says (bf16 may swap the rest)
-                page.fill("#text", text)
-                if first:
-                    page.set_input_files("#file", str(image))
-                else:  # a new text for the same image: Enter sends it again
-                    page.press("#text", "Enter")
-                page.wait_for_function("document.querySelector('#results .cls')?.textContent === "
-                                       + json.dumps(top))
-                first = False
-            assert page.locator("#error").text_content() == ""
-            browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with web_page(fusion_run.path, browser_path) as page:
+        page.wait_for_selector("#text", state="visible")  # the card says the model reads text
+        first = True
+        for text, top in expected.items():  # the top class as recog predict says (bf16 may swap the rest)
+            page.fill("#text", text)
+            if first:
+                page.set_input_files("#file", str(image))
+            else:  # a new text for the same image: Enter sends it again
+                page.press("#text", "Enter")
+            page.wait_for_function("document.querySelector('#results .cls')?.textContent === "
+                                   + json.dumps(top))
+            first = False
+        assert page.locator("#error").text_content() == ""

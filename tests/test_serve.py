@@ -5,6 +5,7 @@ bounded queue (503), timeouts (504), explanations, CORS and the web page in head
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import shutil
@@ -377,7 +378,7 @@ def _chromium() -> str | None:
 
 
 def test_web_page_shows_the_predicted_class_of_a_real_cifar_image(cifar_png: Path, tmp_path: Path) -> None:
-    playwright = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("playwright.sync_api")
     browser_path = _chromium()
     if browser_path is None:
         pytest.skip("no Chromium found (apt install chromium, or set RECOG_CHROMIUM); .ci/run installs it")
@@ -395,26 +396,36 @@ def test_web_page_shows_the_predicted_class_of_a_real_cifar_image(cifar_png: Pat
                   "image_size": 32, "mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]})
     image = sorted((cifar_png / "test" / "ship").glob("*.png"))[0]
     expected = [t["class"] for t in recog.predict(weights, [image])[0]["top"]]
+    with web_page(weights, browser_path) as page:
+        page.wait_for_function("document.getElementById('model').textContent.includes('seednet')")
+        page.set_input_files("#file", str(image))
+        page.wait_for_selector("#results li:nth-child(5)")
+        shown = page.locator("#results .cls").all_text_contents()
+        assert shown == expected  # the five classes, in the server's order
+        assert page.locator("#preview").is_visible()
+        page.wait_for_selector("#heatmap", state="visible")  # the explanation arrives after the bars
+        assert page.locator("#error").text_content() == ""
+        page.set_input_files("#file", str(Path(__file__)))  # not an image: the server's error is shown
+        page.wait_for_function("document.getElementById('error').textContent.includes('415')")
+
+
+@contextlib.contextmanager
+def web_page(source: Path, browser_path: str):
+    """``recog serve SOURCE`` in a subprocess on a free loopback port, and its page open in headless
+    Chromium; the server is stopped afterwards."""
+    from playwright.sync_api import sync_playwright
+
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "recog", "serve", str(weights), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "recog", "serve", str(source), "--port", str(port)],
                             stderr=subprocess.PIPE, text=True)
     try:
         base = f"http://127.0.0.1:{port}/"
         _until(lambda: _healthy(base, proc), "the server answers")
-        with playwright.sync_playwright() as pw:
+        with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
             page = browser.new_page()
             page.goto(base)
-            page.wait_for_function("document.getElementById('model').textContent.includes('seednet')")
-            page.set_input_files("#file", str(image))
-            page.wait_for_selector("#results li:nth-child(5)")
-            shown = page.locator("#results .cls").all_text_contents()
-            assert shown == expected  # the five classes, in the server's order
-            assert page.locator("#preview").is_visible()
-            page.wait_for_selector("#heatmap", state="visible")  # the explanation arrives after the bars
-            assert page.locator("#error").text_content() == ""
-            page.set_input_files("#file", str(Path(__file__)))  # not an image: the server's error is shown
-            page.wait_for_function("document.getElementById('error').textContent.includes('415')")
+            yield page
             browser.close()
     finally:
         proc.terminate()
