@@ -327,8 +327,8 @@ def evaluate(
         report, rows = evaluate_split(clf, split, split_name, precision, tta, batch_size, cfg.workers if cfg else None,
                                       verbose)
         if ablate:
-            report["ablation"] = ablation(clf, split, split_name, precision, tta, batch_size,
-                                          cfg.workers if cfg else None)
+            report["ablation"] = ablation(clf, split, split_name, report, precision, tta, batch_size,
+                                          cfg.workers if cfg else None)  # both inputs: the report just made
     report["title"] = f"{clf.source} on {data}"
     out_dir = Path(out) if out else next_run_dir(cfg.project if cfg else "runs", "eval")
     out_dir.mkdir(parents=True, exist_ok=True)

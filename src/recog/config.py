@@ -27,6 +27,7 @@ PROGRESS = ("auto", "bar", "lines", "none")
 HEADS = ("linear", "text")
 FUSIONS = ("concat", "gated")  # how a fusion:NAME model mixes image and text features
 MODALITIES = ("image", "text")
+FUSION_PREFIX = "fusion:"  # --model fusion:NAME: NAME's image features fused with a text embedding
 FINAL_EVALS = ("auto", "val", "off")  # "val" and "off": the test split is never read
 CROP_SCALE = 0.35  # the smallest random-resized-crop area (torchvision uses 0.08; small images want more)
 RECIPE_AUTO = "auto"
@@ -171,7 +172,7 @@ class TrainConfig:
         if any("{class}" not in t for t in self.prompt.split("|") if t.strip()) or not self.prompt.strip("| "):
             raise ConfigError(f"prompt: each template needs {{class}}, e.g. 'a photo of a {{class}}'; got {self.prompt!r}")
         if self.fusion is not None or self.modalities is not None:
-            if not self.model.startswith("fusion:"):
+            if not is_fusion(self.model):
                 key = "fusion" if self.fusion is not None else "modalities"
                 raise ConfigError(f"{key} is for image + text models: use --model fusion:{self.model} (and a "
                                   f"manifest with a text column)")
@@ -179,9 +180,10 @@ class TrainConfig:
                 _choice("fusion", self.fusion, FUSIONS)
             if self.modalities is not None:
                 parse_modalities(self.modalities)
-        if self.head == "text" and self.model.startswith("fusion:"):
+        if self.head == "text" and is_fusion(self.model):
             raise ConfigError("head text is for image models; a fusion model's classes come from its own head "
-                              "(use --model " + self.model[7:] + " --head text for labels as language)")
+                              "(use --model " + self.model[len(FUSION_PREFIX):] + " --head text for labels as "
+                              "language)")
         if self.auto_augment is not None:
             _choice("auto_augment", self.auto_augment, AUTO_AUGMENTS)
         if self.class_weights is not None:
@@ -241,6 +243,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def is_fusion(model: str) -> bool:
+    """``fusion:NAME``: an image + text model."""
+    return model.startswith(FUSION_PREFIX)
 
 
 def parse_modalities(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from recog.config import MODALITIES
 from recog.data.augment import flip, translate
 from recog.data.splits import AnySplit, FileSplit, Split
 from recog.data.stream import make_loader
@@ -141,26 +142,26 @@ def write_predictions(path: Path, rows: list[list[Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-ABLATIONS = (("image",), ("text",), ("image", "text"))
-
-
-def ablation(clf: Classifier, split: AnySplit, split_name: str, precision: str = "fp32", tta: bool = False,
-             batch_size: int = 256, workers: int | None = None) -> list[dict[str, Any]]:
-    """A fusion model evaluated with the image only (the empty text in place of each text), the
-    text only (its learned "no image" in place of the image) and both: one row per input set
-    with the task's headline metric."""
+def ablation(clf: Classifier, split: AnySplit, split_name: str, both: dict[str, Any], precision: str = "fp32",
+             tta: bool = False, batch_size: int = 256, workers: int | None = None) -> list[dict[str, Any]]:
+    """A fusion model evaluated with the image only (the empty text in place of each text) and the
+    text only (its learned "no image" in place of the image), beside ``both``, its report on the
+    same split with both inputs: one row per input set with the task's headline metric."""
     model = clf.model
-    if not hasattr(model, "use") or tuple(model.modalities) != ("image", "text"):
+    if getattr(model, "modalities", None) != MODALITIES:
         raise DataError(f"--ablate is for fusion models trained on image and text; {clf.source or 'this model'} "
                         f"learned from {', '.join(getattr(model, 'modalities', ('image',)))} only")
+    key = "map_macro" if both.get("task") == "multilabel" else "accuracy"
+
+    def row(inputs: tuple[str, ...], report: dict[str, Any]) -> dict[str, Any]:
+        return {"inputs": "+".join(inputs), "metric": key, "value": report[key], "num_images": report["num_images"]}
+
     rows = []
     try:
-        for inputs in ABLATIONS:
+        for inputs in ((m,) for m in MODALITIES):
             model.use = inputs
-            report, _ = evaluate_split(clf, split, split_name, precision, tta, batch_size, workers, verbose=False)
-            key = "map_macro" if report.get("task") == "multilabel" else "accuracy"
-            rows.append({"inputs": "+".join(inputs), "metric": key, "value": report[key],
-                         "num_images": report["num_images"]})
+            rows.append(row(inputs, evaluate_split(clf, split, split_name, precision, tta, batch_size, workers,
+                                                   verbose=False)[0]))
     finally:
         model.use = model.modalities
-    return rows
+    return rows + [row(MODALITIES, both)]

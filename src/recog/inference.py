@@ -161,7 +161,7 @@ def predict(
     paths = image_files([images] if isinstance(images, (str, os.PathLike)) else images)
     if texts is None:
         return answer_files(paths, clf.read, lambda xs: clf.predict_images(torch.stack(xs), top_k), batch_size)
-    texts = [texts] * len(paths) if isinstance(texts, str) else list(texts)
+    texts = [texts] if isinstance(texts, str) else list(texts)
     if len(texts) == 1:
         texts = texts * len(paths)
     if len(texts) != len(paths):

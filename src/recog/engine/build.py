@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from recog import __version__
-from recog.config import TrainConfig, save_yaml
+from recog.config import TrainConfig, is_fusion, save_yaml
 from recog.data import BatchAugment, Dataset, Normalize, channel_stats, list_sources, load_dataset
 from recog.data.image import DEFAULT_MAX_PIXELS
 from recog.data.splits import AnySplit
@@ -213,8 +213,6 @@ def _fusion_inputs(cfg: TrainConfig, ds: Dataset) -> tuple[TrainConfig, torch.Te
     """A fusion model: every item's text embedded once (frozen encoder, cached), the embedding width and
     the fusion settings recorded in ``model_args`` (so the weights rebuild the model); (config, the empty
     text's embedding). Other models: a note when the data's texts go unused."""
-    from recog.models.fusion import is_fusion
-
     if not is_fusion(cfg.model):
         if ds.has_text and cfg.verbose and is_main():
             print(f"note: the manifest's text column is read by fusion models only (--model fusion:{cfg.model}); "
@@ -473,6 +471,6 @@ def weights_meta(cfg: TrainConfig, ds: Dataset, task: Task) -> dict[str, Any]:
         **({"head": "text", "prompt": cfg.prompt, "text_encoder": text_encoder_id(cfg.text_encoder)}
            if cfg.head == "text" else {}),
         **({"inputs": ["image", "text"], "text_encoder": text_encoder_id(cfg.text_encoder)}
-           if cfg.model.startswith("fusion:") else {}),
+           if is_fusion(cfg.model) else {}),
         "recog_version": __version__,
     }

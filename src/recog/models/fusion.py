@@ -80,7 +80,3 @@ class FusionNet(nn.Module):
 
 
 FUSION_ARGS = ("fusion", "text_dim", "hidden", "modalities", "modality_dropout")  # the rest: the image model's
-
-
-def is_fusion(model_name: str) -> bool:
-    return model_name.startswith("fusion:")

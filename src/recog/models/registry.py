@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from recog.config import FUSION_PREFIX, is_fusion
 from recog.errors import ConfigError, did_you_mean
 
 Builder = Callable[..., nn.Module]
@@ -50,13 +51,14 @@ def create_model(
         from recog.models.tv import torchvision_model
 
         return torchvision_model(name[3:], num_classes, in_channels, image_size, **kwargs)
-    if name.startswith("fusion:"):  # the image model as usual, its head replaced by the fusion layers
+    if is_fusion(name):  # the image model as usual, its head replaced by the fusion layers
         from recog.models.fusion import FUSION_ARGS, FusionNet
 
-        if not name[7:] or name[7:].startswith("fusion:"):
+        image_name = name[len(FUSION_PREFIX):]
+        if not image_name or is_fusion(image_name):
             raise ConfigError(f"{name}: give an image model after 'fusion:', e.g. fusion:airnet")
         fusion_args = {k: kwargs.pop(k) for k in FUSION_ARGS if k in kwargs}
-        image = create_model(name[7:], num_classes, in_channels, image_size, **kwargs)
+        image = create_model(image_name, num_classes, in_channels, image_size, **kwargs)
         features = head(image)[1].in_features
         replace_head(image, nn.Identity())
         return FusionNet(image, features, num_classes, **fusion_args)
