@@ -42,7 +42,7 @@ def main() -> None:
     from recog.data import Normalize, channel_stats, load_dataset
     from recog.data.stream import make_loader
     from recog.device import resolve_device, resolve_precision
-    from recog.engine.build import data_options
+    from recog.runs import data_options
     from recog.evaluation import collect_logits
 
     data = str(cifar10_folder(args.kind))

@@ -27,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
     import onnxruntime
 
-    from recog.engine.build import run_data
+    from recog.runs import run_data
     from recog.export import _accuracy, _images_per_second, _split_images, export
     from recog.inference import load
     from recog.onnx_predict import session

@@ -21,17 +21,21 @@ from recog.config import make_config
 PACKAGE = Path(recog.__file__).parent
 
 # a module may import modules of its own layer or below, never above (``recog/__init__`` is the lazy
-# facade and is left out); ``data`` and ``models`` never import each other
+# facade: its imports run only when an attribute is asked for, inside __getattr__, and it imports only
+# ``_version`` at the top); ``data`` and ``models`` never import each other
 LAYERS = {
     "cli": 6, "api": 5, "tuning": 5, "lr_range": 5, "explanations": 5, "export": 5, "serve": 5, "engine": 4,
     "onnx_predict": 3, "evaluation": 3, "inference": 3, "tasks": 2, "text": 2, "data": 1, "models": 1,
-    "report": 0, "weights": 0, "device": 0, "fileio": 0, "errors": 0, "config": 0, "__main__": 7,
+    "report": 0, "weights": 0, "memory": 0, "_version": 0, "runs": 3, "device": 0, "fileio": 0, "errors": 0, "config": 0, "__main__": 7,
 }
 
 
 def _module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p) for p in PACKAGE.rglob("*.py")}
 
 
 def _imports(path: Path) -> set[str]:
@@ -44,8 +48,10 @@ def _imports(path: Path) -> set[str]:
         if id(node) in skip:
             continue
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("recog"):
-            found.add(node.module)
-            found.update(f"{node.module}.{a.name}" for a in node.names)  # `from recog.data import builtin`
+            submodules = {f"{node.module}.{a.name}" for a in node.names}  # `from recog.data import builtin`
+            found.update(submodules)
+            if node.module != "recog" or not submodules <= MODULES:  # `from recog import api` names a module
+                found.add(node.module)
         elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("recog"))
     return found
@@ -53,19 +59,30 @@ def _imports(path: Path) -> set[str]:
 
 def _graph() -> dict[str, set[str]]:
     modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
-    return {name: {m for m in _imports(path) if m in modules and m != name and name != "recog"}
-            for name, path in modules.items()}
+    return {name: {m for m in _imports(path) if m in modules and m != name} for name, path in modules.items()}
 
 
 def _layer(module: str) -> int:
-    return LAYERS[module.split(".")[1]] if module != "recog" else 99
+    """The package facade (``import recog``) sits with the CLI: the API users call, above the API."""
+    return LAYERS[module.split(".")[1]] if module != "recog" else LAYERS["cli"]
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """The recog modules a file imports when it is imported (not inside functions)."""
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("recog"):
+            found.add(node.module)
+    return found
 
 
 def test_imports_point_downward_and_never_in_a_circle() -> None:
     graph = _graph()
-    upward = [(a, b) for a, deps in graph.items() for b in deps if a != "recog" and b != "recog"
-              and _layer(b) > _layer(a)]
+    upward = [(a, b) for a, deps in graph.items() for b in deps if _layer(b) > _layer(a)]
     assert upward == []
+    # the package facade (`import recog`; recog.train, recog.predict…) is the CLI's to use, nobody else's
+    assert {a for a, deps in graph.items() if "recog" in deps} <= {"recog.cli"}
+    assert _top_level_imports(PACKAGE / "__init__.py") == {"recog._version"}  # the facade imports lazily
     top = {m: m.split(".")[1] if "." in m else "" for m in graph}
     sideways = [(a, b) for a, deps in graph.items() for b in deps
                 if top[a] != top[b] and {top[a], top[b]} <= {"data", "models"}]
@@ -84,6 +101,27 @@ def test_imports_point_downward_and_never_in_a_circle() -> None:
     for module in graph:
         if module not in state:
             visit(module, [module])
+
+
+def test_a_finished_run_is_read_without_the_training_engine() -> None:
+    """Evaluation, export, explanations, serving, inference and the run folder's module read a run
+    through ``recog.runs``; none of them imports ``recog.engine``, at the top or inside a function."""
+    graph = _graph()
+    readers = [m for m in graph if m != "recog" and m.split(".")[1] in ("evaluation", "export", "explanations", "serve",
+                                                       "inference", "runs", "onnx_predict")]
+    assert len(readers) == 7
+    assert {m: sorted(d for d in graph[m] if d.startswith("recog.engine")) for m in readers} == {m: [] for m in readers}
+
+
+def test_build_only_builds_and_no_task_kind_is_named_outside_tasks() -> None:
+    """Decisions live in the planner (engine/plan.py, engine/resolve.py); build.py builds from the
+    resolved config. The task kinds are named by the tasks (config.py's list of choices aside)."""
+    build = PACKAGE / "engine" / "build.py"
+    assert len(build.read_text().splitlines()) <= 300
+    named = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.parent.name != "tasks"
+             and p.name != "config.py" and any(f'"{k}"' in p.read_text() or f"'{k}'" in p.read_text()
+                                               for k in ("multilabel", "classification"))}
+    assert named == set()
 
 
 def test_the_run_is_a_short_composition_and_the_loop_is_one_screen() -> None:
@@ -225,13 +263,13 @@ def test_tta_views_come_from_the_weights_so_a_flips_only_run_is_evaluated_with_f
     run = recog.train(data="digits", model="airnet_small", epochs=1, flip=True, translate=1, tta_translate=False,
                       project=str(tmp_path), verbose=False)
     seen = []
-    original = evaluation._tta_forward
+    original = evaluation.tta_forward
 
     def spy(model, task, views, batch):  # noqa: ANN001, ANN202
         seen.append(len(views))
         return original(model, task, views, batch)
 
-    monkeypatch.setattr(evaluation, "_tta_forward", spy)
+    monkeypatch.setattr(evaluation, "tta_forward", spy)
     recog.evaluate(run.path, tta=True, out=tmp_path / "eval", verbose=False)
     assert set(seen) == {2}  # the image and its mirror, no shifted views (6 before this was read from the weights)
 

@@ -10,7 +10,7 @@ from sklearn import metrics as skm
 
 import recog
 from recog.cli import main
-from recog.evaluation import tta_views
+from recog.inference import tta_views
 from recog.tasks.classification import classification_report
 
 

@@ -235,4 +235,4 @@ def test_without_captum_one_line_says_what_to_install(cifar_run, cifar_png: Path
             f"sys.exit(main(['explain', {str(cifar_run.path)!r}, {image!r}]))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: explanations need Captum: pip install 'recog[explain]'"
+    assert proc.stderr.strip() == "error: explanations need Captum: pip install 'recog[explain]' (from a clone: pip install -e \".[explain]\")"

@@ -78,7 +78,8 @@ def test_export_cli_of_a_channels_last_run_and_torch_free_predict_agree(digits_r
         f = tmp_path / f"digit{i}.png"
         Image.fromarray(np.round(load_digits().images[i] * 255 / 16).astype(np.uint8)).save(f)
         files.append(str(f))
-    assert main(["predict", str(digits_run.path), *files, "--json", "--top-k", "3"]) == 0
+    assert main(["predict", str(digits_run.path), *files, "--json", "--top-k", "3", "--precision", "fp32",
+                 "--no-tta"]) == 0
     from_run = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     code = ("import sys; sys.modules['torch'] = None; from recog.cli import main; "  # importing torch fails
             f"sys.exit(main(['predict', {str(path)!r}, *{files!r}, '--json', '--top-k', '3']))")
@@ -159,7 +160,7 @@ def test_multilabel_export_returns_the_labels_over_their_thresholds(multilabel_r
     files = sorted((cifar_png / "test").glob("*/*.png"))[::10]
     from recog.onnx_predict import predict as onnx_predict
 
-    from_onnx, from_run = onnx_predict(path, files), recog.predict(multilabel_run.path, files)
+    from_onnx, from_run = onnx_predict(path, files), recog.predict(multilabel_run.path, files, precision="fp32", tta=False)
     assert OnnxClassifier(path).meta["thresholds"] == pytest.approx(load(multilabel_run.path, "cpu").meta["thresholds"])
     assert [[e["class"] for e in r["labels"]] for r in from_onnx] == [[e["class"] for e in r["labels"]] for r in from_run]
 
@@ -172,7 +173,7 @@ def test_an_earlier_export_is_replaced_and_onnxruntime_missing_is_one_line(tmp_p
             f"sys.exit(main(['predict', {str(path)!r}, {str(tmp_path)!r}]))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: ONNX models need onnxruntime: pip install 'recog[export]'"
+    assert proc.stderr.strip() == "error: ONNX models need onnxruntime: pip install 'recog[export]' (from a clone: pip install -e \".[export]\")"
 
 
 

@@ -346,13 +346,11 @@ def test_imbalance_warns_and_class_weights_and_balanced_sampling_help(tmp_path: 
     assert ds.imbalance() is not None
     recog.train(data=str(root), model="seednet", epochs=1, val_fraction=0.0, project=str(tmp_path / "r"))
     assert "class imbalance" in capsys.readouterr().err
-    from recog.engine.build import class_weights, sample_weights
-
-    weights = class_weights(ds)
+    weights = ds.class_weights()
     assert weights[ds.classes.index("few")] / weights[ds.classes.index("many")] == pytest.approx(10.0)
     # balanced sampling: each class about half of the epoch
     loader = make_loader(ds.train, 3, ds.image_size, 55, Normalize([0.5] * 3, [0.5] * 3), train=True,
-                         sample_weights=sample_weights(ds))
+                         sample_weights=ds.sample_weights())
     labels = torch.cat([y for _, y in loader])
     few_share = (labels == ds.classes.index("few")).float().mean().item()
     assert 0.3 < few_share < 0.7

@@ -101,11 +101,10 @@ def test_tuned_thresholds_give_each_label_its_best_f1() -> None:
 
 
 def test_pos_weight_auto_weighs_rare_labels(manifest: Path, tmp_path: Path) -> None:
-    from recog.engine.build import pos_weight
     from recog.data import load_dataset
 
     ds = load_dataset(str(manifest), val_fraction=0.0)
-    weights = pos_weight(ds)
+    weights = ds.pos_weight()
     counts = ds.train.labels.sum(0)
     assert torch.allclose(weights, (len(ds.train) - counts) / counts)
     run = recog.train(data=str(manifest), model="airnet_small", epochs=1, pos_weight="auto", project=str(tmp_path),

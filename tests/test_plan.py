@@ -43,11 +43,11 @@ def test_small_images_get_the_small_recipe_with_batch_and_epochs_for_the_data() 
 
 def test_photos_get_a_working_resolution_and_a_strided_stem(tmp_path: Path) -> None:
     data = _photos(tmp_path / "photos")
-    recipe, planned = planner.plan({"data": str(data), "verbose": False})
+    recipe, planned = planner.plan({"data": str(data), "transfer": "none", "verbose": False})  # from scratch
     assert recipe == "photos" and planned["image_size"] == 128  # shorter side 150: 128 without a budget
     assert planned["model_args"]["stem_stride"] == 4 and planned["batch_size"] == 32
     small = _photos(tmp_path / "thumbs", size=(100, 90))
-    assert planner.plan({"data": str(small), "verbose": False})[1]["image_size"] == 64  # never above native
+    assert planner.plan({"data": str(small), "transfer": "none", "verbose": False})[1]["image_size"] == 64  # <= native
     assert planner.ladder(90) == [64, 48, 32] and planner.ladder(20) == [20]
 
 
@@ -88,7 +88,7 @@ def test_a_budget_picks_the_largest_size_that_fits_and_lowers_it_when_short(tmp_
             assert choice.epochs_fit == pytest.approx(fits[expected])
         else:  # nothing fits 8 epochs: the smallest size, and the plan says so
             assert max(fits.values()) < planner.MIN_EPOCHS and "fits no size" in choice.why
-    recipe, planned = planner.plan({"data": str(data), "time_budget": "2m"})
+    recipe, planned = planner.plan({"data": str(data), "time_budget": "2m", "transfer": "none"})
     assert (recipe, planned["image_size"]) == ("photos", 96)
     assert "resolution: 96 px for images of 240 px (the largest size at which 2m fits >= 8 epochs" in \
         capsys.readouterr().err
@@ -124,7 +124,7 @@ def test_a_batch_that_does_not_fit_is_split_or_refused() -> None:
 
 
 def test_a_run_too_big_for_memory_trains_in_micro_batches(tmp_path: Path, monkeypatch, capsys) -> None:
-    import recog.engine.build as build
+    import recog.engine.resolve as build
 
     monkeypatch.setattr(build, "available_memory", lambda device: 40 * 2**20)  # 40 MiB: 20 for activations
     run = recog.train(data="digits", model="airnet_small", epochs=1, batch_size=512, project=str(tmp_path))
@@ -143,7 +143,7 @@ def test_photos_train_end_to_end_from_the_cli(tmp_path: Path, capsys) -> None:
 
     data = _photos(tmp_path / "photos", size=(160, 120))
     assert main(["train", "--data", str(data), "--epochs", "2", "--project", str(tmp_path / "runs"),
-                 "--progress", "none"]) == 0
+                 "--progress", "none", "--transfer", "none"]) == 0  # from scratch (test_transfer: pretrained)
     err = capsys.readouterr().err
     assert "plan: photos recipe: airnet" in err and "at 96 px (stem 3x3 patches)" in err and "batch 32" in err
     saved = yaml.safe_load((tmp_path / "runs" / "train" / "config.yaml").read_text())
@@ -157,7 +157,8 @@ def test_photos_train_end_to_end_from_the_cli(tmp_path: Path, capsys) -> None:
 
 def test_photos_with_a_time_budget_train_and_record_the_plan(tmp_path: Path) -> None:
     data = _photos(tmp_path / "photos", size=(160, 120))
-    run = recog.train(data=str(data), time_budget="15s", project=str(tmp_path / "runs"), verbose=False)
+    run = recog.train(data=str(data), time_budget="15s", transfer="none", project=str(tmp_path / "runs"),
+                      verbose=False)
     saved = yaml.safe_load((run.path / "config.yaml").read_text())
     assert saved["image_size"] in planner.ladder(120) and saved["recipe"] in ("small", "photos")
     assert saved["steps"] >= 1 and saved["epochs"] >= 1 and saved["batch_size"] == 32
@@ -166,7 +167,7 @@ def test_photos_with_a_time_budget_train_and_record_the_plan(tmp_path: Path) -> 
 
 def test_a_budget_sizes_the_batch_and_the_tta_it_can_afford() -> None:
     from recog.config import TrainConfig
-    from recog.engine.build import afford_tta
+    from recog.engine.resolve import afford_tta
 
     # 190 images/s for 3 minutes: three quarters of it train ~25,650 images, 320 steps of 64
     assert planner.budget_batch(180, 1 / 190) == 64
@@ -186,7 +187,7 @@ def test_resume_continues_the_recorded_plan(tmp_path: Path) -> None:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        recog.train(data=str(data), epochs=3, project=str(tmp_path / "runs"), verbose=False,
+        recog.train(data=str(data), epochs=3, transfer="none", project=str(tmp_path / "runs"), verbose=False,
                     on_epoch_end=stop_after_one)
     run_dir = tmp_path / "runs" / "train"
     planned = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -211,8 +212,13 @@ def test_a_budget_plan_inside_one_epoch_is_replanned_as_it_runs(tmp_path: Path, 
     monkeypatch.setattr(budget_module.Budget, "calibrate", pessimistic)
     run = recog.train(data="digits", model="airnet_small", batch_size=8, time_budget="1m", project=str(tmp_path),
                       verbose=False)
-    assert run.config.steps > 20  # re-planned within the first epoch (162 steps of 8), and it ended
-    assert run.config.epochs == len(run.metrics)
+    from recog.engine.checkpoint import load_state
+
+    loop = load_state(run.path / "weights" / "state.pt")["loop"]
+    assert loop["total_steps"] > 20  # re-planned within the first epoch (162 steps of 8), and it ended
+    assert -(-loop["total_steps"] // loop["steps_per_epoch"]) == len(run.metrics)
+    # config.yaml is the first plan, written once before training; the re-plans live in the loop state
+    assert yaml.safe_load((run.path / "config.yaml").read_text())["steps"] == run.config.steps == 20
 
 
 def test_a_large_jpeg_decodes_at_a_reduced_scale_with_the_same_picture(tmp_path: Path) -> None:

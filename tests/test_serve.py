@@ -140,7 +140,7 @@ def test_without_fastapi_one_line_says_what_to_install(digits_run) -> None:
             f"sys.exit(main(['serve', {str(digits_run.path)!r}]))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: recog serve needs FastAPI and uvicorn: pip install 'recog[serve]'"
+    assert proc.stderr.strip() == "error: recog serve needs FastAPI and uvicorn: pip install 'recog[serve]' (from a clone: pip install -e \".[serve]\")"
 
 
 # ---- batching, the queue and timeouts: an in-process uvicorn server around a gated predictor ------------
@@ -231,7 +231,7 @@ def test_concurrent_requests_are_batched_and_answered_as_alone(digits_run, digit
     timings = [headers["Server-Timing"] for _, headers, _ in answers]  # where each request's time went
     assert all("decode;dur=" in t and "queue;dur=" in t and "model;dur=" in t for t in timings)
     assert [sum(f'desc="batch of {n}"' in t for t in timings) for n in (1, 8, 7)] == [1, 8, 7]
-    alone = recog.predict(digits_run.path, [_save(png) for png in digit_pngs[:16]])
+    alone = recog.predict(digits_run.path, [_save(png) for png in digit_pngs[:16]], precision="fp32", tta=False)
     for (_, _, body), single in zip(answers, alone):
         assert [t["class"] for t in body["top"]] == [t["class"] for t in single["top"]]
         assert [t["prob"] for t in body["top"]] == pytest.approx([t["prob"] for t in single["top"]], abs=1e-5)

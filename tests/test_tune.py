@@ -120,7 +120,7 @@ def test_without_optuna_one_line_says_what_to_install() -> None:
             "sys.exit(main(['tune', '--trials', '1']))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: recog tune needs Optuna: pip install 'recog[tune]'"
+    assert proc.stderr.strip() == "error: recog tune needs Optuna: pip install 'recog[tune]' (from a clone: pip install -e \".[tune]\")"
 
 
 def test_jobs_run_trials_in_parallel_worker_processes(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from recog._version import __version__
 
 _API = ("train", "evaluate", "predict", "load", "Run", "Classifier")
 _FEATURES = {"explain": "explanations", "tune": "tuning", "lr_find": "lr_range"}  # function: its module

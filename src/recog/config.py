@@ -28,11 +28,13 @@ HEADS = ("linear", "text")
 FUSIONS = ("concat", "gated")  # how a fusion:NAME model mixes image and text features
 MODALITIES = ("image", "text")
 FUSION_PREFIX = "fusion:"  # --model fusion:NAME: NAME's image features fused with a text embedding
+TRANSFERS = ("auto", "probe", "full", "none")  # how pretrained weights are used (recog.engine.probe for probe)
 FINAL_EVALS = ("auto", "val", "off")  # "val" and "off": the test split is never read
 CROP_SCALE = 0.35  # the smallest random-resized-crop area (torchvision uses 0.08; small images want more)
 RECIPE_AUTO = "auto"
 NO_RECIPE = "none"
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3, "muon": 0.05}  # lr left unset: by optimizer
+LR_AUTO = "auto"  # lr: auto (flag, YAML, keyword, recog tune): the lr range test chooses it before training
 
 
 def opt(default: Any = None, help: str | None = None, factory: Any = None,  # noqa: A002 - argparse's word
@@ -89,6 +91,12 @@ class TrainConfig:
     model: str = opt("airnet")
     model_args: dict[str, Any] = opt(None, 'builder keyword arguments', factory=dict)
     weights: str | None = opt(None, 'initial weights: a .safetensors or a plain state dict file')
+    pretrained: str | None = opt(None, 'start from pretrained weights, offline: a name (recog models --pretrained: '
+                                       'efficientnet_lite0 ships with recog) or a PATH to a timm/torchvision '
+                                       'checkpoint; default: efficientnet_lite0 for photos (transfer auto)')
+    transfer: str = opt("auto", 'auto | probe | full | none: with pretrained weights, train a linear head on cached '
+                                'features of the frozen backbone (probe) or fine-tune the whole network (full); '
+                                'auto: probe on photos when pretrained weights are installed; none: from scratch')
     head: str = opt("linear", 'linear | text: the classes as language, scored against prompt embeddings of their '
                               'names (recog[text]); predict and eval can then take other --classes')
     prompt: str = opt("a photo of a {class}|a blurry photo of a {class}|a close-up photo of the {class}",
@@ -169,6 +177,13 @@ class TrainConfig:
         _choice("progress", self.progress, PROGRESS)
         _choice("final_eval", self.final_eval, FINAL_EVALS)
         _choice("head", self.head, HEADS)
+        _choice("transfer", self.transfer, TRANSFERS)
+        if self.pretrained is not None and self.weights is not None:
+            raise ConfigError("give pretrained (a backbone to transfer from) or weights (a checkpoint to start from), "
+                              "not both")
+        if self.transfer == "probe" and (is_fusion(self.model) or self.head == "text"):
+            raise ConfigError("transfer probe trains a linear head; fusion models and text heads train with "
+                              "transfer full")
         if any("{class}" not in t for t in self.prompt.split("|") if t.strip()) or not self.prompt.strip("| "):
             raise ConfigError(f"prompt: each template needs {{class}}, e.g. 'a photo of a {{class}}'; got {self.prompt!r}")
         if self.fusion is not None or self.modalities is not None:
@@ -401,6 +416,8 @@ def make_config(config: str | os.PathLike | None = None, plan: Planner | None = 
     from_file = load_yaml(config) if config is not None else {}
     check_keys(overrides, "arguments")
     given = {**from_file, **{k: v for k, v in overrides.items() if v is not None}}
+    if given.get("lr") == LR_AUTO:  # recog train and tune run the range test first (lr_is_auto) and give a
+        given.pop("lr")  # number; anything else (the range test itself) starts from the optimizer's default
     recipe = given.get("recipe", RECIPE_AUTO)  # an old config.yaml's ``recipe: null`` is no recipe
     planned: dict[str, Any] = {}
     if recipe not in (None, NO_RECIPE) and plan is not None:  # auto, or a named recipe to size
@@ -409,6 +426,14 @@ def make_config(config: str | os.PathLike | None = None, plan: Planner | None = 
         recipe, planned = plan({**given, "recipe": recipe})
     values = {**recipe_layer(recipe, given), **planned, **given, "recipe": recipe}
     return TrainConfig(**{k: coerce(k, v) for k, v in values.items()})
+
+
+def lr_is_auto(config: str | os.PathLike | None, overrides: dict[str, Any]) -> bool:
+    """Whether ``lr: auto`` was asked for, by a keyword (flag) or, when none gives lr, by the YAML file."""
+    lr = overrides.get("lr")
+    if lr is None and config is not None:
+        lr = load_yaml(config).get("lr")
+    return lr == LR_AUTO
 
 
 def save_yaml(cfg: TrainConfig, path: Path) -> None:

@@ -15,6 +15,17 @@ import torch
 from recog.errors import ConfigError
 
 
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module, train: bool = False) -> Iterator[torch.nn.Module]:
+    """The model in eval mode (``train``: train mode) for the block, then in the mode it was in."""
+    was = model.training
+    model.train(train)
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` is the GPU when there is one; a CUDA device on a machine without CUDA is an error."""
     if name == "auto":

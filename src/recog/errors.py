@@ -29,6 +29,15 @@ class TrainingError(RecogError):
     """Training cannot go on (for example, the loss became NaN or infinite)."""
 
 
+class MissingExtra(ConfigError):
+    """A feature's optional libraries are not installed (serve answers 501 for it, not 400)."""
+
+    def __init__(self, what: str, extra: str, alternative: str = "") -> None:
+        super().__init__(f"{what}: pip install 'recog[{extra}]' (from a clone: pip install -e \".[{extra}]\")"
+                         f"{alternative}")
+        self.extra = extra
+
+
 def shown(path: object) -> str:
     """A file name as messages show it: control characters (a newline in a name could forge a log
     line) escaped, the rest as it is."""

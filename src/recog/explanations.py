@@ -32,9 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from recog.data.image import ImageReadError, image_files, read_files
-from recog.errors import ConfigError, DataError, did_you_mean, shown
+from recog.errors import ConfigError, DataError, MissingExtra, did_you_mean, shown
 from recog.fileio import atomic_path, atomic_write_text, check_folder, next_run_dir
 from recog.inference import Classifier, check_outputs, load
+from recog.runs import run_data
 from recog.models import choose_cam_layer, conv_maps
 
 METHODS = {
@@ -57,7 +58,7 @@ def require_captum() -> Any:
     try:
         import captum.attr
     except ImportError:
-        raise ConfigError("explanations need Captum: pip install 'recog[explain]'") from None
+        raise MissingExtra("explanations need Captum", "explain") from None
     return captum.attr
 
 
@@ -372,8 +373,6 @@ def _images_of(clf: Classifier, run_dir: Path, names: list[str]) -> torch.Tensor
             return torch.stack([clf.read(n) for n in names])
         except ImageReadError as exc:
             raise DataError(f"an image of {run_dir / 'predictions.csv'} cannot be read any more: {exc}") from None
-    from recog.engine.build import run_data
-
     if clf.config is None:
         raise DataError(f"{run_dir} has no config.yaml: cannot find the images its predictions.csv numbers")
     ds = run_data(clf.config, clf.meta["image_size"], clf.meta["channels"], clf.device)
@@ -387,7 +386,7 @@ def _images_of(clf: Classifier, run_dir: Path, names: list[str]) -> torch.Tensor
 
 def _link_in_report(run_dir: Path, name: str, title: str) -> None:
     """List a figure in the run's report.json and rewrite report.md from it, so that it links it."""
-    from recog.report import report_markdown
+    from recog.tasks import report_markdown
 
     path = run_dir / "report.json"
     if not path.is_file():

@@ -21,15 +21,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from recog import __version__
-from recog.errors import ConfigError, RecogError, did_you_mean
-from recog.fileio import atomic_path
+from recog._version import __version__
+from recog.errors import ConfigError, MissingExtra, RecogError, did_you_mean
+from recog.fileio import META_KEY, atomic_path
 from recog.inference import Classifier, load
+from recog.runs import run_data
 
 FORMATS = ("onnx", "pt2")
 TOLERANCE = 1e-4  # largest |p_torch - p_onnx| an fp32 export may show
 CHECK_BATCHES = (1, 17)
-META_KEY = "recog"  # the ONNX metadata entry holding recog's JSON metadata
 
 
 class ExportError(RecogError):
@@ -43,19 +43,17 @@ class Exported(nn.Module):
     def __init__(self, clf: Classifier) -> None:
         super().__init__()
         self.clf = clf
-        self.multilabel = clf.meta.get("task") == "multilabel"
 
     def forward(self, images_nhwc: torch.Tensor) -> torch.Tensor:
-        logits = self.clf(images_nhwc.permute(0, 3, 1, 2)).float()
-        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
+        return self.clf.task.probabilities(self.clf(images_nhwc.permute(0, 3, 1, 2)))
 
 
 def metadata(clf: Classifier) -> dict[str, Any]:
     """What a predictor needs from the file alone."""
     m = clf.meta
     return {"recog_version": __version__, "model": m["model"], "classes": list(m["classes"]),
-            "image_size": m["image_size"], "channels": m["channels"], "task": m.get("task", "classification"),
-            "thresholds": m.get("thresholds"), "input": "uint8 NHWC, resized to image_size (the caller resizes)",
+            "image_size": m["image_size"], "channels": m["channels"], "task": clf.task.name,
+            "decision": clf.task.decision, "thresholds": m.get("thresholds"), "input": "uint8 NHWC, resized to image_size (the caller resizes)",
             "output": "probabilities"}
 
 
@@ -88,7 +86,7 @@ def export(source: str | os.PathLike | Classifier, format: str = "onnx", output:
                           f"(remove it or choose another name)")
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = Exported(clf).eval()
-    ds = _own_data(clf) if images is None or int8 else None  # read once: the check and int8 share it
+    ds = _own_data(clf, int8) if images is None or int8 else None  # read once: the check and int8 share it
     if int8 and ds is None:
         raise ConfigError("--int8 needs the run's images (see the note above); nothing was written")
     check = _check_images(clf, images, ds)
@@ -133,15 +131,13 @@ def _default_output(clf: Classifier, format: str) -> Path:
     return src.with_name(f"model.{format}")
 
 
-def _own_data(clf: Classifier) -> Any:
+def _own_data(clf: Classifier, int8: bool) -> Any:
     """The run's own data, split as trained; None for a bare weights file or (with a note) when it
     cannot be read any more."""
     if clf.config is None:
         return None
-    from recog.engine.build import run_data
-
-    try:
-        return run_data(clf.config, clf.meta["image_size"], clf.meta["channels"], "cpu")
+    try:  # streamed (a folder is scanned, not decoded): the check reads its 17 images itself
+        return run_data(clf.config, clf.meta["image_size"], clf.meta["channels"], "cpu", stream=not int8)
     except (RecogError, OSError) as exc:
         print(f"note: the run's images cannot be read ({exc}); checking the export on random images",
               file=sys.stderr)
@@ -166,7 +162,7 @@ def _export_onnx(wrapper: nn.Module, example: torch.Tensor, path: Path, meta: di
     try:
         import onnx
     except ImportError:
-        raise ConfigError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'recog[export]'") from None
+        raise MissingExtra("ONNX export needs onnx, onnxscript and onnxruntime", "export") from None
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.onnx.export(wrapper, (example,), dynamo=True, dynamic_shapes=({0: batch},),
                                 input_names=["images"], output_names=["probabilities"], verbose=False)
@@ -226,8 +222,6 @@ def quantize(clf: Classifier, fp32_path: Path, output: Path | None = None, verbo
     evaluation split and images/s at batch 64, side by side; refuses (raises, writes nothing) when
     int8 loses more than one accuracy point. ``ds``: the run's data when already read."""
     from onnxruntime.quantization import CalibrationDataReader
-
-    from recog.engine.build import run_data
 
     if clf.config is None:
         raise ConfigError("--int8 needs the run's data (calibration and the accuracy check): export a run folder")

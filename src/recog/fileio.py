@@ -11,6 +11,9 @@ from pathlib import Path
 
 from recog.errors import ConfigError, OutputError, shown
 
+# the metadata entry (safetensors and ONNX alike) that holds recog's JSON metadata
+META_KEY = "recog"
+
 
 _fault_points = 0
 

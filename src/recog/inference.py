@@ -5,21 +5,25 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from recog.config import TrainConfig, make_config
+from recog.config import PRECISIONS, TrainConfig
+from recog.data.augment import flip, translate
 from recog.data.image import answer_files, image_files, load_image
 from recog.data.loader import Normalize
-from recog.device import resolve_device
+from recog.device import autocast, eval_mode, has_bf16, resolve_device, resolve_precision
 from recog.errors import ConfigError, WeightsError
 from recog.text import DEFAULT_ENCODER, DEFAULT_PROMPT
 from recog.models import create_model, feature_width, head, replace_head
-from recog.tasks import Task, task_from_meta
+from recog.tasks import Batch, Task, task_from_meta
+from recog.runs import run_config, weights_file
 from recog.weights import load_into, read_weights
 
 
@@ -28,12 +32,13 @@ class Classifier(nn.Module):
     module (an exporter can put the preprocessing inside the graph)."""
 
     def __init__(self, model: nn.Module, meta: dict[str, Any], device: torch.device, source: Path | None = None,
-                 config: TrainConfig | None = None) -> None:
+                 config: TrainConfig | None = None, policy: Policy | None = None) -> None:
         super().__init__()
         self.normalize = Normalize(meta["mean"], meta["std"], device)
         self.model = model
         self.meta, self.device, self.source, self.config = meta, device, source, config
         self.task: Task = task_from_meta(meta)
+        self.policy = policy or inference_policy(meta, device)
 
     @property
     def classes(self) -> list[str]:
@@ -83,16 +88,96 @@ class Classifier(nn.Module):
         return torch.from_numpy(load_image(source, self.meta["channels"], self.meta["image_size"]))
 
     @torch.no_grad()
+    def logits(self, images_u8: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
+        """fp32 logits of uint8 images under the policy (precision, TTA views), checked finite."""
+        batch: Batch = (self.normalize(images_u8.to(self.device)), None,
+                        *(() if text is None else (text.to(self.device),)))
+        with eval_mode(self.model), autocast(self.device, self.policy.precision):
+            logits = tta_forward(self.model, self.task, self.policy.views, batch).float()
+        check_outputs(logits, self.source)
+        return logits
+
     def predict_images(self, images_u8: torch.Tensor, top_k: int = 5,
                        text: torch.Tensor | None = None) -> list[dict[str, Any]]:
         """Per image the task's answer: ``{"top": [{class, prob}…]}`` (single-label, top-k) or
         ``{"labels": [{class, prob}…]}`` (multi-label: every label over its threshold). ``text``: a
         fusion model's text embeddings, one row per image (:meth:`embed`)."""
-        self.eval()
-        extra = () if text is None else (text.to(self.device),)
-        logits = self(images_u8.to(self.device), *extra).float()
-        check_outputs(logits, self.source)
-        return self.task.predict(logits, self.classes, top_k)
+        return self.task.predict(self.logits(images_u8, text), self.classes, top_k)
+
+
+View = tuple[bool, int, int, float]  # (flip, dy, dx, weight)
+
+
+def tta_views(use_flip: bool, shift: int, translate_views: bool = True) -> list[View]:
+    """The weighted views TTA averages, from the augmentations the model was trained with
+    (airbench's scheme): half the weight on the image as it is (and mirrored), half on one-pixel
+    diagonal shifts up-left and down-right (and mirrored) when it was trained with a ``shift`` and
+    ``translate_views`` (``--tta-translate``, 3x the views of flips alone) is on."""
+    shift = shift if translate_views else 0
+    flips = [False, True] if use_flip else [False]
+    centre = [(f, 0, 0) for f in flips]
+    shifted = [(f, d, d) for d in (-1, 1) for f in flips] if shift else []
+    if not shifted:
+        return [(*v, 1.0 / len(centre)) for v in centre]
+    return [(*v, 0.5 / len(centre)) for v in centre] + [(*v, 0.5 / len(shifted)) for v in shifted]
+
+
+def views_for(meta: dict[str, Any]) -> list[View]:
+    """The TTA views of a model, from its weights' metadata."""
+    return tta_views(bool(meta.get("flip")), int(meta.get("translate", 0)), bool(meta.get("tta_translate", True)))
+
+
+def tta_forward(model: nn.Module, task: Task, views: list[View], batch: Batch) -> torch.Tensor:
+    """The task's logits of the weighted mean of the views' probabilities (one plain view: the logits)."""
+    if len(views) == 1 and views[0][:3] == (False, 0, 0):
+        return task.forward(model, batch)
+    x = batch[0]
+    probs = 0.0
+    for f, dy, dx, weight in views:
+        v = flip(x, torch.ones(len(x), dtype=torch.bool, device=x.device)) if f else x
+        if dy or dx:
+            n = len(v)
+            v = translate(v, torch.full((n,), dy, device=v.device), torch.full((n,), dx, device=v.device), 1)
+        probs = probs + weight * task.probabilities(task.forward(model, (v, *batch[1:])))
+    return task.logits_of(probs)
+
+
+# ---- the one inference policy: precision and test-time augmentation ---------------------------------
+
+@dataclass(frozen=True)
+class Policy:
+    """How a model answers: its precision and the test-time augmentation views it averages. One
+    function (:func:`inference_policy`) decides it for predict, eval, serve and export alike."""
+
+    precision: str  # fp32 | bf16
+    views: tuple[View, ...]  # one plain view: no TTA
+
+    @property
+    def tta(self) -> bool:
+        return len(self.views) > 1
+
+    def describe(self) -> str:
+        return f"{self.precision}, " + (f"TTA {len(self.views)} views" if self.tta else "no TTA")
+
+
+def inference_policy(meta: dict[str, Any], device: torch.device, precision: str = "auto", tta: bool | None = None,
+                     verbose: bool = False) -> Policy:
+    """``precision`` auto: the precision the run evaluated with (its weights' metadata; fp32 for files
+    that do not say) where this device has bf16 units, else fp32; ``tta`` None: as the run evaluated
+    (its metadata; off for files that do not say). The same defaults for every command, so the same
+    image gets the same answer from predict, eval and serve."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "auto":
+        precision = meta.get("precision", "fp32") if has_bf16(device) else "fp32"
+    else:
+        precision = resolve_precision(precision, device, verbose)
+    use_tta = bool(meta.get("tta", False)) if tta is None else tta
+    views = tuple(views_for(meta)) if use_tta else ((False, 0, 0, 1.0),)
+    if use_tta and len(views) == 1 and tta and verbose:
+        print("note: --tta has no views for this model (trained without flip or translate); plain evaluation",
+              file=sys.stderr)
+    return Policy(precision, views)
 
 
 def check_outputs(logits: torch.Tensor, source: Path | None) -> None:
@@ -102,21 +187,10 @@ def check_outputs(logits: torch.Tensor, source: Path | None) -> None:
                            f"are broken; use another checkpoint")
 
 
-def weights_file(source: str | os.PathLike) -> tuple[Path, Path | None]:
-    """(weights file, run folder or None) for a run folder or a weights file."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        for name in ("best.safetensors", "last.safetensors"):
-            if (path / "weights" / name).is_file():
-                return path / "weights" / name, path
-        raise WeightsError(f"{path} is not a run folder: no weights/best.safetensors in it")
-    if not path.exists():
-        raise WeightsError(f"no run folder or weights file at {path}")
-    return path, None
-
-
-def load(source: str | os.PathLike, device: str = "auto") -> Classifier:
-    """A run folder or a ``.safetensors`` file saved by recog, ready to predict."""
+def load(source: str | os.PathLike, device: str = "auto", precision: str = "auto", tta: bool | None = None,
+         verbose: bool = False) -> Classifier:
+    """A run folder or a ``.safetensors`` file saved by recog, ready to predict with the
+    :func:`inference_policy` of ``precision`` and ``tta`` (defaults: as the run evaluated)."""
     path, run_dir = weights_file(source)
     state, meta = read_weights(path)
     if meta is None:
@@ -134,10 +208,10 @@ def load(source: str | os.PathLike, device: str = "auto") -> Classifier:
         replace_head(model, TextHead(feature_width(model), torch.zeros_like(prompts)))
     load_into(model, state, str(path))
     model.to(dev).eval()
-    cfg = make_config(run_dir / "config.yaml", verbose=False) if run_dir else None
+    cfg = run_config(run_dir) if run_dir else None
     if cfg is not None and cfg.channels_last:  # as it was trained: faster convolutions (1.3x on CPU)
         model.to(memory_format=torch.channels_last)
-    return Classifier(model, meta, dev, path, cfg)
+    return Classifier(model, meta, dev, path, cfg, inference_policy(meta, dev, precision, tta, verbose))
 
 
 def predict(
@@ -148,16 +222,29 @@ def predict(
     batch_size: int = 64,
     classes: Sequence[str] | None = None,
     texts: str | Sequence[str] | None = None,
+    precision: str = "auto",
+    tta: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Per image ``{"path", "top": [{"class", "prob"}…]}`` (single-label) or ``{"path", "labels":
-    [...]}`` (multi-label); unreadable files get ``"error"`` (and ``"kind"``) instead. ``classes``: a
-    text-head model chooses among these names instead of its trained classes. ``texts`` (a fusion
-    model): one text for every image, or one per image file in order; none: the images alone."""
-    clf = source if isinstance(source, Classifier) else load(source, device)
-    if classes is not None:
-        clf.set_classes(classes)
+    [...]}`` (multi-label); unreadable files get ``"error"`` (and ``"kind"``) instead. ``source``: a run
+    folder, weights file, :class:`Classifier` or exported ``.onnx`` file. ``classes``: a text-head model
+    chooses among these names instead of its trained classes. ``texts`` (a fusion model): one text for
+    every image, or one per image file in order; none: the images alone. ``precision`` and ``tta``: the
+    :func:`inference_policy` (defaults: as the run's own evaluation)."""
     if top_k < 1:
         raise ConfigError(f"top_k must be at least 1, got {top_k}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    if not isinstance(source, Classifier) and str(source).lower().endswith(".onnx"):
+        return _predict_onnx(source, images, top_k, batch_size, classes, texts, precision, tta)
+    if isinstance(source, Classifier):
+        clf = source
+        if precision != "auto" or tta is not None:
+            clf.policy = inference_policy(clf.meta, clf.device, precision, tta)
+    else:
+        clf = load(source, device, precision, tta)
+    if classes is not None:
+        clf.set_classes(classes)
     paths = image_files([images] if isinstance(images, (str, os.PathLike)) else images)
     if texts is None:
         return answer_files(paths, clf.read, lambda xs: clf.predict_images(torch.stack(xs), top_k), batch_size)
@@ -172,3 +259,21 @@ def predict(
     def answer(items: list[tuple[torch.Tensor, torch.Tensor]]) -> list[dict[str, Any]]:
         return clf.predict_images(torch.stack([x for x, _ in items]), top_k, torch.stack([t for _, t in items]))
     return answer_files(paths, lambda p: (clf.read(p), vectors[str(p)]), answer, batch_size)
+
+
+def _predict_onnx(source: str | os.PathLike, images: Any, top_k: int, batch_size: int, classes: Any, texts: Any,
+                  precision: str, tta: bool | None) -> list[dict[str, Any]]:
+    """An exported file: numpy, Pillow and ONNX Runtime (:mod:`recog.onnx_predict`); it computes one fp32 view."""
+    from recog.onnx_predict import predict as onnx_predict
+
+    if classes is not None:
+        raise ConfigError("classes needs the run folder or weights of a --head text model, not an .onnx file (an "
+                          "exported text head carries its trained classes' prompt embeddings)")
+    if texts is not None:
+        raise ConfigError("text needs the run folder or weights of a fusion model, not an .onnx file (fusion "
+                          "models are not exported)")
+    if precision not in ("auto", "fp32") or tta:
+        raise ConfigError(f"an exported .onnx file computes one view in the precision it was exported in: "
+                          f"precision {precision!r}{' and TTA' if tta else ''} need the run folder or weights file")
+    return onnx_predict(source, images, top_k=top_k, batch_size=batch_size)
+

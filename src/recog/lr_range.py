@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recog.data.loader import cycle
 from recog.errors import ConfigError
 
 SMOOTHING = 0.98
@@ -50,6 +51,7 @@ def lr_find(config: str | os.PathLike | None = None, start_lr: float = 1e-6, end
     into a new ``PROJECT/lr-find`` folder."""
     from recog.config import make_config
     from recog.engine.build import build, session
+    from recog.engine.resolve import resolve
     from recog.engine.plan import plan
     from recog.engine.step import NonFiniteLoss
     from recog.fileio import next_run_dir
@@ -66,13 +68,13 @@ def lr_find(config: str | os.PathLike | None = None, start_lr: float = 1e-6, end
     smooth: list[float] = []
     stopped = f"reached --end-lr {end_lr:g} after {scan_steps} steps"
     with session(cfg):
-        t = build(cfg, None, folder)
-        cfg = t.config  # resolved: batch size, lr and muon_lr filled
+        cfg, prepared = resolve(cfg, None, folder)
+        t = build(cfg, prepared)  # resolved: batch size, lr and muon_lr filled
         stepper = t.stepper()
         t.net.train()
         ratio = (end_lr / start_lr) ** (1 / (scan_steps - 1))
         average, best = 0.0, math.inf
-        batches = _cycle(t.train_loader)
+        batches = cycle(t.train_loader)
         for i in range(scan_steps):
             lr = start_lr * ratio ** i
             stepper.set_lr(lr)
@@ -115,15 +117,6 @@ def lr_find(config: str | os.PathLike | None = None, start_lr: float = 1e-6, end
         print(f"suggested lr {result.suggestion:.3g} (the minimum's {result.minimum:.3g} / 10; steepest descent at "
               f"{result.steepest:.3g}); plot: {folder / 'lr_find.png'}")
     return result
-
-
-def _cycle(loader: Any) -> Any:
-    """The loader's batches, epoch after epoch."""
-    epoch = 0
-    while True:
-        loader.set_epoch(epoch)
-        yield from loader
-        epoch += 1
 
 
 def _write(result: LRFind, cfg: Any) -> None:

@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 
 from recog.data.image import answer_files, image_files, load_image
-from recog.errors import ConfigError, WeightsError
-
-META_KEY = "recog"
+from recog.errors import ConfigError, MissingExtra, WeightsError
+from recog.fileio import META_KEY
 
 
 def session(path: str | os.PathLike, spinning: bool = True) -> Any:
@@ -26,7 +25,7 @@ def session(path: str | os.PathLike, spinning: bool = True) -> Any:
     try:
         import onnxruntime as ort
     except ImportError:
-        raise ConfigError("ONNX models need onnxruntime: pip install 'recog[export]'") from None
+        raise MissingExtra("ONNX models need onnxruntime", "export") from None
     options = ort.SessionOptions()
     options.log_severity_level = 3  # warnings about unused initialisers are not the user's business
     if not spinning:
@@ -51,6 +50,9 @@ class OnnxClassifier:
         self.meta: dict[str, Any] = json.loads(props[META_KEY])
         self.classes: list[str] = list(self.meta["classes"])
         self.input = self.session.get_inputs()[0].name
+        # the rule that reads an answer from the probabilities (files before it was recorded: thresholds
+        # were recorded for multi-label models only)
+        self.decision = self.meta.get("decision") or ("thresholds" if self.meta.get("thresholds") else "top-k")
 
     def read(self, source: str | os.PathLike | bytes) -> np.ndarray:
         return load_image(source, self.meta["channels"], self.meta["image_size"])
@@ -62,7 +64,7 @@ class OnnxClassifier:
     def predict_arrays(self, images_u8: np.ndarray, top_k: int = 5) -> list[dict[str, Any]]:
         """As :meth:`recog.inference.Classifier.predict_images`: top-k, or the labels over their thresholds."""
         probs = self.probabilities(images_u8)
-        if self.meta.get("task") == "multilabel":
+        if self.decision == "thresholds":
             cuts = np.asarray(self.meta.get("thresholds") or [0.5] * len(self.classes))
             return [{"labels": sorted(({"class": self.classes[i], "prob": float(p[i])}
                                        for i in np.flatnonzero(p >= cuts)), key=lambda e: -e["prob"])}

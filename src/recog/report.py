@@ -78,11 +78,11 @@ def plot_confusion(path: Path, matrix: list[list[int]], classes: list[str]) -> N
     plt.close(fig)
 
 
-def _pct(v: float | None) -> str:
+def pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}%"
 
 
-def _header(report: dict[str, Any], figures: list[str]) -> list[str]:
+def header(report: dict[str, Any], figures: list[str]) -> list[str]:
     """The title, the image count and the task's headline figures, as a list of lines."""
     return [
         f"# Evaluation report{': ' + report['title'] if report.get('title') else ''}",
@@ -94,22 +94,11 @@ def _header(report: dict[str, Any], figures: list[str]) -> list[str]:
     ]
 
 
-def _multilabel_markdown(report: dict[str, Any]) -> str:
-    lines = _header(report, [
-        f"mAP: {report['map_macro']:.4f} (macro), {report['map_micro']:.4f} (micro)",
-        f"exact match: {_pct(report['exact_match'])}, Hamming loss: {report['hamming_loss']:.4f}",
-        f"macro F1: {report['macro_f1']:.4f}, micro F1: {report['micro_f1']:.4f}",
-    ]) + ["| label | precision | recall | F1 | AP | support | threshold |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | "
-              f"{'n/a' if r['ap'] is None else format(r['ap'], '.4f')} | "
-              f"{r['support']} | {r['threshold']:.3f} |" for r in report["per_class"]]
-    return "\n".join(lines) + "\n"
-
-
-def report_markdown(report: dict[str, Any]) -> str:
-    """report.md: the headline figures, the per-class table and links to the figures made for it."""
+def document(report: dict[str, Any], body: str) -> str:
+    """report.md: the task's ``body`` (headline figures and per-class table), a fusion model's ablation
+    table and links to the figures made for it."""
     figures = "".join(f"\n## {f['title']}\n\n![{f['title']}]({f['path']})\n" for f in report.get("figures", []))
-    return _report_markdown(report) + _ablation_markdown(report.get("ablation")) + figures
+    return body + _ablation_markdown(report.get("ablation")) + figures
 
 
 def _ablation_markdown(rows: list[dict[str, Any]] | None) -> str:
@@ -117,34 +106,15 @@ def _ablation_markdown(rows: list[dict[str, Any]] | None) -> str:
     if not rows:
         return ""
     lines = ["", "## Ablation (what the model is given)", "", f"| inputs | {rows[0]['metric']} | images |", "|---|---|---|"]
-    lines += [f"| {r['inputs'].replace('+', ' + ')} | {_pct(r['value'])} | {r['num_images']} |" for r in rows]
+    lines += [f"| {r['inputs'].replace('+', ' + ')} | {pct(r['value'])} | {r['num_images']} |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
-def _report_markdown(report: dict[str, Any]) -> str:
-    if report.get("task") == "multilabel":
-        return _multilabel_markdown(report)
-    lines = _header(report, [
-        f"accuracy: {_pct(report['accuracy'])}",
-        f"top-5 accuracy: {_pct(report['top5_accuracy'])}",
-        f"macro F1: {report['macro_f1']:.4f}, weighted F1: {report['weighted_f1']:.4f}",
-    ]) + ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
-    lines += [f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |"
-              for r in report["per_class"]]
-    lines.append(f"| *macro* | {report['macro_precision']:.4f} | {report['macro_recall']:.4f} | "
-                 f"{report['macro_f1']:.4f} | {report['num_images']} |")
-    lines.append(f"| *weighted* | {report['weighted_precision']:.4f} | {report['weighted_recall']:.4f} | "
-                 f"{report['weighted_f1']:.4f} | {report['num_images']} |")
-    if report["most_confused"]:
-        lines += ["", "## Most confused pairs", "", "| true | predicted | count |", "|---|---|---|"]
-        lines += [f"| {p['true']} | {p['predicted']} | {p['count']} |" for p in report["most_confused"]]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(out_dir: Path, report: dict[str, Any]) -> None:
-    """report.json, report.md and (single-label) confusion.csv and confusion.png in ``out_dir``."""
+def write_report(out_dir: Path, report: dict[str, Any], markdown: str) -> None:
+    """report.json, ``markdown`` as report.md, and (with a confusion matrix) confusion.csv and
+    confusion.png in ``out_dir``."""
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2))
-    atomic_write_text(out_dir / "report.md", report_markdown(report))
+    atomic_write_text(out_dir / "report.md", markdown)
     if "confusion_matrix" not in report:
         return
     buf = io.StringIO()

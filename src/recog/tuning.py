@@ -39,8 +39,8 @@ from typing import Any
 
 import yaml
 
-from recog.config import field_names, make_config
-from recog.errors import ConfigError, RecogError, did_you_mean
+from recog.config import LR_AUTO, field_names, make_config
+from recog.errors import ConfigError, MissingExtra, RecogError, did_you_mean
 from recog.fileio import atomic_write_text
 
 PRUNERS = ("hyperband", "median", "none")
@@ -69,7 +69,7 @@ def require_optuna() -> Any:
     try:
         import optuna
     except ImportError:
-        raise ConfigError("recog tune needs Optuna: pip install 'recog[tune]'") from None
+        raise MissingExtra("recog tune needs Optuna", "tune") from None
     return optuna
 
 
@@ -158,8 +158,8 @@ def study_name(data: str, model: str | None) -> str:
 
 
 def _score(row: dict[str, Any]) -> float:
-    """The task's validation score in an epoch's metrics row (val_map for multi-label, else val_acc)."""
-    return float(row["val_map"] if "val_map" in row else row["val_acc"])
+    """The task's validation score of an epoch (the epoch hook's ``score``: val_acc, val_map…)."""
+    return float(row["score"])
 
 
 def tune(
@@ -213,6 +213,10 @@ def tune(
     reserved = sorted(set(base) & {"final_eval", "project", "name", "verbose"})
     if reserved:
         raise ConfigError(f"recog tune sets {', '.join(reserved)} itself (trials evaluate on val, in the study folder)")
+    if base.get("lr") == LR_AUTO and _worker is None:  # the range test once, on val only; every trial starts there
+        base = {k: v for k, v in api.lr_auto(None, {**base, "final_eval": "val", "verbose": verbose}).items()
+                if k not in ("final_eval", "verbose")}
+        train_options = {**train_options, **{k: base[k] for k in ("lr", "muon_lr") if k in base}}
     checked = make_config(None, **base, final_eval="val", verbose=False)  # bad options fail here, not in trial 0
     budget_s = checked.budget_s
     folder.mkdir(parents=True, exist_ok=True)

@@ -18,9 +18,7 @@ import torch
 from torch import nn
 
 from recog.errors import WeightsError
-from recog.fileio import atomic_path
-
-META_KEY = "recog"
+from recog.fileio import META_KEY, atomic_path
 
 
 def save_weights(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> None:

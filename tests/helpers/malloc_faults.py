@@ -14,7 +14,7 @@ def faults(n=4, size=16 * 2**20):
     return out
 if sys.argv[1] == "after":
     import torch
-    from recog.engine.memory import reuse_freed_memory
+    from recog.memory import reuse_freed_memory
     with reuse_freed_memory():
         torch.ones(64 * 2**20)
 print(" ".join(str(f) for f in faults()))

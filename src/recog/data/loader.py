@@ -18,6 +18,23 @@ from recog.data.augment import BatchAugment
 from recog.data.splits import Split
 
 
+def batches_per_epoch(size: int, batch_size: int, drop_last: bool = True) -> int:
+    """Batches of an epoch over ``size`` images; a training loader drops a ragged last batch (batch-norm
+    never sees a tiny one) unless that would leave no batch at all."""
+    return size // batch_size if drop_last and size > batch_size else -(-size // batch_size)
+
+
+def cycle(loader: Any) -> Iterator[Any]:
+    """The loader's batches epoch after epoch (its ``set_epoch`` called when it has one): a loader of
+    one or two batches still gives as many steps as a scan or a timing needs."""
+    epoch = 0
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and std in [0, 1] units of a uint8 (N, C, H, W) tensor."""
     x = images.float().div_(255.0).transpose(0, 1).reshape(images.shape[1], -1)
@@ -64,7 +81,7 @@ class BatchLoader:
         self.augment = augment if augment is not None and augment.active else None
         self.seed = seed
         # dropping a ragged last batch keeps batch-norm away from tiny batches, but never empties an epoch
-        self.drop_last = drop_last and size > batch_size
+        self.drop_last = drop_last
         self.channels_last = channels_last
         self.sample_weights = sample_weights  # balanced sampling: draw with replacement by these weights
         self.rank, self.world = shard  # under DDP: this process's slice of every batch
@@ -74,7 +91,7 @@ class BatchLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.size // self.batch_size if self.drop_last else -(-self.size // self.batch_size)
+        return batches_per_epoch(self.size, self.batch_size, self.drop_last)
 
     def generator(self) -> torch.Generator:
         """The epoch's order: the same (seed, epoch) permutation on every rank."""

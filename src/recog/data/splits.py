@@ -100,6 +100,28 @@ class Dataset:
         return {name: self.counts(s).tolist()
                 for name, s in (("train", self.train), ("val", self.val), ("test", self.test)) if s is not None}
 
+    def class_weights(self) -> torch.Tensor:
+        """Loss weights inverse to class frequency in train, mean 1 over the classes present."""
+        counts = self.counts(self.train).float()
+        present = counts > 0
+        weights = torch.ones_like(counts)
+        weights[present] = counts[present].sum() / (present.sum() * counts[present])
+        return weights
+
+    def pos_weight(self) -> torch.Tensor:
+        """Multi-label: each label's positives weighted by its negatives/positives (1 for absent labels)."""
+        positives = self.counts(self.train).float()
+        negatives = len(self.train) - positives
+        return torch.where(positives > 0, negatives / positives.clamp_min(1), torch.ones_like(positives))
+
+    def sample_weights(self) -> torch.Tensor:
+        """Per training image, sampling weights that give every class the same share of each epoch."""
+        if self.multilabel:
+            from recog.errors import ConfigError
+
+            raise ConfigError("balanced_sampling is for single-label data")
+        return (1.0 / self.counts(self.train).double())[self.train.labels]
+
     def imbalance(self) -> tuple[int, int, float] | None:
         """(largest class, smallest class, ratio) of the training split when the ratio is 5 or more."""
         counts = self.counts(self.train).float()

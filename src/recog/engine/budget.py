@@ -19,6 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from recog.data.loader import cycle
+from recog.device import eval_mode
+
 
 def format_duration(seconds: float) -> str:
     m, s = divmod(round(seconds), 60)
@@ -117,7 +120,7 @@ class Budget:
         saved_model = copy.deepcopy(model.state_dict())
         saved_opt = copy.deepcopy(optimizer.state_dict())
         rng = torch.get_rng_state()
-        batches = _cycle(train_batches)
+        batches = cycle(train_batches)
         step_s = time_steps(step, batches, timed_steps)
         frozen_step_s = None
         if freeze is not None and freeze_step is not None:
@@ -152,10 +155,8 @@ class Budget:
 def time_eval(model: nn.Module, x: torch.Tensor, autocast: Callable[[], object], repeats: int = 3) -> float:
     """Seconds per image of evaluation: the fastest of ``repeats`` batches after a warm-up (the
     evaluation runs thousands of batches, so a one-off stall should not size the budget)."""
-    was_training = model.training
-    model.eval()
     times = []
-    with autocast():
+    with eval_mode(model), autocast():
         model(x)  # warm-up (and compilation of the eval graph)
         for _ in range(repeats):
             start = time.perf_counter()
@@ -163,7 +164,6 @@ def time_eval(model: nn.Module, x: torch.Tensor, autocast: Callable[[], object],
             if x.is_cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
-    model.train(was_training)
     return min(times) / len(x)
 
 
@@ -175,8 +175,3 @@ def time_steps(step: Callable[[tuple], object], batches: Iterator[tuple], steps:
         step(next(batches))
     return (time.perf_counter() - start) / steps
 
-
-def _cycle(loader: Iterable[tuple]) -> Iterator[tuple]:
-    """The loader's batches again and again: an epoch of one or two batches still gives steps to time."""
-    while True:
-        yield from loader

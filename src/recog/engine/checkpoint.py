@@ -34,6 +34,13 @@ class LoopState:
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
     total_steps: int | None = None  # the plan (a time budget re-plans it after each epoch)
+    steps_per_epoch: int | None = None  # what the steps are counted in
+
+    @property
+    def finished(self) -> bool:
+        """The loop ran its planned steps, or stopped early."""
+        return self.stopped_early or (self.total_steps is not None and self.steps_per_epoch is not None
+                                      and self.epoch * self.steps_per_epoch >= self.total_steps)
 
 
 def state_dict(state: LoopState, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -62,6 +69,11 @@ def restore_state(saved: dict[str, Any], model: nn.Module, optimizer: torch.opti
         torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
     name, keys, pos, has_gauss, cached = saved["rng"]["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    return load_loop(saved)
+
+
+def load_loop(saved: dict[str, Any]) -> LoopState:
+    """The loop state of a saved training state."""
     loop = dict(saved["loop"])
     if "best_acc" in loop:  # state files written before tasks named their score
         loop["best_score"] = loop.pop("best_acc")

@@ -12,11 +12,10 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from recog.engine.build import Training
 from recog.engine.checkpoint import LoopState, save_state, state_dict
 from recog.engine import distributed as dist
 from recog.engine.distributed import is_main
@@ -27,7 +26,11 @@ from recog.evaluation import collect_logits
 from recog.report import write_metrics_csv
 from recog.weights import save_weights
 
-# called with the epoch's metrics row plus "model" (the module being trained); True stops training
+if TYPE_CHECKING:
+    from recog.engine.build import Training
+
+# called with the epoch's metrics row plus "model" (the module being trained) and "score" (the task's
+# validation score: val_acc, val_map…); True stops training
 EpochHook = Callable[[dict[str, Any]], "bool | None"]
 
 
@@ -86,7 +89,7 @@ def fit(training: Training, hooks: Hooks | None = None) -> LoopState:
 
         # ---- stop? ---------------------------------------------------------------------------
         if hooks.on_epoch_end is not None and dist.broadcast(  # rank 0's hook decides for all
-                bool(hooks.on_epoch_end(dict(row, model=t.model))) if is_main() else None):
+                bool(hooks.on_epoch_end(dict(row, model=t.model, score=row.get(t.task.score)))) if is_main() else None):
             state.stopped_early = epoch < math.ceil(state.total_steps / spe)
             break
         if state.stopped_early:
@@ -166,11 +169,11 @@ def _train_epoch(t: Training, stepper: Stepper, epoch: int, show: bool) -> tuple
 
 def _replan(t: Training, steps_done: int, step_s: float, val_s: float) -> int:
     """The steps a time budget fits from ``steps_done`` on at ``step_s`` per step and ``val_s`` per
-    validation, kept in the loop state and the run's config.yaml."""
+    validation, kept in the loop state (saved in state.pt: ``--resume`` continues it; config.yaml keeps
+    the first plan)."""
     # rank 0's measurement decides: every rank runs the same steps
     t.state.total_steps = dist.broadcast(t.budget.replan(steps_done, step_s, val_s, t.steps_per_epoch,
                                                          t.state.total_steps) if is_main() else None)
-    t.record(t.state.total_steps)
     return t.state.total_steps
 
 

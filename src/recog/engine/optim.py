@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,6 +32,13 @@ def _bias_groups(no_decay: list[nn.Parameter], bias_lr_scale: float) -> list[dic
     groups = [{"params": [p for p in no_decay if not getattr(p, PLAIN_LR, False)], "weight_decay": 0.0,
                "lr_scale": bias_lr_scale}]
     return groups + [{"params": plain, "weight_decay": 0.0, "lr_scale": 1.0}] if plain else groups
+
+
+def optimizer_options(cfg: Any) -> dict[str, Any]:
+    """:func:`make_optimizer`'s keyword arguments from a run's config."""
+    return dict(name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                nesterov=cfg.nesterov, bias_lr_scale=cfg.bias_lr_scale, muon_lr=cfg.muon_lr,
+                muon_momentum=cfg.muon_momentum)
 
 
 def make_optimizer(

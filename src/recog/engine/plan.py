@@ -37,7 +37,7 @@ from torch import nn
 
 from recog.config import NO_RECIPE, RECIPE_AUTO, TrainConfig, parse_duration, recipe_layer
 from recog.data import Probe, probe_dataset
-from recog.device import autocast, resolve_device, resolve_precision
+from recog.device import autocast, eval_mode, resolve_device, resolve_precision
 from recog.engine.budget import time_eval, time_steps
 from recog.errors import ConfigError
 
@@ -50,6 +50,7 @@ MIN_STEPS = 320  # no budget: at least this many optimizer steps (8..50 epochs)
 REFERENCE_BATCH = 1024  # the small and photos recipes' learning rates are for this batch
 MEMORY_FRACTION = 0.5  # of the available memory (RAM, or free GPU memory), for one step's activations
 PLAIN = {"batch_size": 64, "epochs": 20}  # recipe none: the plain defaults
+TRANSFER_RECIPE = "pretrained"  # recog/recipes/pretrained.yaml: from pretrained weights
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,12 @@ def plan(given: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     probe = probe_dataset(given.get("data", TrainConfig.data), given.get("data_root"),
                           given.get("val_fraction", TrainConfig.val_fraction), given.get("channels"),
                           without_test=given.get("final_eval", TrainConfig.final_eval) != "auto")
+    transfer = plan_transfer(given, probe)
+    if transfer is not None:
+        if verbose:
+            print(f"transfer: {transfer['transfer']} from {transfer['pretrained']} at {transfer.get('image_size', given.get('image_size'))} px "
+                  f"for images of {probe.side} px: the pretrained recipe", file=sys.stderr)
+        return (TRANSFER_RECIPE if given.get("recipe", RECIPE_AUTO) == RECIPE_AUTO else given["recipe"]), transfer
     planned: dict[str, Any] = {}
     named = given.get("recipe", RECIPE_AUTO) != RECIPE_AUTO  # --recipe NAME: sized, not chosen (see recipe_for)
     size = given.get("image_size")
@@ -86,6 +93,45 @@ def plan(given: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         print(f"resolution: {size} px for images of {probe.side} px ({choice.why}): the {recipe} recipe",
               file=sys.stderr)
     return recipe, planned
+
+
+def plan_transfer(given: dict[str, Any], probe: Probe) -> dict[str, Any] | None:
+    """Start from pretrained weights? Given ``pretrained`` (or ``transfer`` probe/full): yes. Else, with
+    ``transfer: auto``, for photos (images over :data:`SMALL_MAX` px) when the model is left to the
+    planner (or is the weights' architecture), no recipe is named, and the default weights are installed:
+    they are what every tool users know starts from. The planned values: the weights, the strategy
+    (auto: ``probe``), their architecture, resolution and mean/std (what the user gave wins)."""
+    from recog.models.pretrained import DEFAULT, SOURCES, source_of
+
+    transfer = given.get("transfer", "auto")
+    pretrained = given.get("pretrained")
+    if transfer == "none" or given.get("weights") is not None:
+        return None
+    if pretrained is None:
+        if transfer == "auto" and ((given.get("image_size") or probe.side) <= SMALL_MAX
+                                   or given.get("recipe", RECIPE_AUTO) not in (RECIPE_AUTO, TRANSFER_RECIPE)
+                                   or given.get("model") not in (None, SOURCES[DEFAULT].architecture)
+                                   or given.get("head", "linear") != "linear" or not SOURCES[DEFAULT].installed):
+            return None
+        pretrained = DEFAULT
+    source = source_of(pretrained)
+    planned: dict[str, Any] = {"pretrained": pretrained, "transfer": "probe" if transfer == "auto" else transfer}
+    if source is None:  # a checkpoint file: the user names its architecture
+        if given.get("model") is None:
+            raise ConfigError(f"--pretrained {pretrained}: say which architecture the checkpoint is for with --model "
+                              f"(timm:NAME or tv:NAME)")
+        return planned
+    if given.get("model") is None:
+        planned["model"] = source.architecture
+    elif given["model"] != source.architecture:
+        raise ConfigError(f"pretrained {source.name} is for {source.architecture}, not {given['model']}")
+    if given.get("image_size") is None:
+        planned["image_size"] = source.image_size
+    if given.get("mean") is None:
+        planned.update(mean=list(source.mean), std=list(source.std))
+    if given.get("channels") is None:
+        planned["channels"] = 3  # greyscale photos are read as RGB: the weights see three channels
+    return planned
 
 
 def recipe_for(size: int, given: dict[str, Any]) -> str:
@@ -189,7 +235,7 @@ def time_per_image(given: dict[str, Any], probe: Probe, size: int, images: int =
     """(training, evaluation) seconds per image at ``size`` for the model and optimizer that size
     would train with: a warm-up step and two timed steps on synthetic images."""
     from recog.config import make_config
-    from recog.engine.optim import make_optimizer
+    from recog.engine.optim import make_optimizer, optimizer_options
     from recog.engine.step import Stepper
     from recog.models import create_model
     from recog.tasks import Classification
@@ -202,8 +248,7 @@ def time_per_image(given: dict[str, Any], probe: Probe, size: int, images: int =
     model = create_model(cfg.model, 10, probe.channels, size, **cfg.model_args).to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
-    optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov,
-                               cfg.bias_lr_scale, cfg.muon_lr, cfg.muon_momentum)  # a throw-away model
+    optimizer = make_optimizer(model, **optimizer_options(cfg))  # a throw-away model
     step = Stepper(model, model, optimizer, Classification(), device, precision)
     x = torch.randn(images, probe.channels, size, size, device=device).contiguous(memory_format=memory_format)
     batch = (x, torch.randint(0, 10, (images,), device=device))
@@ -242,14 +287,12 @@ def _saved_bytes(model: nn.Module, channels: int, size: int, precision: str, dev
             seen[storage.data_ptr()] = max(seen.get(storage.data_ptr(), 0), storage.nbytes())
         return t
 
-    was_training = model.training
-    model.train()
     x = torch.randn(images, channels, size, size, device=device)
     state = {k: v.clone() for k, v in model.state_dict().items()}  # batch-norm statistics are restored
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(device, precision):
+    with eval_mode(model, train=True), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            autocast(device, precision):
         model(x)
     model.load_state_dict(state)
-    model.train(was_training)
     return sum(seen.values())
 
 

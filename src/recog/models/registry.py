@@ -3,7 +3,7 @@
 A builder takes ``num_classes``, ``in_channels``, ``image_size`` and its own keyword arguments and
 returns an ``nn.Module``. :func:`create_model` drops keyword arguments that are ``None`` so that an
 unset option falls through to the builder's default. ``tv:<name>`` builds any torchvision
-classification model; ``fusion:<name>`` that model's features fused with a text embedding
+classification model, ``timm:<name>`` any timm architecture; ``fusion:<name>`` that model's features fused with a text embedding
 (:mod:`recog.models.fusion`).
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from recog.config import FUSION_PREFIX, is_fusion
+from recog.device import eval_mode
 from recog.errors import ConfigError, did_you_mean
 
 Builder = Callable[..., nn.Module]
@@ -33,7 +34,12 @@ def register_model(fn: Builder) -> Builder:
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Registered names matching a glob pattern; ``tv:*`` patterns list torchvision classifiers."""
+    """Registered names matching a glob pattern; ``tv:*`` patterns list torchvision classifiers,
+    ``timm:*`` timm's architectures."""
+    if pattern.startswith("timm:"):
+        from recog.models.timm import list_timm
+
+        return list_timm(pattern[len("timm:"):])
     if pattern.startswith("tv:"):
         import torchvision
 
@@ -51,6 +57,10 @@ def create_model(
         from recog.models.tv import torchvision_model
 
         return torchvision_model(name[3:], num_classes, in_channels, image_size, **kwargs)
+    if name.startswith("timm:"):
+        from recog.models.timm import timm_model
+
+        return timm_model(name[len("timm:"):], num_classes, in_channels, image_size, **kwargs)
     if is_fusion(name):  # the image model as usual, its head replaced by the fusion layers
         from recog.models.fusion import FUSION_ARGS, FusionNet
 
@@ -64,7 +74,7 @@ def create_model(
         return FusionNet(image, features, num_classes, **fusion_args)
     if name not in _REGISTRY:
         hint = did_you_mean(name, _REGISTRY)
-        raise ConfigError(f"unknown model {name!r}{hint} (known: {', '.join(sorted(_REGISTRY))}, tv:<name> or fusion:<name>)")
+        raise ConfigError(f"unknown model {name!r}{hint} (known: {', '.join(sorted(_REGISTRY))}, tv:<name>, timm:<name> or fusion:<name>)")
     builder = _REGISTRY[name]
     accepted = set(inspect.signature(builder).parameters)
     for key in kwargs:
@@ -113,14 +123,11 @@ def conv_maps(model: nn.Module, in_channels: int, image_size: int) -> list[tuple
     hooks = [m.register_forward_hook(lambda _m, _i, out, n=n: found.append((n, tuple(out.shape[-2:]))))
              for n, m in model.named_modules()
              if isinstance(m, nn.Conv2d) and not (m.kernel_size == m.stride and max(m.stride) > 1)]
-    was_training = model.training
-    model.eval()
     try:
         p = next(model.parameters())
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             model(torch.zeros(1, in_channels, image_size, image_size, device=p.device, dtype=p.dtype))
     finally:
-        model.train(was_training)
         for h in hooks:
             h.remove()
     return found
@@ -149,10 +156,7 @@ def model_stats(model: nn.Module, in_channels: int, image_size: int) -> tuple[in
     from torch.utils.flop_counter import FlopCounterMode
 
     params = sum(p.numel() for p in model.parameters())
-    was_training = model.training
-    model.eval()
     x = torch.zeros(1, in_channels, image_size, image_size)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), eval_mode(model), FlopCounterMode(display=False) as counter:
         model(x)
-    model.train(was_training)
     return params, counter.get_total_flops() // 2

@@ -15,6 +15,7 @@ class Task:
     """What a batch means. Subclasses define the loss, the probabilities and the metrics."""
 
     name = "task"
+    decision = "top-k"  # how an answer is read from the probabilities: "top-k" or "thresholds"
     score = "val_acc"  # the validation metric that picks the best epoch (higher is better)
     columns: tuple[str, ...] = ()  # metrics.csv columns beyond epoch/train_loss/train_acc/val_loss/val_acc/lr
 
@@ -61,9 +62,22 @@ class Task:
         """Per image: (true, predicted, probability) for ``predictions.csv``."""
         raise NotImplementedError
 
+    def headline(self, report: dict[str, Any]) -> tuple[str, float]:
+        """(name, value) of the report's one headline metric (the ablation table's, a tuning trial's score)."""
+        raise NotImplementedError
+
+    def summary(self, report: dict[str, Any]) -> str:
+        """The report in one line, as ``recog train`` and ``recog eval`` end."""
+        raise NotImplementedError
+
+    def markdown(self, report: dict[str, Any]) -> str:
+        """report.md's headline figures and per-class table."""
+        raise NotImplementedError
+
     def meta(self) -> dict[str, Any]:
-        """What the weights carry so that :meth:`from_meta` rebuilds this task for prediction."""
-        return {"task": self.name}
+        """What the weights carry so that :meth:`from_meta` rebuilds this task for prediction, and
+        ``decision``: the rule an exported file's predictor applies to the probabilities."""
+        return {"task": self.name, "decision": self.decision}
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> Task:

@@ -9,12 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recog.report import header, pct
 from recog.tasks.base import Task
 
 
 class Classification(Task):
     name = "classification"
     score = "val_acc"
+    decision = "top-k"  # the answer: the k most probable classes (softmax)
 
     def __init__(self, class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0) -> None:
         self.criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
@@ -36,7 +38,7 @@ class Classification(Task):
                 "val_acc": (logits.argmax(1) == targets).float().mean().item()}, {}
 
     def report(self, logits: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict[str, Any]:
-        return classification_report(logits, targets, classes)
+        return {"task": self.name, **classification_report(logits, targets, classes)}
 
     def predict(self, logits: torch.Tensor, classes: list[str], top_k: int = 5) -> list[dict[str, Any]]:
         probs = self.probabilities(logits).cpu()
@@ -48,6 +50,30 @@ class Classification(Task):
                         classes: list[str]) -> list[tuple[str, str, float]]:
         prob, index = self.probabilities(logits).max(1)
         return [(classes[int(t)], classes[int(i)], float(p)) for t, i, p in zip(targets, index, prob)]
+
+    def headline(self, report: dict[str, Any]) -> tuple[str, float]:
+        return "accuracy", report["accuracy"]
+
+    def summary(self, report: dict[str, Any]) -> str:
+        top5 = f", top-5 {report['top5_accuracy']:.4f}" if report["top5_accuracy"] is not None else ""
+        return f"{report['split']} accuracy {report['accuracy']:.4f}{top5} on {report['num_images']} images"
+
+    def markdown(self, report: dict[str, Any]) -> str:
+        lines = header(report, [
+            f"accuracy: {pct(report['accuracy'])}",
+            f"top-5 accuracy: {pct(report['top5_accuracy'])}",
+            f"macro F1: {report['macro_f1']:.4f}, weighted F1: {report['weighted_f1']:.4f}",
+        ]) + ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        lines += [f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |"
+                  for r in report["per_class"]]
+        lines.append(f"| *macro* | {report['macro_precision']:.4f} | {report['macro_recall']:.4f} | "
+                     f"{report['macro_f1']:.4f} | {report['num_images']} |")
+        lines.append(f"| *weighted* | {report['weighted_precision']:.4f} | {report['weighted_recall']:.4f} | "
+                     f"{report['weighted_f1']:.4f} | {report['num_images']} |")
+        if report["most_confused"]:
+            lines += ["", "## Most confused pairs", "", "| true | predicted | count |", "|---|---|---|"]
+            lines += [f"| {p['true']} | {p['predicted']} | {p['count']} |" for p in report["most_confused"]]
+        return "\n".join(lines) + "\n"
 
 
 def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:

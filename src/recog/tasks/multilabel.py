@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recog.report import header, pct
 from recog.tasks.base import Task
 
 
@@ -62,6 +63,7 @@ def decide(probs: torch.Tensor, thresholds: Sequence[float]) -> torch.Tensor:
 class MultiLabel(Task):
     name = "multilabel"
     score = "val_map"
+    decision = "thresholds"  # the answer: every label whose sigmoid reaches its threshold
     columns = ("val_map",)
 
     def __init__(self, pos_weight: torch.Tensor | None = None, label_smoothing: float = 0.0,
@@ -158,8 +160,26 @@ class MultiLabel(Task):
             rows.append((true, predicted, float(p[keep].max()) if keep.any() else 0.0))  # the surest label
         return rows
 
+    def headline(self, report: dict[str, Any]) -> tuple[str, float]:
+        return "map_macro", report["map_macro"]
+
+    def summary(self, report: dict[str, Any]) -> str:
+        return (f"{report['split']} mAP {report['map_macro']:.4f} (micro {report['map_micro']:.4f}), exact match "
+                f"{report['exact_match']:.4f} on {report['num_images']} images")
+
+    def markdown(self, report: dict[str, Any]) -> str:
+        lines = header(report, [
+            f"mAP: {report['map_macro']:.4f} (macro), {report['map_micro']:.4f} (micro)",
+            f"exact match: {pct(report['exact_match'])}, Hamming loss: {report['hamming_loss']:.4f}",
+            f"macro F1: {report['macro_f1']:.4f}, micro F1: {report['micro_f1']:.4f}",
+        ]) + ["| label | precision | recall | F1 | AP | support | threshold |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | "
+                  f"{'n/a' if r['ap'] is None else format(r['ap'], '.4f')} | "
+                  f"{r['support']} | {r['threshold']:.3f} |" for r in report["per_class"]]
+        return "\n".join(lines) + "\n"
+
     def meta(self) -> dict[str, Any]:
-        return {"task": self.name, "thresholds": self.thresholds}
+        return {"task": self.name, "decision": self.decision, "thresholds": self.thresholds}
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> MultiLabel:
