@@ -121,6 +121,8 @@ class TrainConfig:
     bias_lr_scale: float = opt(1.0, 'learning-rate multiplier for biases and normalisation parameters')
     muon_lr: float = opt(0.24, 'optimizer muon: peak learning rate of the conv filters (same schedule as lr)')
     muon_momentum: float = opt(0.6, 'optimizer muon: Nesterov momentum of the conv filters')
+    backbone_lr_scale: float = opt(1.0, 'with pretrained weights: the backbone\'s learning rate as a fraction of the '
+                                        'head\'s (discriminative learning rates; the pretrained recipe: 0.1)')
     freeze_stem_epochs: float | None = opt(None, "stop training the model's stem (airnet: whitening bias) after these")
     l1: float = opt(0.0, 'L1 penalty on weights (conv and linear)')
     label_smoothing: float = opt(0.0)
@@ -215,6 +217,8 @@ class TrainConfig:
             raise ConfigError(f"color_jitter must not be negative, got {self.color_jitter}")
         if self.max_image_pixels is not None and self.max_image_pixels < 1:
             raise ConfigError(f"max_image_pixels must be positive, got {self.max_image_pixels}")
+        if not 0 < self.backbone_lr_scale <= 1:
+            raise ConfigError(f"backbone_lr_scale must be in (0, 1], got {self.backbone_lr_scale}")
         if self.bias_lr_scale <= 0:
             raise ConfigError(f"bias_lr_scale must be positive, got {self.bias_lr_scale}")
         if self.alternating_flip and not self.flip:

@@ -29,7 +29,7 @@ from recog.engine.plan import MemoryPlan
 from recog.engine.resolve import Prepared
 from recog.engine.step import Stepper
 from recog.memory import reuse_freed_memory
-from recog.models import create_model, feature_width, replace_head
+from recog.models import create_model, feature_width, head, replace_head
 from recog.runs import WEIGHTS
 from recog.tasks import Task, make_task
 from recog.weights import load_into
@@ -113,7 +113,7 @@ def build(cfg: TrainConfig, prepared: Prepared, saved: dict[str, Any] | None = N
         model.data_init(_init_sample(ds, cfg, normalize, device))  # e.g. airnet's patch-whitening stem
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, **optimizer_options(cfg))
+    optimizer = make_optimizer(model, head=head(model)[0] if cfg.pretrained else None, **optimizer_options(cfg))
     lookahead = Lookahead(model) if cfg.lookahead else None
     state = restore_state(saved, model, optimizer, lookahead) if saved else LoopState(total_steps=cfg.steps)
     task = make_task(ds, cfg, device)

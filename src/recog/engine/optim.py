@@ -38,7 +38,7 @@ def optimizer_options(cfg: Any) -> dict[str, Any]:
     """:func:`make_optimizer`'s keyword arguments from a run's config."""
     return dict(name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
                 nesterov=cfg.nesterov, bias_lr_scale=cfg.bias_lr_scale, muon_lr=cfg.muon_lr,
-                muon_momentum=cfg.muon_momentum)
+                muon_momentum=cfg.muon_momentum, backbone_lr_scale=cfg.backbone_lr_scale)
 
 
 def make_optimizer(
@@ -51,9 +51,13 @@ def make_optimizer(
     bias_lr_scale: float = 1.0,
     muon_lr: float = 0.24,
     muon_momentum: float = 0.6,
+    backbone_lr_scale: float = 1.0,
+    head: str | None = None,
 ) -> torch.optim.Optimizer:
     """Two groups: conv/linear weights with weight decay; biases and norms without, their learning
-    rate scaled by ``bias_lr_scale`` (the loop sets ``lr * group["lr_scale"]``).
+    rate scaled by ``bias_lr_scale`` (the loop sets ``lr * group["lr_scale"]``). ``head`` (the
+    classifier's dotted name) with ``backbone_lr_scale``: every other parameter's rate is scaled by it
+    (discriminative learning rates when fine-tuning pretrained weights).
 
     ``muon``: conv filters get their own group, updated by :class:`Muon` at ``muon_lr`` (scaled by
     the same schedule as ``lr``); every other parameter as with ``sgd``."""
@@ -70,14 +74,29 @@ def make_optimizer(
             {"params": [p for p in decay if id(p) not in filters], "weight_decay": weight_decay, "lr_scale": 1.0},
             *_bias_groups(no_decay, bias_lr_scale),
         ]
+        groups = _discriminative(groups, model, head, backbone_lr_scale)
         return Muon([g for g in groups if g["params"]], lr=lr, momentum=momentum, nesterov=nesterov)
-    groups = [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
-              *_bias_groups(no_decay, bias_lr_scale)]
+    groups = _discriminative([{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
+                              *_bias_groups(no_decay, bias_lr_scale)], model, head, backbone_lr_scale)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
     raise ValueError(f"unknown optimizer {name!r}")
+
+
+def _discriminative(groups: list[dict[str, Any]], model: nn.Module, head: str | None,
+                    scale: float) -> list[dict[str, Any]]:
+    """Each group split into the head's parameters (as they were) and the backbone's (``lr_scale`` times
+    ``scale``); the groups as they are without a head or with a scale of 1."""
+    if head is None or scale == 1.0:
+        return groups
+    own = {id(p) for p in model.get_submodule(head).parameters()}
+    split = []
+    for g in groups:
+        split.append({**g, "params": [p for p in g["params"] if id(p) in own]})
+        split.append({**g, "params": [p for p in g["params"] if id(p) not in own], "lr_scale": g["lr_scale"] * scale})
+    return [g for g in split if g["params"]]
 
 
 def scale_invariant_filters(model: nn.Module) -> set[int]:
