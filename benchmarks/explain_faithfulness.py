@@ -107,7 +107,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import recog
-    from recog.explanations import attribute, auc, deletion_insertion, rank_correlation
+    from recog.explanations import attribute
+from recog.faithfulness import auc, deletion_insertion, rank_correlation
     from recog.inference import load
 
     info = machine()

@@ -16,7 +16,8 @@ from PIL import Image
 import recog
 from recog.cli import main
 from recog.errors import ConfigError
-from recog.explanations import attribute, auc, deletion_insertion, rank_correlation
+from recog.explanations import attribute
+from recog.faithfulness import auc, deletion_insertion, rank_correlation
 from recog.inference import Classifier, load
 from recog.models import create_model
 

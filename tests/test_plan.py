@@ -197,6 +197,28 @@ def test_resume_continues_the_recorded_plan(tmp_path: Path) -> None:
         assert getattr(resumed.config, key) == planned[key], key
 
 
+def test_a_time_budgeted_run_resumes_after_a_kill_with_the_same_plan(tmp_path: Path) -> None:
+    """config.yaml is written once, before the first step; the budget's re-plans live in state.pt, and
+    --resume continues from both: the same steps, every epoch once."""
+    from recog.engine.checkpoint import load_state
+
+    def stop_after_one(row: dict) -> None:
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt  # as a kill after the first epoch's files were written
+
+    with pytest.raises(KeyboardInterrupt):
+        recog.train(data="digits", model="airnet_small", batch_size=128, time_budget="20s", project=str(tmp_path),
+                    verbose=False, on_epoch_end=stop_after_one)
+    run_dir = tmp_path / "train"
+    planned = (run_dir / "config.yaml").read_text()
+    loop = load_state(run_dir / "weights" / "state.pt")["loop"]
+    assert loop["epoch"] == 1 and loop["total_steps"] >= 10  # 10 steps per epoch; the plan in the loop state
+    resumed = recog.train(resume=str(run_dir), verbose=False)
+    assert (run_dir / "config.yaml").read_text() == planned  # not rewritten, by the loop or the resume
+    assert resumed.steps == loop["total_steps"]  # the plan the killed run had reached
+    assert [r["epoch"] for r in resumed.metrics] == list(range(1, -(-loop["total_steps"] // 10) + 1))
+
+
 def test_a_budget_plan_inside_one_epoch_is_replanned_as_it_runs(tmp_path: Path, monkeypatch) -> None:
     from recog.engine import budget as budget_module
 
