@@ -365,9 +365,13 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file (not UTF-8): a config is YAML text") from None
+    except RecursionError:
+        raise ConfigError(f"{path} is nested too deeply to be a config") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

@@ -319,7 +319,14 @@ def _mistakes(csv_path: Path, count: int) -> list[dict[str, Any]]:
         rows = list(csv.DictReader(f))
     if rows and not {"image", "true", "predicted", "probability"} <= set(rows[0]):
         raise DataError(f"{csv_path} is not a recog predictions.csv (columns image, true, predicted, probability)")
-    wrong = [dict(r, probability=float(r["probability"])) for r in rows if r["true"] != r["predicted"]]
+    wrong = []
+    for line, r in enumerate(rows, start=2):  # line 1 is the header
+        if r["true"] == r["predicted"]:
+            continue
+        try:
+            wrong.append(dict(r, probability=float(r["probability"])))
+        except (TypeError, ValueError):
+            raise DataError(f"{csv_path}, line {line}: probability {r['probability']!r} is not a number") from None
     return sorted(wrong, key=lambda r: -r["probability"])[:count]
 
 

@@ -12,6 +12,7 @@ nothing is written.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -177,7 +178,11 @@ def _export_onnx(wrapper: nn.Module, example: torch.Tensor, path: Path, meta: di
 
 def _reference(wrapper: nn.Module, images: torch.Tensor) -> torch.Tensor:
     with torch.no_grad(), torch.autocast("cpu", enabled=False):
-        return wrapper(images.permute(0, 2, 3, 1).contiguous())
+        probs = wrapper(images.permute(0, 2, 3, 1).contiguous())
+    if not torch.isfinite(probs).all():  # else the difference is NaN and max(0.0, nan) passes as 0.0
+        raise ExportError(f"the model in {wrapper.clf.source or 'memory'} gives non-finite outputs (NaN or inf): its "
+                          f"weights are broken; nothing was written")
+    return probs
 
 
 def _verify_onnx(wrapper: nn.Module, path: Path, images: torch.Tensor) -> float:
@@ -188,7 +193,8 @@ def _verify_onnx(wrapper: nn.Module, path: Path, images: torch.Tensor) -> float:
     for b in CHECK_BATCHES:
         x = images[:b]
         got = sess.run(None, {sess.get_inputs()[0].name: x.permute(0, 2, 3, 1).contiguous().numpy()})[0]
-        worst = max(worst, float((torch.from_numpy(got) - _reference(wrapper, x)).abs().max()))
+        diff = float((torch.from_numpy(got) - _reference(wrapper, x)).abs().max())
+        worst = max(worst, diff if math.isfinite(diff) else math.inf)
     return worst
 
 
@@ -199,7 +205,8 @@ def _verify_pt2(wrapper: nn.Module, path: Path, images: torch.Tensor) -> float:
         x = images[:b].permute(0, 2, 3, 1).contiguous()
         with torch.no_grad():
             got = program.module()(x)
-        worst = max(worst, float((got - _reference(wrapper, images[:b])).abs().max()))
+        diff = float((got - _reference(wrapper, images[:b])).abs().max())
+        worst = max(worst, diff if math.isfinite(diff) else math.inf)
     return worst
 
 

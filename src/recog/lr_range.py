@@ -56,6 +56,8 @@ def lr_find(config: str | os.PathLike | None = None, start_lr: float = 1e-6, end
     from recog.engine.step import NonFiniteLoss
     from recog.fileio import next_run_dir
 
+    if not (math.isfinite(start_lr) and math.isfinite(end_lr)):
+        raise ConfigError(f"--start-lr and --end-lr must be finite numbers, got {start_lr} and {end_lr}")
     if not 0 < start_lr < end_lr:
         raise ConfigError(f"--start-lr and --end-lr need 0 < start < end, got {start_lr} and {end_lr}")
     if scan_steps < 20:

@@ -59,7 +59,10 @@ class OnnxClassifier:
 
     def probabilities(self, images_u8: np.ndarray) -> np.ndarray:
         nhwc = np.ascontiguousarray(images_u8.transpose(0, 2, 3, 1))
-        return self.session.run(None, {self.input: nhwc})[0]
+        probs = self.session.run(None, {self.input: nhwc})[0]
+        if not np.isfinite(probs).all():
+            raise WeightsError(f"{self.path} gives non-finite outputs (NaN or inf): the model is broken")
+        return probs
 
     def predict_arrays(self, images_u8: np.ndarray, top_k: int = 5) -> list[dict[str, Any]]:
         """As :meth:`recog.inference.Classifier.predict_images`: top-k, or the labels over their thresholds."""

@@ -395,12 +395,22 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
 
 
 def _check_limits(max_upload_mb: float, max_batch: int, max_wait_ms: float, max_queue: int, timeout: float) -> None:
+    """Every limit a finite number in its range (inf and nan named: inf MB overflowed, a nan wait made
+    every request time out)."""
     for flag, value in (("--max-upload-mb", max_upload_mb), ("--max-batch", max_batch), ("--max-queue", max_queue),
-                        ("--timeout", timeout)):
-        if not value > 0:
+                        ("--timeout", timeout), ("--max-wait-ms", max_wait_ms)):
+        if not math.isfinite(value):
+            raise ConfigError(f"{flag} must be a finite number, got {value}")
+        if not value > 0 and flag != "--max-wait-ms":
             raise ConfigError(f"{flag} must be positive, got {value}")
     if max_wait_ms < 0:
         raise ConfigError(f"--max-wait-ms must be 0 or more, got {max_wait_ms}")
+
+
+def check_port(port: int) -> None:
+    """A TCP port is 1..65535 (99999 was printed as the address while uvicorn listened elsewhere)."""
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port must be 1 to 65535, got {port}")
 
 
 def serve(source: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, backend: str | None = None,
@@ -412,12 +422,13 @@ def serve(source: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, 
     duration (``30s``, ``1m``)."""
     try:
         import fastapi  # noqa: F401  (present?)
-        import multipart  # noqa: F401
+        import python_multipart  # noqa: F401  (python-multipart: FastAPI's form parser)
         import uvicorn
     except ImportError:
         raise MissingExtra("recog serve needs FastAPI and uvicorn", "serve") from None
     timeout = parse_duration(timeout, "--timeout")
     _check_limits(max_upload_mb, max_batch, max_wait_ms, max_queue, timeout)
+    check_port(port)
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {host}: reachable from other machines"

@@ -152,6 +152,18 @@ def _pruner_name(pruner: Any) -> str:
     return pruner if isinstance(pruner, str) else type(pruner).__name__
 
 
+def check_study_name(name: str) -> None:
+    """A study name is one folder name under PROJECT/tune: no path separators, not '.' or '..'."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
+        raise ConfigError(f"--study {name!r}: a study name is a plain folder name (letters, digits, - _ .), "
+                          f"not a path")
+
+
+def masked(url: str) -> str:
+    """A storage URL with its password hidden (postgresql://user:***@host/db)."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
 def study_name(data: str, model: str | None) -> str:
     """A name from the data and the model (``digits-seednet``)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{Path(str(data)).name or data}-{model or 'auto'}").strip("-")
@@ -207,6 +219,7 @@ def tune(
         raise ConfigError(f"--timeout must be positive, got {timeout}")
     entries = load_space(model, space)
     name = study or study_name(data, model)
+    check_study_name(name)
     folder = Path(project).expanduser() / "tune" / name
     base = {k: v for k, v in dict(data=data, model=model, epochs=epochs, time_budget=trial_budget, seed=seed,
                                   **train_options).items() if v is not None}
@@ -341,7 +354,8 @@ def _open_storage(optuna: Any, url: str, engine: dict[str, Any], heartbeat: floa
                                                   grace_period=max(2, int(3 * heartbeat)), **retry)
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy / driver errors: name the URL
             if attempt == attempts - 1 or "nique" not in str(exc):  # only the creation race is worth a retry
-                raise ConfigError(f"--storage {url}: cannot open it ({str(exc).splitlines()[0][:200]})") from None
+                reason = str(exc).splitlines()[0][:200].replace(url, masked(url))
+                raise ConfigError(f"--storage {masked(url)}: cannot open it ({masked(reason)})") from None
             time.sleep(0.5 + attempt)
     raise AssertionError("unreachable")
 

@@ -1,0 +1,132 @@
+"""Findings of the bad-input and fault sweep (against ba22743) that end in one clear line now instead
+of a traceback or a silently wrong result: serving flags, config files, broken weights in export and
+ONNX prediction, lr-find rates, a malformed predictions.csv, tune's study names and storage URLs."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+import recog
+from recog.cli import main
+from recog.errors import ConfigError, DataError
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--port", "99999"], "--port must be 1 to 65535, got 99999"),
+    (["--port", "-5"], "--port must be 1 to 65535, got -5"),
+    (["--max-upload-mb", "inf"], "--max-upload-mb must be a finite number, got inf"),
+    (["--max-wait-ms", "nan"], "--max-wait-ms must be a finite number, got nan"),
+])
+def test_serving_flags_out_of_range_are_named(digits_run, flags: list[str], message: str, capsys) -> None:
+    pytest.importorskip("fastapi")
+    assert main(["serve", str(digits_run.path), *flags]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+
+
+def test_a_binary_or_deeply_nested_config_is_one_line(tmp_path: Path, capsys) -> None:
+    binary = tmp_path / "weights.yaml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x81")
+    assert main(["train", "--config", str(binary)]) == 2
+    assert "is not a text file (not UTF-8)" in capsys.readouterr().err
+    nested = tmp_path / "deep.yaml"
+    nested.write_text("a: " + "[" * 5000 + "]" * 5000)
+    assert main(["train", "--config", str(nested)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and str(nested) in err
+
+
+def _broken_run(digits_run, tmp_path: Path) -> Path:
+    """A copy of a run whose weights are NaN (bytes flipped on disk would do the same)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run.path, run)
+    path = run / "weights" / "best.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    state = load_file(str(path))
+    state = {k: (torch.full_like(v, float("nan")) if v.is_floating_point() else v) for k, v in state.items()}
+    save_file(state, str(path), metadata=meta)
+    return run
+
+
+def test_export_refuses_a_model_with_nan_outputs_instead_of_reporting_no_difference(digits_run, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from recog.export import ExportError, export
+
+    run = _broken_run(digits_run, tmp_path)
+    with pytest.raises(ExportError, match="non-finite outputs"):
+        export(run, output=tmp_path / "m.onnx", verbose=False)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_an_onnx_file_with_nan_outputs_is_refused_by_predict(digits_run, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    from PIL import Image
+
+    from recog.export import export
+
+    good = export(digits_run.path, output=tmp_path / "good.onnx", verbose=False)
+    model = onnx.load(str(good))
+    for init in model.graph.initializer:  # every float weight NaN, as bytes flipped in the file
+        array = numpy_helper.to_array(init)
+        if array.dtype == np.float32 and array.size > 16:
+            init.CopyFrom(numpy_helper.from_array(np.full_like(array, np.nan), init.name))
+    onnx.save(model, str(tmp_path / "nan.onnx"))
+    image = tmp_path / "d.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
+    assert main(["predict", str(tmp_path / "nan.onnx"), str(image)]) == 2
+    assert "non-finite outputs" in capsys.readouterr().err
+
+
+def test_lr_find_refuses_infinite_rates(capsys) -> None:
+    assert main(["lr-find", "--end-lr", "inf"]) == 2
+    assert "must be finite numbers" in capsys.readouterr().err
+
+
+def test_a_malformed_predictions_csv_names_its_file_and_line(digits_run, tmp_path: Path) -> None:
+    import shutil
+
+    pytest.importorskip("captum")
+    from recog.explanations import explain_mistakes
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run.path, run)
+    rows = list(csv.DictReader((run / "predictions.csv").open()))
+    wrong = next(i for i, r in enumerate(rows) if r["true"] != r["predicted"])
+    rows[wrong]["probability"] = "high"
+    with (run / "predictions.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(DataError, match=rf"predictions.csv, line {wrong + 2}: probability 'high' is not a number"):
+        explain_mistakes(run, 4)
+
+
+@pytest.mark.parametrize("name", ["..", "../x", "a/b", ".hidden"])
+def test_a_study_name_never_leaves_the_study_folder(tmp_path: Path, name: str) -> None:
+    pytest.importorskip("optuna")
+    with pytest.raises(ConfigError, match="a plain folder name"):
+        recog.tune(data="digits", model="seednet", epochs=1, trials=1, study=name, project=str(tmp_path / "p"),
+                   verbose=False)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "p" / "tune" / "x").exists()
+
+
+def test_a_refused_storage_url_is_shown_without_its_password(tmp_path: Path) -> None:
+    pytest.importorskip("optuna")
+    pytest.importorskip("psycopg")
+    url = "postgresql+psycopg://user:s3cret-pw@127.0.0.1:1/db"  # nothing listens on port 1
+    with pytest.raises(ConfigError) as info:
+        recog.tune(data="digits", model="seednet", epochs=1, trials=1, storage=url, project=str(tmp_path),
+                   verbose=False)
+    assert "s3cret-pw" not in str(info.value) and "user:***@127.0.0.1" in str(info.value)
