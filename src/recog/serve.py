@@ -29,6 +29,8 @@ is required in ``X-API-Key`` when set; CORS is off unless origins are given.
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations at run time.
 
 import asyncio
+import importlib
+import importlib.util
 import concurrent.futures
 import math
 import os
@@ -422,8 +424,9 @@ def serve(source: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, 
     duration (``30s``, ``1m``)."""
     try:
         import fastapi  # noqa: F401  (present?)
-        import python_multipart  # noqa: F401  (python-multipart: FastAPI's form parser)
         import uvicorn
+
+        importlib.import_module("python_multipart" if importlib.util.find_spec("python_multipart") else "multipart")
     except ImportError:
         raise MissingExtra("recog serve needs FastAPI and uvicorn", "serve") from None
     timeout = parse_duration(timeout, "--timeout")
