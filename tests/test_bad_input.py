@@ -130,3 +130,92 @@ def test_a_refused_storage_url_is_shown_without_its_password(tmp_path: Path) -> 
         recog.tune(data="digits", model="seednet", epochs=1, trials=1, storage=url, project=str(tmp_path),
                    verbose=False)
     assert "s3cret-pw" not in str(info.value) and "user:***@127.0.0.1" in str(info.value)
+
+
+def test_an_onnx_or_pt2_file_given_as_weights_says_what_it_is(tmp_path: Path) -> None:
+    from recog.errors import WeightsError
+
+    for name, kind in (("m.onnx", "an exported ONNX model"), ("m.pt2", "a torch.export program")):
+        (tmp_path / name).write_bytes(b"PK\x03\x04 not weights")
+        with pytest.raises(WeightsError, match=f"is {kind}, not weights") as info:
+            recog.load(tmp_path / name)
+        assert "weights_only" not in str(info.value)
+
+
+def test_float_weights_stored_as_integers_are_refused(digits_run, tmp_path: Path) -> None:
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from recog.errors import WeightsError
+
+    path = digits_run.path / "weights" / "best.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    state = {k: (v.to(torch.int8) if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
+    save_file(state, str(tmp_path / "int8.safetensors"), metadata=meta)
+    with pytest.raises(WeightsError, match="other shape or dtype"):
+        recog.load(tmp_path / "int8.safetensors")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"mean": [0.5, 0.5, 0.5]}, r"mean must be 1 finite numbers \(one per channel\)"),  # digits: 1 channel
+    ({"classes": ["a", "a"] + [str(i) for i in range(8)]}, "class names repeat"),
+    ({"classes": [1, 2]}, "classes must be a list of names"),
+    ({"image_size": 0}, "image_size must be a whole number"),
+    ({"image_size": "32"}, "image_size must be a whole number"),
+])
+def test_broken_metadata_is_refused_on_load(digits_run, tmp_path: Path, change: dict, message: str) -> None:
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from recog.errors import WeightsError
+
+    path = digits_run.path / "weights" / "best.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["recog"])
+    meta.update(change)
+    save_file(load_file(str(path)), str(tmp_path / "w.safetensors"), metadata={"recog": json.dumps(meta)})
+    with pytest.raises(WeightsError, match=message):
+        recog.load(tmp_path / "w.safetensors")
+
+
+@pytest.mark.parametrize("meta, message", [
+    ("{not json", "not valid JSON"),
+    ('{"classes": [], "channels": 1, "image_size": 8}', "classes must be a list of names"),
+    ('{"classes": ["a", "b"], "channels": 1, "image_size": 0}', "image_size must be a whole number"),
+    ('{"classes": ["a", "b"], "channels": 1, "image_size": 1e12}', "image_size must be a whole number"),
+])
+def test_an_onnx_file_with_broken_metadata_is_refused_when_opened(digits_run, tmp_path: Path, meta: str,
+                                                                  message: str, capsys) -> None:
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from recog.export import export
+
+    model = onnx.load(str(export(digits_run.path, output=tmp_path / "good.onnx", verbose=False)))
+    for prop in model.metadata_props:
+        if prop.key == "recog":
+            prop.value = meta
+    onnx.save(model, str(tmp_path / "bad.onnx"))
+    assert main(["predict", str(tmp_path / "bad.onnx"), str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_model_args_of_the_wrong_shape_are_one_line(capsys) -> None:
+    assert main(["train", "--model", "airnet", "--model-args", "widths=[[64],[128],[256]]", "--epochs", "1"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: model 'airnet' cannot be built with model_args widths=[[64], [128], [256]]")
+
+
+def test_names_with_newlines_or_escape_codes_cannot_forge_predict_output(digits_run, tmp_path: Path, capsys) -> None:
+    import numpy as np
+    from PIL import Image
+
+    image = tmp_path / "x\nfake.png: 9 1.000"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(image, format="PNG")
+    assert main(["predict", str(digits_run.path), str(image), "--top-k", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "\\n" in out

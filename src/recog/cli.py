@@ -339,8 +339,8 @@ def cmd_predict(ns: argparse.Namespace) -> int:
             for rank, t in enumerate(r[key], 1):
                 writer.writerow([r["path"], rank, t["class"], f"{t['prob']:.6f}"])
         else:
-            answer = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r[key]) or "(no label over its threshold)"
-            print(f"{r['path']}: {answer}")
+            answer = ", ".join(f"{shown(t['class'])} {t['prob']:.3f}" for t in r[key]) or "(no label over its threshold)"
+            print(f"{shown(r['path'])}: {answer}")  # a newline or escape code in a name never forges a line
     return 1 if failed and failed == len(results) else 0
 
 

@@ -23,7 +23,7 @@ from recog.errors import ConfigError, WeightsError
 from recog.text import DEFAULT_ENCODER, DEFAULT_PROMPT
 from recog.models import create_model, feature_width, head, replace_head
 from recog.tasks import Batch, Task, task_from_meta
-from recog.runs import run_config, weights_file
+from recog.runs import check_meta, run_config, weights_file
 from recog.weights import load_into, read_weights
 
 
@@ -196,6 +196,7 @@ def load(source: str | os.PathLike, device: str = "auto", precision: str = "auto
     if meta is None:
         raise WeightsError(f"{path} carries no recog metadata (classes, preprocessing); "
                            f"use weights saved by recog, or pass it to training with --weights")
+    check_meta(meta, path)
     dev = resolve_device(device)
     model = create_model(meta["model"], len(meta["classes"]), meta["channels"], meta["image_size"],
                          **meta.get("model_args", {}))

@@ -17,6 +17,7 @@ import numpy as np
 from recog.data.image import answer_files, image_files, load_image
 from recog.errors import ConfigError, MissingExtra, WeightsError
 from recog.fileio import META_KEY
+from recog.runs import check_meta
 
 
 def session(path: str | os.PathLike, spinning: bool = True) -> Any:
@@ -47,7 +48,11 @@ class OnnxClassifier:
         props = self.session.get_modelmeta().custom_metadata_map
         if META_KEY not in props:
             raise WeightsError(f"{self.path} was not exported by recog: no classes or preprocessing in its metadata")
-        self.meta: dict[str, Any] = json.loads(props[META_KEY])
+        try:
+            meta = json.loads(props[META_KEY])
+        except ValueError:
+            raise WeightsError(f"{self.path}: its recog metadata is not valid JSON") from None
+        self.meta: dict[str, Any] = check_meta(meta, self.path, normalisation=False)  # Normalize is in the graph
         self.classes: list[str] = list(self.meta["classes"])
         self.input = self.session.get_inputs()[0].name
         # the rule that reads an answer from the probabilities (files before it was recorded: thresholds

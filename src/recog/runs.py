@@ -13,6 +13,7 @@ through them and never import the training engine.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,35 @@ def weights_file(source: str | os.PathLike) -> tuple[Path, Path | None]:
     if not path.exists():
         raise WeightsError(f"no run folder or weights file at {path}")
     return path, None
+
+
+def check_meta(meta: Any, where: Any, normalisation: bool = True) -> dict[str, Any]:
+    """recog's metadata of a weights or ONNX file, checked before it is used: classes (unique names),
+    channels, image size and (``normalisation``) one finite mean and positive std per channel."""
+    def bad(what: str) -> WeightsError:
+        return WeightsError(f"{where}: its metadata is broken: {what}")
+
+    if not isinstance(meta, dict):
+        raise bad("not a mapping")
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
+        raise bad(f"classes must be a list of names, got {str(classes)[:80]}")
+    if len(set(classes)) != len(classes):
+        raise bad(f"class names repeat ({', '.join(sorted({c for c in classes if classes.count(c) > 1})[:4])})")
+    if meta.get("channels") not in (1, 3):
+        raise bad(f"channels must be 1 or 3, got {str(meta.get('channels'))[:40]}")
+    size = meta.get("image_size")
+    if not isinstance(size, int) or isinstance(size, bool) or not 4 <= size <= 8192:
+        raise bad(f"image_size must be a whole number from 4 to 8192, got {str(size)[:40]}")
+    if normalisation:
+        for key in ("mean", "std"):
+            values = meta.get(key)
+            if not isinstance(values, list) or len(values) != meta["channels"] or not all(
+                    isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                raise bad(f"{key} must be {meta['channels']} finite numbers (one per channel), got {str(values)[:80]}")
+        if any(v <= 0 for v in meta["std"]):
+            raise bad(f"std must be positive, got {meta['std']}")
+    return meta
 
 
 def run_config(run_dir: Path, **overrides: Any) -> TrainConfig:

@@ -58,6 +58,10 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
+    kind = {".onnx": "an exported ONNX model", ".pt2": "a torch.export program"}.get(path.suffix.lower())
+    if kind is not None:  # said as such, not as the unpickler's complaint
+        raise WeightsError(f"{path} is {kind}, not weights: recog predict and recog serve read an .onnx file; "
+                           f"training, evaluation and explanations need the run folder or its .safetensors weights")
     if _is_safetensors(path):
         from safetensors import SafetensorError, safe_open
 
@@ -100,7 +104,8 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, str
     state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state.items()}
     # weights saved before 0.2 carry a duplicate of the last block under "cam_layer." (a module alias)
     state = {k: v for k, v in state.items() if not k.startswith("cam_layer.") or k in own}
-    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    mismatched = [k for k, v in state.items() if k in own and (own[k].shape != v.shape or
+                                                               own[k].is_floating_point() != v.is_floating_point())]
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if strict and (mismatched or missing or unexpected):
@@ -108,7 +113,8 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, str
             f"{source} does not fit the model: "
             + "; ".join(
                 f"{label}: {', '.join(keys[:5])}{' …' if len(keys) > 5 else ''}"
-                for label, keys in (("other shape", mismatched), ("missing", missing), ("unexpected", unexpected))
+                for label, keys in (("other shape or dtype", mismatched), ("missing", missing),
+                                    ("unexpected", unexpected))
                 if keys
             )
         )

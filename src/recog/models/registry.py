@@ -81,7 +81,13 @@ def create_model(
         if key not in accepted:
             hint = did_you_mean(key, sorted(accepted))
             raise ConfigError(f"model {name!r} takes no argument {key!r}{hint}")
-    return builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+    try:
+        return builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:  # e.g. widths: [[64], [128]] where numbers are expected
+        shown_args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())[:200]
+        raise ConfigError(f"model {name!r} cannot be built with model_args {shown_args}: {exc}") from None
 
 
 def head(model: nn.Module) -> tuple[str, nn.Linear]:
