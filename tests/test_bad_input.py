@@ -219,3 +219,45 @@ def test_names_with_newlines_or_escape_codes_cannot_forge_predict_output(digits_
     assert main(["predict", str(digits_run.path), str(image), "--top-k", "1"]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "\\n" in out
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly_with_a_short_message(tmp_path: Path) -> None:
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, 9):
+        prev, cur = chr(ord("a") + i - 1), chr(ord("a") + i)
+        lines.append(f"{cur}: &{cur} [{', '.join(['*' + prev] * 9)}]")
+    lines.append("mean: *i")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines))
+    with pytest.raises(ConfigError, match="expands to 926,177,115 YAML values") as info:
+        recog.train(bomb)
+    assert len(str(info.value)) < 300
+
+
+def test_a_long_bad_value_is_cut_in_the_message() -> None:
+    from recog.config import make_config
+
+    with pytest.raises(ConfigError) as info:
+        make_config(epochs="x" * 100_000)
+    assert len(str(info.value)) < 300 and "100,002 characters" in str(info.value)
+
+
+def test_tune_timeout_zero_names_the_flag(capsys) -> None:
+    pytest.importorskip("optuna")
+    assert main(["tune", "--timeout", "0"]) == 2
+    assert "--timeout must be positive" in capsys.readouterr().err
+
+
+def test_a_resumed_study_proposes_new_options(tmp_path: Path) -> None:
+    pytest.importorskip("optuna")
+    import yaml
+
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"weight_decay": {"float": [1e-5, 1e-2], "log": True}}))
+    common = dict(data="digits", model="seednet", epochs=1, trials=2, study="s", space=str(space),
+                  project=str(tmp_path), verbose=False)
+    recog.tune(**common)
+    recog.tune(**common)
+    decays = [yaml.safe_load(p.read_text())["weight_decay"]
+              for p in sorted((tmp_path / "tune" / "s" / "trials").glob("trial-*/config.yaml"))]
+    assert len(decays) == 4 and decays[2:] != decays[:2]  # the rerun's first two are not the first run's again

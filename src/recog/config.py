@@ -354,8 +354,34 @@ def coerce(key: str, value: Any) -> Any:
                 raise ValueError(value)
             return dict(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{key}: cannot use {value!r} as {getattr(target, '__name__', target)}") from None
+        raise ConfigError(f"{key}: cannot use {short(value)} as {getattr(target, '__name__', target)}") from None
     return value
+
+
+MAX_NODES = 100_000  # values a config file may expand to, aliases counted as often as they are used
+
+
+def _expanded_size(node: Any, memo: dict[int, int]) -> int:
+    """How many values the YAML node graph holds once every alias is expanded (each node counted once
+    per use; shared nodes are sized once)."""
+    if node is None:
+        return 0
+    if id(node) not in memo:
+        import yaml
+
+        if isinstance(node, yaml.SequenceNode):
+            memo[id(node)] = 1 + sum(_expanded_size(child, memo) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            memo[id(node)] = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+        else:
+            memo[id(node)] = 1
+    return memo[id(node)]
+
+
+def short(value: Any, limit: int = 120) -> str:
+    """A value as an error message shows it: its repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -365,7 +391,12 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        size = _expanded_size(yaml.compose(text, Loader=yaml.SafeLoader), {})
+        if size > MAX_NODES:  # "billion laughs": a few lines whose aliases (*name) expand to gigabytes
+            raise ConfigError(f"{path} expands to {size:,} YAML values through its aliases (*name); a config "
+                              f"has at most {MAX_NODES:,}")
+        loaded = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     except UnicodeDecodeError:

@@ -242,6 +242,8 @@ def tune(
                                     load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=sampler_seed),
                                     pruner=_pruner(optuna, pruner))
     _check_same_study(the_study, name, {"data": str(data), "model": str(model), "objectives": ",".join(objectives)})
+    if the_study.trials:  # resumed: a sampler seeded as before would propose the earlier trials' options again
+        the_study.sampler = optuna.samplers.TPESampler(seed=sampler_seed + 7919 * len(the_study.trials))
     if jobs > 1:
         return _run_workers(dict(data=data, model=model, timeout=timeout, trial_budget=trial_budget, epochs=epochs,
                                  space=space, study=name, storage=url, pruner=pruner, project=project, seed=seed,
