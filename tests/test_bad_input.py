@@ -261,3 +261,52 @@ def test_a_resumed_study_proposes_new_options(tmp_path: Path) -> None:
     decays = [yaml.safe_load(p.read_text())["weight_decay"]
               for p in sorted((tmp_path / "tune" / "s" / "trials").glob("trial-*/config.yaml"))]
     assert len(decays) == 4 and decays[2:] != decays[:2]  # the rerun's first two are not the first run's again
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A real 400 KiB tmpfs (the disk of a run that fills up); skipped where mounting is not allowed."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+
+    def mounted(*options: str) -> Path:
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(("size=400k", *options)), "tmpfs", str(mount)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()[:100]}): the full-disk test needs root")
+        return mount
+
+    yield mounted
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_disk_that_fills_up_while_weights_are_saved_is_one_line(small_disk, capsys) -> None:
+    project = small_disk()
+    assert main(["train", "--model", "airnet", "--epochs", "1", "--project", str(project)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: could not write ") and "No space left on device" in last
+
+
+def test_a_read_only_project_folder_is_one_line(small_disk, capsys) -> None:
+    project = small_disk("ro")
+    assert main(["train", "--epochs", "1", "--project", str(project / "runs")]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot create a folder in {project / 'runs'}") and "Read-only" in last
+
+
+def test_a_study_on_a_full_disk_stops_after_one_trial(small_disk) -> None:
+    pytest.importorskip("optuna")
+    import optuna
+
+    from recog.errors import OutputError
+
+    project = small_disk()
+    study = Path(str(project)) / "tune" / "full"
+    with pytest.raises(OutputError, match="the study stopped: a trial could not write its files"):
+        recog.tune(data="digits", model="airnet", epochs=1, trials=5, study="full", project=str(project),
+                   storage=f"sqlite:///{Path(str(project)).parent / 'study.db'}", verbose=False)
+    trials = optuna.load_study(study_name="full", storage=f"sqlite:///{Path(str(project)).parent / 'study.db'}").trials
+    assert len(trials) == 1 and trials[0].state == optuna.trial.TrialState.FAIL  # not all five burned
+    assert study.exists()

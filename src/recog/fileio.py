@@ -85,13 +85,16 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 def next_run_dir(project: str | os.PathLike, name: str | None, default: str = "train") -> Path:
     """A new folder ``project/name``, numbered ``name-2``, ``name-3``… when taken. Never reuses one."""
     root = Path(project)
-    root.mkdir(parents=True, exist_ok=True)
     base = name or default
-    for i in range(1, 100_000):
-        candidate = root / (base if i == 1 else f"{base}-{i}")
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for i in range(1, 100_000):
+            candidate = root / (base if i == 1 else f"{base}-{i}")
+            try:
+                candidate.mkdir()
+                return candidate
+            except FileExistsError:
+                continue
+    except OSError as exc:  # a read-only folder or disk, no permission, a full disk
+        raise OutputError(f"cannot create a folder in {shown(root)}: {exc.strerror or exc}") from None
     raise RuntimeError(f"no free run folder name under {root}")

@@ -40,7 +40,7 @@ from typing import Any
 import yaml
 
 from recog.config import LR_AUTO, field_names, make_config
-from recog.errors import ConfigError, MissingExtra, RecogError, did_you_mean
+from recog.errors import ConfigError, MissingExtra, OutputError, RecogError, did_you_mean
 from recog.fileio import atomic_write_text
 
 PRUNERS = ("hyperband", "median", "none")
@@ -150,6 +150,10 @@ def _pruner(optuna: Any, name: Any) -> Any:
 
 def _pruner_name(pruner: Any) -> str:
     return pruner if isinstance(pruner, str) else type(pruner).__name__
+
+
+class _StudyStopped(Exception):
+    """A trial's files could not be written: the study stops (Optuna records the trial failed)."""
 
 
 def check_study_name(name: str) -> None:
@@ -275,8 +279,11 @@ def tune(
                 return True  # the run stops after this epoch, its folder complete
             return False
 
-        run = api.train(**{**base, **options}, final_eval="val", project=str(folder / "trials"),
-                        name=f"trial-{trial.number:04d}", verbose=False, on_epoch_end=report)
+        try:
+            run = api.train(**{**base, **options}, final_eval="val", project=str(folder / "trials"),
+                            name=f"trial-{trial.number:04d}", verbose=False, on_epoch_end=report)
+        except OutputError as exc:  # a full disk fails every trial alike: stop, do not burn the study
+            raise _StudyStopped(exc) from None
         trial.set_user_attr("run", str(run.path))
         trial.set_user_attr("options", options)  # what best.yaml is made of
         trial.set_user_attr("worker", _worker or 0)
@@ -300,7 +307,12 @@ def tune(
     if verbose and _worker is None:
         print(f"study {name} in {folder} ({before} earlier trials); {trials} trials"
               + (f", at most {timeout:.0f} s" if timeout else "") + f", pruner {_pruner_name(pruner)}", file=sys.stderr)
-    the_study.optimize(objective, n_trials=trials, timeout=timeout, catch=(RecogError,), gc_after_trial=True)
+    try:
+        the_study.optimize(objective, n_trials=trials, timeout=timeout, catch=(RecogError,), gc_after_trial=True)
+    except _StudyStopped as stop:
+        raise OutputError(f"the study stopped: a trial could not write its files ({stop.args[0]}); the trials after "
+                          f"it would fail the same way. Free space or choose another --project, then run the same "
+                          f"command again to resume the study") from None
     return _write_results(the_study, folder, url, base, verbose and _worker is None)
 
 

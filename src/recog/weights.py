@@ -26,8 +26,21 @@ def save_weights(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]
 
     # clone: safetensors refuses tensors that share storage (tied weights, views)
     state = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
+    from safetensors import SafetensorError
+
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta)})
+        try:
+            save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta)})
+        except SafetensorError as exc:  # e.g. "No space left on device": one line, as any failed write
+            raise OSError(_io_reason(str(exc))) from None
+
+
+def _io_reason(text: str) -> str:
+    """The reason in safetensors' Rust error text (``… message: "No space left on device" …``)."""
+    import re
+
+    found = re.search(r'message: "([^"]+)"', text)
+    return found.group(1) if found else text.strip().splitlines()[0][:200]
 
 
 def _is_safetensors(path: Path) -> bool:
