@@ -310,3 +310,19 @@ def test_a_study_on_a_full_disk_stops_after_one_trial(small_disk) -> None:
     trials = optuna.load_study(study_name="full", storage=f"sqlite:///{Path(str(project)).parent / 'study.db'}").trials
     assert len(trials) == 1 and trials[0].state == optuna.trial.TrialState.FAIL  # not all five burned
     assert study.exists()
+
+
+def test_best_yaml_of_a_budgeted_study_trains_the_epochs_not_the_budget(tmp_path: Path) -> None:
+    pytest.importorskip("optuna")
+    import yaml
+
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"weight_decay": {"float": [1e-5, 1e-2], "log": True}}))
+    result = recog.tune(data="digits", model="seednet", trials=2, trial_budget="4s", space=str(space),
+                        project=str(tmp_path), verbose=False, pruner="none")
+    text = result.best_config.read_text()
+    best = yaml.safe_load(text)
+    assert "time_budget" not in best and best["epochs"] >= 1
+    assert "--trial-budget 4s" in text and f"trained {best['epochs']} epochs in it" in text
+    run = recog.train(result.best_config, project=str(tmp_path / "final"), verbose=False)
+    assert len(run.metrics) == best["epochs"] and run.config.time_budget is None

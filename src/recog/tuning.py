@@ -152,6 +152,9 @@ def _pruner_name(pruner: Any) -> str:
     return pruner if isinstance(pruner, str) else type(pruner).__name__
 
 
+FEW_TRIALS = 20  # completed trials under which the importances plot says it means little
+
+
 class _StudyStopped(Exception):
     """A trial's files could not be written: the study stops (Optuna records the trial failed)."""
 
@@ -456,11 +459,17 @@ def _write_results(the_study: Any, folder: Path, url: str, base: dict[str, Any],
     # single objective: the best trial; several: the Pareto front's most accurate point
     best = max(the_study.best_trials, key=lambda t: t.values[0]) if multi else the_study.best_trial
     options = best.user_attrs["options"]
-    config = {**base, **options}
+    config = {k: v for k, v in {**base, **options}.items() if k != "time_budget"}
+    budget = ""
+    if "time_budget" in base:  # trials sized by time: the final training gets the epochs the best trial ran,
+        config.setdefault("epochs", best.user_attrs.get("epochs"))  # not a budget that shrinks on a busy machine
+        budget = (f"# the trials ran with --trial-budget {base['time_budget']} each; the best one trained "
+                  f"{best.user_attrs.get('epochs', '?')} epochs in it, which is what this file trains (a budget is "
+                  f"not carried over: a busy machine would train less; add --time-budget to use one)\n")
     header = (f"# recog tune: study {the_study.study_name}, trial {best.number} of {len(the_study.trials)}: "
               f"best validation score {best.values[0]:.4f}"
               + (" (the Pareto front's most accurate point; the front: pareto = yes in trials.csv)" if multi else "")
-              + f"\n# (run: {best.user_attrs.get('run', '?')})\n"
+              + f"\n# (run: {best.user_attrs.get('run', '?')})\n" + budget +
               f"# train with it: recog train --config {folder / 'best.yaml'}\n")
     atomic_write_text(folder / "best.yaml", header + yaml.safe_dump(config, sort_keys=False))
     if verbose:
@@ -504,6 +513,9 @@ def _plots(the_study: Any, folder: Path, complete: int) -> None:
             except (ValueError, RuntimeError):  # e.g. importances of parameters that never varied
                 continue
         figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        if name == "importances.png" and complete < FEW_TRIALS:  # fANOVA on a handful of points is noise
+            ax.set_title(f"{ax.get_title()}\nfrom {complete} completed trials: means little under {FEW_TRIALS}",
+                         color="firebrick")
         figure.set_size_inches(8, 5)
         figure.tight_layout()
         with atomic_path(folder / name) as tmp:
