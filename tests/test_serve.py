@@ -452,3 +452,28 @@ def test_bf16_torch_backend_agrees_with_fp32(digits_run, digit_pngs: list[bytes]
     a, b = fp32.run(images, 3), bf16.run(images, 3)
     assert [x["top"][0]["class"] for x in a] == [x["top"][0]["class"] for x in b]
     assert max(abs(x["top"][0]["prob"] - y["top"][0]["prob"]) for x, y in zip(a, b)) < 0.05
+
+
+def test_metrics_are_prometheus_text_with_requests_latency_batches_and_queue(digits_run, digit_png: bytes) -> None:
+    from fastapi.testclient import TestClient
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from recog.serve import Predictor, create_app
+
+    with TestClient(create_app(Predictor(digits_run.path), api_key="k")) as client:
+        for _ in range(3):
+            assert client.post("/v1/predict", content=digit_png, headers={"X-API-Key": "k"}).status_code == 200
+        assert client.post("/v1/predict", content=b"not an image", headers={"X-API-Key": "k"}).status_code == 415
+        assert client.get("/metrics").status_code == 401  # the key guards the metrics too
+        text = client.get("/metrics", headers={"X-API-Key": "k"}).text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    requests = {(s.labels["path"], s.labels["status"]): s.value for s in families["recog_requests"].samples
+                if s.name == "recog_requests_total"}
+    assert requests[("/v1/predict", "200")] == 3 and requests[("/v1/predict", "415")] == 1
+    assert requests[("/metrics", "401")] == 1
+    latency = {s.name: s.value for s in families["recog_request_seconds"].samples
+               if s.labels.get("path") == "/v1/predict" and s.name.endswith(("_count", "_sum"))}
+    assert latency["recog_request_seconds_count"] == 4 and latency["recog_request_seconds_sum"] > 0
+    batches = {s.name: s.value for s in families["recog_batch_size"].samples}
+    assert batches["recog_batch_size_sum"] == 3 and 1 <= batches["recog_batch_size_count"] <= 3
+    assert [s.value for s in families["recog_queue_depth"].samples] == [0.0]  # nothing waiting now

@@ -9,6 +9,8 @@ exported ``.onnx`` file (ONNX Runtime, no torch).
                        ``?method=ig|gradcam|saliency|occlusion&target=CLASS``)
     GET  /v1/model     classes, input size, channels, task, format, precision, recog version
     GET  /healthz      "ok"
+    GET  /metrics      Prometheus text: requests by path and status, latency and batch-size
+                       histograms, queue depth (behind the API key when there is one)
     GET  /docs         OpenAPI
 
 Under load, requests are batched: images are decoded in worker threads, queued, and one model
@@ -117,6 +119,37 @@ class Predictor:
         from recog.explanations import DEFAULT_METHOD, explain, overlay_png
 
         return overlay_png(explain(self.model, image[None], method=method or DEFAULT_METHOD, target=target))
+
+
+KNOWN_PATHS = ("/", "/healthz", "/metrics", "/v1/model", "/v1/predict", "/v1/explain", "/docs", "/openapi.json")
+
+
+class Metrics:
+    """The server's Prometheus metrics (prometheus-client, in a registry of the app's own)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("recog_requests", "HTTP requests answered, by path and status", ["path", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("recog_request_seconds", "time from request to answer, by path", ["path"],
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+                                 registry=self.registry)
+        self.batch = Histogram("recog_batch_size", "images per model call (dynamic batching)",
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
+        self.queue = Gauge("recog_queue_depth", "requests admitted and not yet answered", registry=self.registry)
+
+    @property
+    def content_type(self) -> str:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return CONTENT_TYPE_LATEST
+
+    def text(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
 
 
 class Busy(Exception):
@@ -273,7 +306,14 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
     timeout = parse_duration(timeout, "--timeout")
     _check_limits(max_upload_mb, max_batch, max_wait_ms, max_queue, timeout)
     set_max_image_pixels(max_pixels)  # larger images are refused as decompression bombs (413)
-    batcher = Batcher(lambda images: predictor.run(images, top_k), max_batch, max_wait_ms, max_queue)
+    metrics = Metrics()
+
+    def run(images: list[Any]) -> list[Any]:
+        metrics.batch.observe(len(images))
+        return predictor.run(images, top_k)
+
+    batcher = Batcher(run, max_batch, max_wait_ms, max_queue)
+    metrics.queue.set_function(lambda: batcher.incoming + (batcher.queue.qsize() if batcher.queue else 0))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
@@ -290,6 +330,16 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
                            allow_headers=["Content-Type", "X-API-Key"])
     page = resources.files("recog").joinpath("web/index.html").read_text(encoding="utf-8")
 
+    @app.middleware("http")
+    async def count(request: Request, call_next: Callable[[Request], Any]) -> Any:
+        """Every answer counted by path and status, and timed (GET /metrics)."""
+        started = time.perf_counter()
+        response = await call_next(request)
+        path = request.url.path if request.url.path in KNOWN_PATHS else "other"  # unknown paths: one label
+        metrics.requests.labels(path, str(response.status_code)).inc()
+        metrics.latency.labels(path).observe(time.perf_counter() - started)
+        return response
+
     def refuse(status: int, error: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse({"error": error, "kind": kind}, status_code=status, headers=headers)
 
@@ -300,6 +350,13 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
     @app.get("/healthz", response_class=PlainTextResponse)
     def healthz() -> str:
         return "ok"
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def prometheus(request: Request) -> Any:
+        """Prometheus text: requests by path and status, latency and batch-size histograms, queue depth."""
+        if api_key is not None and not secrets.compare_digest(request.headers.get("x-api-key", ""), api_key):
+            return refuse(401, "missing or wrong X-API-Key", "unauthorized")
+        return Response(metrics.text(), media_type=metrics.content_type)
 
     @app.get("/v1/model")
     def model() -> dict[str, Any]:
@@ -424,6 +481,7 @@ def serve(source: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, 
     duration (``30s``, ``1m``)."""
     try:
         import fastapi  # noqa: F401  (present?)
+        import prometheus_client  # noqa: F401  (GET /metrics)
         import uvicorn
 
         importlib.import_module("python_multipart" if importlib.util.find_spec("python_multipart") else "multipart")
