@@ -326,3 +326,21 @@ def test_best_yaml_of_a_budgeted_study_trains_the_epochs_not_the_budget(tmp_path
     assert "--trial-budget 4s" in text and f"trained {best['epochs']} epochs in it" in text
     run = recog.train(result.best_config, project=str(tmp_path / "final"), verbose=False)
     assert len(run.metrics) == best["epochs"] and run.config.time_budget is None
+
+
+def test_tune_project_that_names_the_tune_folder_is_used_as_it_is(tmp_path: Path) -> None:
+    pytest.importorskip("optuna")
+    import yaml
+
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"weight_decay": {"float": [1e-5, 1e-2], "log": True}}))
+    result = recog.tune(data="digits", model="seednet", epochs=1, trials=1, study="s", space=str(space),
+                        project=str(tmp_path / "runs" / "tune"), verbose=False)
+    assert result.folder == tmp_path / "runs" / "tune" / "s" and not (tmp_path / "runs" / "tune" / "tune").exists()
+
+
+def test_a_dist_timeout_too_long_for_torch_is_named() -> None:
+    from recog.config import make_config
+
+    with pytest.raises(ConfigError, match="dist_timeout must be at most 7 days, got '99999999h'"):
+        make_config(dist_timeout="99999999h")

@@ -34,6 +34,7 @@ CROP_SCALE = 0.35  # the smallest random-resized-crop area (torchvision uses 0.0
 RECIPE_AUTO = "auto"
 NO_RECIPE = "none"
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3, "muon": 0.05}  # lr left unset: by optimizer
+MAX_DIST_TIMEOUT_S = 7 * 24 * 3600
 LR_AUTO = "auto"  # lr: auto (flag, YAML, keyword, recog tune): the lr range test chooses it before training
 
 
@@ -225,7 +226,8 @@ class TrainConfig:
             raise ConfigError("alternating_flip needs flip: true")
         if self.time_budget is not None:
             parse_duration(self.time_budget)
-        parse_duration(self.dist_timeout, "dist_timeout")
+        if parse_duration(self.dist_timeout, "dist_timeout") > MAX_DIST_TIMEOUT_S:  # torch's timer overflows
+            raise ConfigError(f"dist_timeout must be at most 7 days, got {self.dist_timeout!r}")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"workers must not be negative, got {self.workers}")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -159,6 +159,13 @@ class _StudyStopped(Exception):
     """A trial's files could not be written: the study stops (Optuna records the trial failed)."""
 
 
+def tune_root(project: str | os.PathLike) -> Path:
+    """PROJECT/tune, the folder of the studies; a --project that already names a ``tune`` folder is
+    it (``--project runs/tune`` wrote runs/tune/tune/… before)."""
+    root = Path(project).expanduser()
+    return root if root.name == "tune" else root / "tune"
+
+
 def check_study_name(name: str) -> None:
     """A study name is one folder name under PROJECT/tune: no path separators, not '.' or '..'."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
@@ -227,7 +234,7 @@ def tune(
     entries = load_space(model, space)
     name = study or study_name(data, model)
     check_study_name(name)
-    folder = Path(project).expanduser() / "tune" / name
+    folder = tune_root(project) / name
     base = {k: v for k, v in dict(data=data, model=model, epochs=epochs, time_budget=trial_budget, seed=seed,
                                   **train_options).items() if v is not None}
     reserved = sorted(set(base) & {"final_eval", "project", "name", "verbose"})
@@ -526,10 +533,10 @@ def _plots(the_study: Any, folder: Path, complete: int) -> None:
 def show(study: str, project: str | os.PathLike = "runs", storage: str | None = None, top: int = 10) -> str:
     """The study's leaderboard: its best ``top`` completed trials and the count of every state."""
     optuna = require_optuna()
-    folder = Path(project).expanduser() / "tune" / study
+    folder = tune_root(project) / study
     url = storage or f"sqlite:///{(folder / 'study.db').resolve()}"
     if storage is None and not (folder / "study.db").is_file():
-        known = sorted(p.name for p in (Path(project).expanduser() / "tune").glob("*") if (p / "study.db").is_file())
+        known = sorted(p.name for p in tune_root(project).glob("*") if (p / "study.db").is_file())
         raise ConfigError(f"no study {study!r} in {folder.parent}" + (f" (studies: {', '.join(known)})" if known
                                                                       else ""))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
