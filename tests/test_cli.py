@@ -74,3 +74,17 @@ def test_progress_is_one_line_per_epoch_when_the_output_is_not_a_terminal(tmp_pa
     quiet = train("--progress", "none")
     assert "epoch 1/2" not in quiet and "\r" not in quiet
     assert main(["train", "--progress", "sometimes"]) == 2
+
+
+def test_train_help_shows_the_common_options_first(capsys) -> None:
+    import pytest
+
+    from recog.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    head = capsys.readouterr().out.splitlines()[:40]
+    text = "\n".join(head)
+    for flag in ("--data DATA", "--model MODEL", "--epochs EPOCHS", "--time-budget"):
+        assert flag in text, flag  # with its description, not only in the usage line
+    assert len(head[0]) < 200  # the usage is one line, not every flag

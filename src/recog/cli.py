@@ -45,10 +45,23 @@ def _parse_model_args(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """A flag for every config field (but ``skip``): one vocabulary for train, lr-find and tune."""
+def _add_config_flags(parser: Any, skip: tuple[str, ...] = ()) -> None:
+    """A flag for every config field (but ``skip``): one vocabulary for train, lr-find and tune. In
+    --help the options people change most come first, then every other under its section."""
+    from recog.config import COMMON_OPTIONS, SECTIONS
+
     hints = typing.get_type_hints(TrainConfig)
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    common = parser.add_argument_group("the options people change most (each is also a YAML key and a keyword "
+                                       "of recog.train)")
+    order = [(common, fields[n]) for n in COMMON_OPTIONS]
+    group = parser
     for f in dataclasses.fields(TrainConfig):
+        if f.name in SECTIONS:
+            group = parser.add_argument_group(SECTIONS[f.name])
+        if f.name not in COMMON_OPTIONS:
+            order.append((group, f))
+    for where, f in order:
         if f.metadata.get("recorded") or f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
@@ -59,19 +72,19 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
         help_text = " ".join(filter(None, [doc, f"(default: {default})" if default is not None else ""]))
         help_text = help_text.replace("%", "%%") or None
         if base is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+            where.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
         elif base is list:
-            parser.add_argument(flag, dest=f.name, nargs="+", type=float, default=None, metavar="X", help=help_text)
+            where.add_argument(flag, dest=f.name, nargs="+", type=float, default=None, metavar="X", help=help_text)
         elif base is dict:
-            parser.add_argument(flag, dest=f.name, nargs="+", default=None, metavar="KEY=VALUE",
+            where.add_argument(flag, dest=f.name, nargs="+", default=None, metavar="KEY=VALUE",
                                 help="model builder arguments, e.g. widths=[32,64,128]")
         elif f.name == "lr":  # a number, or "auto": the lr range test first (recog lr-find)
-            parser.add_argument(flag, dest=f.name, type=_lr_value, default=None, metavar="LR",
+            where.add_argument(flag, dest=f.name, type=_lr_value, default=None, metavar="LR",
                                 help=(help_text or "") + "; auto: run the lr range test first and train with its "
                                      "suggestion")
         else:
-            parser.add_argument(flag, dest=f.name, type=base, default=None, metavar=f.name.upper(),
+            where.add_argument(flag, dest=f.name, type=base, default=None, metavar=f.name.upper(),
                                 help=help_text)
 
 
@@ -98,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"recog {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a classifier (default: digits, bundled)", allow_abbrev=False)
+    p = sub.add_parser("train", help="train a classifier (default: digits, bundled)", allow_abbrev=False,
+                       usage="recog train [--data DATA] [--model MODEL] [--epochs N | --time-budget 5m] [--config FILE] "
+                             "[--resume RUN] [--nproc N] [OPTION …]")
     p.add_argument("--config", metavar="FILE", help="YAML file of config keys; flags override it")
     p.add_argument("--resume", metavar="RUN", help="continue a run folder from its last completed epoch")
     p.add_argument("--nproc", type=int, metavar="N", help="train one model on N processes of this machine (DDP): "
@@ -163,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cors", action="append", metavar="ORIGIN", help="allow browser pages from this origin "
                                                                      "(repeatable; default: none)")
 
-    p = sub.add_parser("lr-find", help="the learning-rate range test: a plot of loss against a rising lr, and a "
+    p = sub.add_parser("lr-find", usage="recog lr-find [--start-lr LR] [--end-lr LR] [--scan-steps N] [--config FILE] "
+                                        "[any recog train OPTION …]",
+                       help="the learning-rate range test: a plot of loss against a rising lr, and a "
                                        "suggested lr", allow_abbrev=False)
     p.add_argument("--config", metavar="FILE", help="YAML file of config keys; flags override it")
     p.add_argument("--start-lr", type=float, default=1e-6, help="(default: 1e-6)")
@@ -171,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scan-steps", type=int, default=200, help="steps of the scan (default: 200)")
     _add_config_flags(p)
 
-    p = sub.add_parser("tune", help="search training options and architecture with Optuna (a resumable study; "
+    p = sub.add_parser("tune", usage="recog tune [--data DATA] [--model MODEL] [--trials N] [--epochs N | --trial-budget 1m] "
+                                     "[--study NAME] [any recog train OPTION …]",
+                       help="search training options and architecture with Optuna (a resumable study; "
                                     "trials never read the test split)", allow_abbrev=False)
     p.add_argument("--data", default="digits", help="dataset name, image folder or label manifest (default: digits)")
     p.add_argument("--model", help="the model to tune (default: the planner's)")
@@ -196,8 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a training option fixed for every trial (repeatable), e.g. --set loader=memory; the same "
                         "as the option's own flag below (--loader memory)")
-    _add_config_flags(p.add_argument_group("training options fixed for every trial (as recog train's)"),
-                      skip=TUNE_OWN)
+    _add_config_flags(p, skip=TUNE_OWN)  # training options fixed for every trial, as recog train's
 
     p = sub.add_parser("explain", help="heatmaps of where the model found its evidence (Grad-CAM, integrated "
                                        "gradients, saliency, occlusion), one PNG per image", allow_abbrev=False)

@@ -35,6 +35,13 @@ RECIPE_AUTO = "auto"
 NO_RECIPE = "none"
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3, "muon": 0.05}  # lr left unset: by optimizer
 MAX_DIST_TIMEOUT_S = 7 * 24 * 3600
+# --help: the options people change most, first; then every other option under its section, named by the
+# section's first field in TrainConfig's order
+COMMON_OPTIONS = ("data", "model", "pretrained", "transfer", "epochs", "time_budget", "batch_size", "lr", "image_size",
+                  "precision", "project", "name")
+SECTIONS = {"recipe": "the plan", "data_root": "data", "flip": "augmentation (batched on the training device)",
+            "model_args": "model", "steps": "optimisation", "channels_last": "speed and reproducibility",
+            "dist_timeout": "several processes (torchrun)", "tensorboard": "output and evaluation"}
 LR_AUTO = "auto"  # lr: auto (flag, YAML, keyword, recog tune): the lr range test chooses it before training
 
 
@@ -89,7 +96,8 @@ class TrainConfig:
     auto_augment: str | None = opt(None, 'randaugment | trivialaugment (per sample: streaming loader)')
     color_jitter: float = opt(0.0, 'brightness/contrast/saturation strength (per sample: streaming loader)')
     # model
-    model: str = opt("airnet")
+    model: str = opt("airnet", 'airnet | airnet_small | seednet | resnet18 | tv:NAME | timm:NAME | fusion:NAME '
+                               '(recog models lists them; photos default to a pretrained timm model)')
     model_args: dict[str, Any] = opt(None, 'builder keyword arguments', factory=dict)
     weights: str | None = opt(None, 'initial weights: a .safetensors or a plain state dict file')
     pretrained: str | None = opt(None, 'start from pretrained weights, offline: a name (recog models --pretrained: '
