@@ -344,3 +344,21 @@ def test_a_dist_timeout_too_long_for_torch_is_named() -> None:
 
     with pytest.raises(ConfigError, match="dist_timeout must be at most 7 days, got '99999999h'"):
         make_config(dist_timeout="99999999h")
+
+
+def test_a_manifest_warning_is_said_once(tmp_path: Path, capsys) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rows = []
+    for c in "ab":
+        for i in range(4):
+            Image.fromarray(np.full((12, 12, 3), 40 * i, np.uint8)).save(tmp_path / f"{c}{i}.png")
+            rows.append({"image": f"{c}{i}.png", "label": c})
+    rows.append({"image": "missing.png", "label": "a"})
+    with (tmp_path / "m.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    recog.train(data=str(tmp_path / "m.csv"), model="seednet", epochs=1, project=str(tmp_path / "runs"))
+    assert capsys.readouterr().err.count("were not found") == 1  # the planner's look said it too, before

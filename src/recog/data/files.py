@@ -10,6 +10,8 @@ image size and channels), so the next run starts from it; larger data stays on d
 from __future__ import annotations
 
 import collections
+import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
@@ -18,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +41,23 @@ _CACHE_VERSION = "3"  # 3: JPEGs decoded at a reduced DCT scale; 2: multi-hot la
 Label = int | tuple[int, ...]  # a class index, or a multi-hot row
 
 
+_quiet = contextvars.ContextVar("quiet", default=False)
+
+
 def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    if not _quiet.get():
+        print(f"warning: {message}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Scan warnings unsaid within the block: the planner's look at the headers precedes the real
+    scan, which says them (once, not twice)."""
+    token = _quiet.set(True)
+    try:
+        yield
+    finally:
+        _quiet.reset(token)
 
 
 @dataclass

@@ -62,9 +62,10 @@ def probe_dataset(data: str, data_root: str | None = None, val_fraction: float =
         val = round(train * val_fraction)
         return Probe(side, c, train - val, val, 0 if without_test else test, k)
     if data not in _SOURCES:
-        from recog.data.files import default_shape
+        from recog.data.files import default_shape, quiet
 
-        scan = _scan(data, allow_empty_classes=True)
+        with quiet():  # the real scan that follows says the warnings
+            scan = _scan(data, allow_empty_classes=True)
         if without_test:
             scan.files.pop("test", None)
         side, c, _ = default_shape(scan, None, channels)
