@@ -186,3 +186,24 @@ def test_multilabel_with_the_planned_defaults(manifest: Path, tmp_path: Path) ->
     assert run.report["task"] == "multilabel" and run.report["tta"] is True and 0 <= run.report["map_macro"] <= 1
     first = recog.predict(run.path, [str(manifest.parent / next(csv.DictReader(manifest.open()))["image"])])[0]
     assert "labels" in first and "error" not in first
+
+
+def test_coarse_labels_on_every_image_are_no_imbalance_but_a_rare_label_is(manifest: Path, tmp_path: Path) -> None:
+    import csv as _csv
+
+    from recog.data import load_dataset
+
+    ds = load_dataset(str(manifest), val_fraction=0.0)  # 10 fine labels and animal/vehicle on every image
+    assert ds.imbalance() is None
+    rows = list(_csv.DictReader(manifest.open()))
+    for i, row in enumerate(rows):
+        if i % 40 == 0 and row["split"] == "train":
+            row["labels"] += ";rare"  # on 1 in 40 images
+    path = manifest.parent / "rare.csv"
+    with path.open("w", newline="") as f:
+        writer = _csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    ds = load_dataset(str(path), val_fraction=0.0)
+    rare, _, ratio = ds.imbalance()
+    assert ds.classes[rare] == "rare" and ratio >= 20

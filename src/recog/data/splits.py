@@ -123,8 +123,14 @@ class Dataset:
         return (1.0 / self.counts(self.train).double())[self.train.labels]
 
     def imbalance(self) -> tuple[int, int, float] | None:
-        """(largest class, smallest class, ratio) of the training split when the ratio is 5 or more."""
+        """(largest class, smallest class, ratio) of the training split when the ratio is 5 or more.
+        Multi-label: (rarest label, rarest label, its negatives per positive) when that is 20 or more —
+        a label on every image (animal/vehicle beside the fine classes) is no imbalance; a rare one is."""
         counts = self.counts(self.train).float()
+        if self.multilabel:
+            rare = int(counts.argmin())
+            ratio = float((len(self.train) - counts[rare]) / counts[rare]) if counts[rare] > 0 else float("inf")
+            return (rare, rare, ratio) if ratio >= 20 else None
         big, small = int(counts.argmax()), int(counts.argmin())
         ratio = float(counts[big] / counts[small]) if counts[small] > 0 else float("inf")
         return (big, small, ratio) if ratio >= 5 else None

@@ -250,6 +250,9 @@ def _describe(ds: Dataset, cfg: TrainConfig) -> None:
         if math.isinf(ratio):  # an empty class (--allow-empty-classes)
             print(f"warning: class {ds.classes[small]!r} has no training images; the model will never learn "
                   f"it", file=sys.stderr)
+        elif ds.multilabel:
+            print(f"warning: label {ds.classes[small]!r} is on 1 in {ratio + 1:.0f} training images; consider "
+                  f"{fix}", file=sys.stderr)
         else:
             print(f"warning: class imbalance: {ds.classes[big]!r} has {ratio:.1f}x the training images of "
                   f"{ds.classes[small]!r}; consider {fix}", file=sys.stderr)
