@@ -108,7 +108,7 @@ def main() -> None:
 
     import recog
     from recog.explanations import attribute
-from recog.faithfulness import auc, deletion_insertion, rank_correlation
+    from recog.faithfulness import auc, deletion_insertion, rank_correlation
     from recog.inference import load
 
     info = machine()

@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from recog.config import MODALITIES
-from recog.data.augment import flip, translate
 from recog.data.splits import AnySplit, FileSplit, Split
 from recog.data.stream import make_loader
 from recog.device import autocast, eval_mode

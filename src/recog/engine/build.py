@@ -28,6 +28,7 @@ from recog.engine.optim import Lookahead, make_optimizer, optimizer_options
 from recog.engine.plan import MemoryPlan
 from recog.engine.resolve import Prepared
 from recog.engine.step import Stepper
+from recog.errors import ConfigError
 from recog.memory import reuse_freed_memory
 from recog.models import create_model, feature_width, head, replace_head
 from recog.runs import WEIGHTS

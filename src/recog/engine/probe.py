@@ -30,7 +30,6 @@ from recog.data.stream import make_loader
 from recog.device import autocast, eval_mode
 from recog.engine.checkpoint import LoopState
 from recog.engine.distributed import is_main
-from recog.engine.schedule import lr_at
 from recog.models import head, replace_head
 
 if TYPE_CHECKING:
