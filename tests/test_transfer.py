@@ -164,3 +164,19 @@ def test_timm_models_have_a_head_to_replace(tmp_path: Path) -> None:
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 3)
     with pytest.raises(ConfigError, match="did you mean 'timm:tf_efficientnet_lite0'"):
         create_model("timm:tf_efficientnet-lite0", 5, 3, 64)
+
+
+def test_a_few_shot_folder_trains_and_the_report_says_how_few_images(hymenoptera: Path, tmp_path: Path,
+                                                                     capsys) -> None:
+    import shutil
+
+    few = tmp_path / "few"
+    for cls in ("ants", "bees"):
+        (few / cls).mkdir(parents=True)
+        for f in sorted((hymenoptera / "train" / cls).glob("*.jpg"))[:8]:  # 8 photos per class, no val/ folder
+            shutil.copy(f, few / cls / f.name)
+    run = recog.train(data=str(few), project=str(tmp_path / "runs"))
+    out, err = capsys.readouterr()
+    assert "probe head: L2" in err and "cross-validation" in err  # the head chosen on the 14 training photos
+    assert run.report["num_images"] == 2 and "few images: each one moves accuracy by 50 points" in out
+    assert "few images" in (run.path / "report.md").read_text()

@@ -27,7 +27,7 @@ from recog.evaluation import evaluate, evaluate_split, write_predictions
 from recog.fileio import remove_stale_temporaries
 from recog.inference import Classifier, inference_policy, load, predict
 from recog.models import create_model, list_models
-from recog.report import plot_curves, write_metrics_csv, write_report, write_skipped
+from recog.report import few_images, plot_curves, write_metrics_csv, write_report, write_skipped
 from recog.tasks import report_markdown
 from recog.runs import BEST, CONFIG, CURVES, METRICS, PREDICTIONS, SKIPPED, STATE, WEIGHTS, Run
 from recog.weights import load_into, read_weights
@@ -207,7 +207,7 @@ def _summary(report: dict[str, Any], state: LoopState, training: Training) -> st
     if not report:
         lines.append("no test or val split: no final report (give the folder a test/ split or --val-fraction)")
     else:
-        lines.append(f"{training.task.summary(report)} (best epoch {state.best_epoch})")
+        lines.append(f"{training.task.summary(report)} (best epoch {state.best_epoch}){few_images(report['num_images'])}")
     if training.budget is not None:
         lines.append(training.budget.spent())
     lines.append(f"run folder: {training.run_dir}")

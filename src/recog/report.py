@@ -82,12 +82,21 @@ def pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}%"
 
 
+FEW_IMAGES = 30  # under this, a report says how much one image moves its figures
+
+
+def few_images(n: int) -> str:
+    """A caution for a report made on few images (a few-shot folder's carved validation split)."""
+    return f" — few images: each one moves accuracy by {100 / n:.0f} points" if 0 < n < FEW_IMAGES else ""
+
+
 def header(report: dict[str, Any], figures: list[str]) -> list[str]:
     """The title, the image count and the task's headline figures, as a list of lines."""
     return [
         f"# Evaluation report{': ' + report['title'] if report.get('title') else ''}",
         "",
-        f"- images: {report['num_images']}" + (f" ({report['split']} split)" if report.get("split") else ""),
+        f"- images: {report['num_images']}" + (f" ({report['split']} split)" if report.get("split") else "")
+        + few_images(report["num_images"]),
         *(f"- {line}" for line in figures),
         f"- test-time augmentation: {'yes' if report.get('tta') else 'no'}",
         "",
