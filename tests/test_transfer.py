@@ -180,3 +180,20 @@ def test_a_few_shot_folder_trains_and_the_report_says_how_few_images(hymenoptera
     assert "probe head: L2" in err and "cross-validation" in err  # the head chosen on the 14 training photos
     assert run.report["num_images"] == 2 and "few images: each one moves accuracy by 50 points" in out
     assert "few images" in (run.path / "report.md").read_text()
+
+
+def test_tune_on_photos_searches_the_transfer_strategy(hymenoptera: Path, tmp_path: Path) -> None:
+    pytest.importorskip("optuna")
+    import shutil
+
+    few = tmp_path / "few"
+    for split, count in (("train", 6), ("val", 4)):
+        for cls in ("ants", "bees"):
+            (few / split / cls).mkdir(parents=True)
+            for f in sorted((hymenoptera / split / cls).glob("*.jpg"))[:count]:
+                shutil.copy(f, few / split / cls / f.name)
+    result = recog.tune(data=str(few), epochs=1, trials=2, project=str(tmp_path / "p"), verbose=False)
+    for config in sorted((result.folder / "trials").glob("trial-*/config.yaml")):
+        saved = yaml.safe_load(config.read_text())
+        assert saved["pretrained"] == "efficientnet_lite0" and saved["transfer"] in ("probe", "full")
+        assert 1e-4 <= saved["lr"] <= 3e-3  # drawn from tune_spaces/pretrained.yaml, not airnet's space

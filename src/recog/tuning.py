@@ -85,7 +85,7 @@ def load_space(model: str | None, space: str | os.PathLike | None = None) -> dic
             raise ConfigError(f"--space {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
         where = str(path)
     else:
-        family = next((f for f in ("airnet", "seednet") if (model or "airnet").startswith(f)), "default")
+        family = next((f for f in ("airnet", "seednet", "pretrained") if (model or "airnet").startswith(f)), "default")
         where = f"recog/tune_spaces/{family}.yaml"
         entries = yaml.safe_load(resources.files("recog").joinpath(f"tune_spaces/{family}.yaml").read_text("utf-8"))
     if not isinstance(entries, dict) or not entries:
@@ -166,6 +166,18 @@ def tune_root(project: str | os.PathLike) -> Path:
     return root if root.name == "tune" else root / "tune"
 
 
+PRETRAINED_SPACE = "pretrained"  # tune_spaces/pretrained.yaml: the strategy and its learning rates
+
+
+def _transfers(data: str, model: str | None, options: dict[str, Any]) -> bool:
+    """Whether the trials will start from pretrained weights (as the planner decides for ``recog train``)."""
+    from recog.data import probe_dataset
+    from recog.engine.plan import plan_transfer
+
+    given = {k: v for k, v in dict(data=data, model=model, **options).items() if v is not None}
+    return plan_transfer(given, probe_dataset(data, options.get("data_root"))) is not None
+
+
 def check_study_name(name: str) -> None:
     """A study name is one folder name under PROJECT/tune: no path separators, not '.' or '..'."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
@@ -231,7 +243,7 @@ def tune(
         pruner = "none"
     if timeout is not None and timeout <= 0:
         raise ConfigError(f"--timeout must be positive, got {timeout}")
-    entries = load_space(model, space)
+    entries = load_space(PRETRAINED_SPACE if space is None and _transfers(data, model, train_options) else model, space)
     name = study or study_name(data, model)
     check_study_name(name)
     folder = tune_root(project) / name
