@@ -85,7 +85,10 @@ def test_predict_raw_and_multipart_and_the_model_card(server: str, digit_png: by
             f"Content-Type: image/png\r\n\r\n").encode() + digit_png + f"\r\n--{boundary}--\r\n".encode()
     status, multi = _post(server + "/v1/predict", form, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert status == 200 and multi == body  # the traversal filename is never used
-    with urllib.request.urlopen(server + "/v1/model") as r:
+    with pytest.raises(urllib.error.HTTPError) as refused:  # the server has an API key: the card needs it
+        urllib.request.urlopen(server + "/v1/model")
+    assert refused.value.code == 401
+    with urllib.request.urlopen(urllib.request.Request(server + "/v1/model", headers={"X-API-Key": "s3cret"})) as r:
         card = json.loads(r.read())
     assert card["classes"] == [str(i) for i in range(10)] and card["image_size"] == 8 and card["format"] == "torch"
 
@@ -477,3 +480,17 @@ def test_metrics_are_prometheus_text_with_requests_latency_batches_and_queue(dig
     batches = {s.name: s.value for s in families["recog_batch_size"].samples}
     assert batches["recog_batch_size_sum"] == 3 and 1 <= batches["recog_batch_size_count"] <= 3
     assert [s.value for s in families["recog_queue_depth"].samples] == [0.0]  # nothing waiting now
+
+
+def test_with_an_api_key_the_model_card_and_the_api_description_need_it(digits_run) -> None:
+    from fastapi.testclient import TestClient
+
+    from recog.serve import Predictor, create_app
+
+    with TestClient(create_app(Predictor(digits_run.path), api_key="k")) as client:
+        assert client.get("/v1/model").status_code == 401
+        assert client.get("/v1/model", headers={"X-API-Key": "k"}).json()["classes"][0] == "0"
+        assert client.get("/docs").status_code == 404 and client.get("/openapi.json").status_code == 404
+        assert client.get("/").status_code == 200 and client.get("/healthz").status_code == 200  # the page asks
+    with TestClient(create_app(Predictor(digits_run.path))) as client:  # no key: everything open, as before
+        assert client.get("/v1/model").status_code == 200 and client.get("/openapi.json").status_code == 200

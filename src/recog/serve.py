@@ -320,8 +320,11 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
         yield
         batcher.close()
 
+    # with an API key, the model card and the API's own description need it too (docs and schema are not
+    # served then: they would describe the model to anyone)
+    docs = {} if api_key is None else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="recog", version=__version__, lifespan=lifespan,
-                  description="Image classification by a model recog trained.")
+                  description="Image classification by a model recog trained.", **docs)
     app.state.batcher = batcher
     if cors:
         from fastapi.middleware.cors import CORSMiddleware
@@ -359,7 +362,9 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
         return Response(metrics.text(), media_type=metrics.content_type)
 
     @app.get("/v1/model")
-    def model() -> dict[str, Any]:
+    def model(request: Request) -> Any:
+        if api_key is not None and not secrets.compare_digest(request.headers.get("x-api-key", ""), api_key):
+            return refuse(401, "missing or wrong X-API-Key", "unauthorized")
         m = predictor.meta
         return {"model": m["model"], "classes": predictor.classes, "image_size": m["image_size"],
                 "channels": m["channels"], "task": m.get("task"), "format": predictor.backend,
