@@ -343,6 +343,10 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
         metrics.latency.labels(path).observe(time.perf_counter() - started)
         return response
 
+    def refused(request: Request) -> bool:
+        """A key is set and the request does not carry it."""
+        return api_key is not None and not secrets.compare_digest(request.headers.get("x-api-key", ""), api_key)
+
     def refuse(status: int, error: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse({"error": error, "kind": kind}, status_code=status, headers=headers)
 
@@ -357,13 +361,13 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus(request: Request) -> Any:
         """Prometheus text: requests by path and status, latency and batch-size histograms, queue depth."""
-        if api_key is not None and not secrets.compare_digest(request.headers.get("x-api-key", ""), api_key):
+        if refused(request):
             return refuse(401, "missing or wrong X-API-Key", "unauthorized")
         return Response(metrics.text(), media_type=metrics.content_type)
 
     @app.get("/v1/model")
     def model(request: Request) -> Any:
-        if api_key is not None and not secrets.compare_digest(request.headers.get("x-api-key", ""), api_key):
+        if refused(request):
             return refuse(401, "missing or wrong X-API-Key", "unauthorized")
         m = predictor.meta
         return {"model": m["model"], "classes": predictor.classes, "image_size": m["image_size"],
@@ -375,7 +379,7 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
 
     async def decoded(request: Request) -> Any:
         """The request's image decoded, or the JSON refusal; admitted to the queue first (or 503)."""
-        if api_key is not None and not secrets.compare_digest(request.headers.get("x-api-key", ""), api_key):
+        if refused(request):
             return refuse(401, "missing or wrong X-API-Key", "unauthorized")
         try:
             batcher.admit()

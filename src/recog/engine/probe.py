@@ -67,36 +67,40 @@ def _split_id(split: AnySplit) -> str:
     return digest.hexdigest()[:24]
 
 
-def _key(t: Training, split: AnySplit, view: str) -> Path:
+def _parts(t: Training) -> list[tuple[str, AnySplit, str, Path]]:
+    """(split name, split, view, cache file) of every feature set the probe uses: the training images
+    and (with flips) their mirrors, the val images. The backbone and each split are digested once."""
     cfg = t.config
-    parts = [cfg.model, _backbone_id(t.model, head(t.model)[0]), _split_id(split), str(t.data.image_size),
-             str(t.data.channels), view, ",".join(f"{v:.6g}" for v in (*cfg.mean, *cfg.std)), cfg.precision]
-    return cache_dir() / (hashlib.sha256("|".join(parts).encode()).hexdigest()[:32] + ".safetensors")
-
-
-def _parts(t: Training) -> list[tuple[str, AnySplit, str]]:
-    parts = [("train", t.data.train, v) for v in (VIEWS if t.config.flip else VIEWS[:1])]
+    common = [cfg.model, _backbone_id(t.model, head(t.model)[0]), str(t.data.image_size), str(t.data.channels),
+              ",".join(f"{v:.6g}" for v in (*cfg.mean, *cfg.std)), cfg.precision]
+    splits = [("train", t.data.train, VIEWS if cfg.flip else VIEWS[:1])]
     if t.data.val is not None and len(t.data.val):
-        parts.append(("val", t.data.val, "plain"))
+        splits.append(("val", t.data.val, VIEWS[:1]))
+    parts = []
+    for name, split, views in splits:
+        digest = _split_id(split)
+        for view in views:
+            key = "|".join([*common, digest, view])
+            parts.append((name, split, view, cache_dir() / (hashlib.sha256(key.encode()).hexdigest()[:32]
+                                                            + ".safetensors")))
     return parts
 
 
 def feature_status(t: Training) -> str:
     """For the plan line: whether the feature pass is cached, and over how many images."""
     parts = _parts(t)
-    images = sum(len(split) for _, split, _ in parts)
-    cached = all(_key(t, split, view).is_file() for _, split, view in parts)
+    images = sum(len(split) for _, split, _, _ in parts)
+    cached = all(path.is_file() for _, _, _, path in parts)
     return f"features: {'cached' if cached else 'to compute'} ({images} images)"
 
 
 @torch.no_grad()
-def _features(t: Training, split: AnySplit, view: str, verbose: bool) -> tuple[torch.Tensor, bool]:
-    """(pooled features of ``split`` in ``view``, whether they came from the cache)."""
+def _features(t: Training, split: AnySplit, view: str, path: Path) -> tuple[torch.Tensor, bool]:
+    """(pooled features of ``split`` in ``view``, whether they came from the cache file ``path``)."""
     from safetensors.torch import load_file, save_file
 
     from recog.fileio import atomic_path
 
-    path = _key(t, split, view)
     if path.is_file():
         try:
             return load_file(str(path))["features"], True
@@ -135,11 +139,12 @@ def fit_probe(training: Training, hooks: Hooks | None = None) -> LoopState:
     if state.epoch >= 1:  # resumed after the head was fitted (state.pt holds it): only the report is owed
         return state
     show = cfg.verbose and is_main()
+    parts = _parts(t)  # digests of the model as it is, head included in its layout
     name, trained_head = head(t.model)
     replace_head(t.model, nn.Identity())  # the backbone alone gives the pooled features
     started = time.perf_counter()
     try:
-        feats = {f"{key}:{view}": _features(t, split, view, show) for key, split, view in _parts(t)}
+        feats = {f"{key}:{view}": _features(t, split, view, path) for key, split, view, path in parts}
     finally:
         replace_head(t.model, trained_head)
         t.model.head_name = name
