@@ -1,9 +1,11 @@
 """From scratch vs pretrained transfer at the same time budget, side by side on one machine.
 
 Columns (each ``recog train --data SET --time-budget B --seed S`` with nothing else but the column's flag):
-  default  the planner's choice (photos: a linear probe on EfficientNet-Lite0 features)
+  default  the planner's choice (recog.engine.strategy: from scratch, probe, partial or full, timed here)
   scratch  --transfer none (the small/photos recipes from scratch, as before pretrained weights)
   probe    --transfer probe --pretrained efficientnet_lite0 (frozen backbone, cached features, an L2 head)
+  partial  --transfer partial --pretrained efficientnet_lite0 (the last stages and the head on cached activations,
+           the head from the probe's fit; the depth, and under a short budget the resolution, planned)
   full     --transfer full --pretrained efficientnet_lite0 (the whole network fine-tuned, AdamW, cosine)
 
 Sets: ``hymenoptera`` (the shared ant/bee photos, 2m), ``photo224`` (CIFAR-10 upscaled to 224 px JPEG,
@@ -32,6 +34,7 @@ from photos import proxy
 BUDGETS = {"hymenoptera": "2m", "photo224": "10m", "grey28": "3m"}
 COLUMNS = {"default": [], "scratch": ["--transfer", "none"],
            "probe": ["--transfer", "probe", "--pretrained", "efficientnet_lite0"],
+           "partial": ["--transfer", "partial", "--pretrained", "efficientnet_lite0"],
            "full": ["--transfer", "full", "--pretrained", "efficientnet_lite0"]}
 
 
@@ -49,7 +52,8 @@ def run(data: Path, budget: str, seed: int, flags: list[str]) -> dict[str, objec
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     plan = next((line for line in proc.stderr.splitlines() if line.startswith("plan:")), "")
     return {"accuracy": round(report["accuracy"], 4), "split": report["split"], "wall_s": round(wall, 1),
-            "transfer": cfg.get("transfer"), "pretrained": cfg.get("pretrained"), "image_size": cfg["image_size"],
+            "transfer": cfg.get("transfer"), "unfreeze": cfg.get("unfreeze"), "pretrained": cfg.get("pretrained"),
+            "image_size": cfg["image_size"],
             "cached": "features: cached" in plan, "plan": plan}
 
 

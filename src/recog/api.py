@@ -20,6 +20,7 @@ from recog.engine.checkpoint import LoopState, load_loop, load_state
 from recog.engine.distributed import is_main
 from recog.engine.fit import EpochHook, Hooks, fit, gathered
 from recog.engine.plan import plan
+from recog.engine.partial import fit_partial
 from recog.engine.probe import fit_probe
 from recog.engine.resolve import commit, resolve
 from recog.errors import ConfigError, DataError, MissingExtra, WeightsError
@@ -31,6 +32,8 @@ from recog.report import few_images, plot_curves, write_metrics_csv, write_repor
 from recog.tasks import report_markdown
 from recog.runs import BEST, CONFIG, CURVES, METRICS, PREDICTIONS, SKIPPED, STATE, WEIGHTS, Run
 from recog.weights import load_into, read_weights
+
+FITS = {"probe": fit_probe, "partial": fit_partial}  # transfer strategies with their own loop
 
 __all__ = ["Classifier", "ConfigError", "DataError", "Run", "WeightsError", "create_model", "evaluate", "list_models",
            "load", "predict", "train"]
@@ -64,7 +67,7 @@ def train(
             commit(training, new=saved is None)  # a budget timed on the built run; config.yaml, metadata
             writer = _tensorboard(training.run_dir) if cfg.tensorboard and is_main() else None
             try:
-                state = (fit_probe if cfg.transfer == "probe" else fit)(training, Hooks(writer, on_epoch_end))
+                state = FITS.get(cfg.transfer, fit)(training, Hooks(writer, on_epoch_end))
             except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt) and is_main():
                     print(f"\ninterrupted; continue with: recog train --resume {training.run_dir}", file=sys.stderr)

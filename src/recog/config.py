@@ -28,7 +28,10 @@ HEADS = ("linear", "text")
 FUSIONS = ("concat", "gated")  # how a fusion:NAME model mixes image and text features
 MODALITIES = ("image", "text")
 FUSION_PREFIX = "fusion:"  # --model fusion:NAME: NAME's image features fused with a text embedding
-TRANSFERS = ("auto", "probe", "full", "none")  # how pretrained weights are used (recog.engine.probe for probe)
+TRANSFERS = ("auto", "probe", "partial", "full", "none")  # how pretrained weights are used (recog.engine.probe,
+# recog.engine.partial)
+CACHED = ("probe", "partial")  # transfers that train on cached activations of a frozen trunk
+UNFREEZE = 2  # transfer partial: the last stages that train, when neither the user nor the planner said
 FINAL_EVALS = ("auto", "val", "off")  # "val" and "off": the test split is never read
 CROP_SCALE = 0.35  # the smallest random-resized-crop area (torchvision uses 0.08; small images want more)
 RECIPE_AUTO = "auto"
@@ -103,9 +106,12 @@ class TrainConfig:
     pretrained: str | None = opt(None, 'start from pretrained weights, offline: a name (recog models --pretrained: '
                                        'efficientnet_lite0 ships with recog) or a PATH to a timm/torchvision '
                                        'checkpoint; default: efficientnet_lite0 for photos (transfer auto)')
-    transfer: str = opt("auto", 'auto | probe | full | none: with pretrained weights, train a linear head on cached '
-                                'features of the frozen backbone (probe) or fine-tune the whole network (full); '
-                                'auto: probe on photos when pretrained weights are installed; none: from scratch')
+    transfer: str = opt("auto", 'auto | probe | partial | full | none: with pretrained weights, train a linear head on '
+                                'cached features of the frozen backbone (probe), the last stages and the head on '
+                                'cached activations (partial), or the whole network (full); auto: the planner times '
+                                'them on this machine and picks for the budget; none: from scratch')
+    unfreeze: int | None = opt(None, 'transfer partial: how many of the backbone\'s last stages train (default: '
+                                     'planned for the budget)')
     head: str = opt("linear", 'linear | text: the classes as language, scored against prompt embeddings of their '
                               'names (recog[text]); predict and eval can then take other --classes')
     prompt: str = opt("a photo of a {class}|a blurry photo of a {class}|a close-up photo of the {class}",
@@ -192,9 +198,11 @@ class TrainConfig:
         if self.pretrained is not None and self.weights is not None:
             raise ConfigError("give pretrained (a backbone to transfer from) or weights (a checkpoint to start from), "
                               "not both")
-        if self.transfer == "probe" and (is_fusion(self.model) or self.head == "text"):
-            raise ConfigError("transfer probe trains a linear head; fusion models and text heads train with "
-                              "transfer full")
+        if self.transfer in ("probe", "partial") and (is_fusion(self.model) or self.head == "text"):
+            raise ConfigError(f"transfer {self.transfer} trains on cached features of a linear head; fusion models "
+                              "and text heads train with transfer full")
+        if self.unfreeze is not None and (isinstance(self.unfreeze, bool) or self.unfreeze < 1):
+            raise ConfigError(f"unfreeze must be a whole number of stages, at least 1, got {self.unfreeze!r}")
         if any("{class}" not in t for t in self.prompt.split("|") if t.strip()) or not self.prompt.strip("| "):
             raise ConfigError(f"prompt: each template needs {{class}}, e.g. 'a photo of a {{class}}'; got {self.prompt!r}")
         if self.fusion is not None or self.modalities is not None:

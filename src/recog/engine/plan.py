@@ -29,13 +29,13 @@ from __future__ import annotations
 import itertools
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from recog.config import NO_RECIPE, RECIPE_AUTO, TrainConfig, parse_duration, recipe_layer
+from recog.config import NO_RECIPE, RECIPE_AUTO, UNFREEZE, TrainConfig, parse_duration, recipe_layer
 from recog.data import Probe, probe_dataset
 from recog.device import autocast, eval_mode, resolve_device, resolve_precision
 from recog.engine.budget import time_eval, time_steps
@@ -51,6 +51,7 @@ REFERENCE_BATCH = 1024  # the small and photos recipes' learning rates are for t
 MEMORY_FRACTION = 0.5  # of the available memory (RAM, or free GPU memory), for one step's activations
 PLAIN = {"batch_size": 64, "epochs": 20}  # recipe none: the plain defaults
 TRANSFER_RECIPE = "pretrained"  # recog/recipes/pretrained.yaml: from pretrained weights
+PARTIAL_EPOCHS = 10  # transfer partial, epochs unset: the tail's epochs (a budget may fit fewer)
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,12 @@ def plan(given: dict[str, Any]) -> tuple[str, dict[str, Any]]:
                           without_test=given.get("final_eval", TrainConfig.final_eval) != "auto")
     transfer = plan_transfer(given, probe)
     if transfer is not None:
+        why = transfer.pop("why", "")
         if verbose:
-            print(f"transfer: {transfer['transfer']} from {transfer['pretrained']} at {transfer.get('image_size', given.get('image_size'))} px "
-                  f"for images of {probe.side} px: the pretrained recipe", file=sys.stderr)
+            depth = f" (last {transfer['unfreeze']} stages)" if transfer.get("unfreeze") else ""
+            size = transfer.get("image_size", given.get("image_size"))
+            print(f"transfer: {transfer['transfer']}{depth} from {transfer['pretrained']} at {size} px for images of "
+                  f"{probe.side} px{f' ({why})' if why else ''}: the pretrained recipe", file=sys.stderr)
         return (TRANSFER_RECIPE if given.get("recipe", RECIPE_AUTO) == RECIPE_AUTO else given["recipe"]), transfer
     planned: dict[str, Any] = {}
     named = given.get("recipe", RECIPE_AUTO) != RECIPE_AUTO  # --recipe NAME: sized, not chosen (see recipe_for)
@@ -115,23 +119,67 @@ def plan_transfer(given: dict[str, Any], probe: Probe) -> dict[str, Any] | None:
             return None
         pretrained = DEFAULT
     source = source_of(pretrained)
-    planned: dict[str, Any] = {"pretrained": pretrained, "transfer": "probe" if transfer == "auto" else transfer}
-    if source is None:  # a checkpoint file: the user names its architecture
-        if given.get("model") is None:
-            raise ConfigError(f"--pretrained {pretrained}: say which architecture the checkpoint is for with --model "
-                              f"(timm:NAME or tv:NAME)")
-        return planned
-    if given.get("model") is None:
-        planned["model"] = source.architecture
-    elif given["model"] != source.architecture:
-        raise ConfigError(f"pretrained {source.name} is for {source.architecture}, not {given['model']}")
-    if given.get("image_size") is None:
-        planned["image_size"] = source.image_size
-    if given.get("mean") is None:
-        planned.update(mean=list(source.mean), std=list(source.std))
-    if given.get("channels") is None:
-        planned["channels"] = 3  # greyscale photos are read as RGB: the weights see three channels
+    planned: dict[str, Any] = {"pretrained": pretrained, "transfer": transfer}
+    if source is None and given.get("model") is None:  # a checkpoint file: the user names its architecture
+        raise ConfigError(f"--pretrained {pretrained}: say which architecture the checkpoint is for with --model "
+                          f"(timm:NAME or tv:NAME)")
+    if source is not None:
+        if given.get("model") not in (None, source.architecture):
+            raise ConfigError(f"pretrained {source.name} is for {source.architecture}, not {given['model']}")
+        planned.update({k: v for k, v in (("model", source.architecture), ("image_size", source.image_size),
+                                          ("mean", list(source.mean)), ("std", list(source.std)))
+                        if given.get(k) is None})
+        if given.get("channels") is None:
+            planned["channels"] = 3  # greyscale photos are read as RGB: the weights see three channels
+    if transfer in ("auto", "probe", "partial"):
+        choice = _choose_strategy(given, probe, {**given, **planned})
+        if transfer == "auto" and choice.transfer is None:
+            if given.get("pretrained") is None:  # the planner's own idea: from scratch instead
+                if given.get("verbose", True):
+                    print(f"transfer: none, from scratch: {choice.why}", file=sys.stderr)
+                return None
+            choice = replace(choice, transfer="probe")  # weights the user named are used: the cheapest way
+        if transfer == "auto":
+            planned["transfer"] = choice.transfer
+        if planned["transfer"] == "partial":
+            planned["unfreeze"] = given.get("unfreeze") or choice.unfreeze or UNFREEZE
+        if choice.size is not None and given.get("image_size") is None:
+            planned["image_size"] = choice.size
+        if transfer == "auto" or choice.size is not None:
+            planned["why"] = choice.why
+    if planned["transfer"] == "partial" and given.get("epochs") is None:
+        planned["epochs"] = PARTIAL_EPOCHS
     return planned
+
+
+def _choose_strategy(given: dict[str, Any], probe: Probe, planned: dict[str, Any]) -> Any:
+    """:func:`recog.engine.strategy.choose`, timed on this machine when there is a time budget."""
+    from recog.engine.strategy import FEATURE_SHARE, choose, fitting_size, time_costs
+    from recog.models import create_model
+
+    from recog.models.split import stage_count
+
+    budget = given.get("time_budget")
+    size = planned.get("image_size") or probe.side
+    with torch.random.fork_rng():  # a throw-away model: the run's initialisation is untouched
+        model = create_model(planned["model"], 2, 3, size, **planned.get("model_args", {}))
+    try:
+        depth = min(UNFREEZE, stage_count(model))
+    except ConfigError:
+        depth = 0  # a model that cannot be cut into stages: no partial fine-tune
+    costs = None
+    if budget is not None:
+        device = resolve_device(given.get("device", TrainConfig.device))
+        precision = resolve_precision(given.get("precision", "auto"), device, verbose=False)
+        costs = time_costs(model, 3, size, device, precision)
+    budget_s = parse_duration(budget) if budget else None
+    choice = choose(probe, budget_s, costs, flip=given.get("flip", True), default_unfreeze=depth)
+    if given.get("transfer", "auto") != "auto" and budget_s is not None and given.get("image_size") is None:
+        return replace(choice, size=None, why="") if (s := fitting_size(probe, budget_s, costs, size,
+                                                                       given.get("flip", True))) == size else \
+            replace(choice, size=s, why=f"{s} px: the feature pass at {size} px would take over "
+                                        f"{FEATURE_SHARE:.0%} of the budget")
+    return choice
 
 
 def recipe_for(size: int, given: dict[str, Any]) -> str:

@@ -67,12 +67,13 @@ def _split_id(split: AnySplit) -> str:
     return digest.hexdigest()[:24]
 
 
-def _parts(t: Training) -> list[tuple[str, AnySplit, str, Path]]:
+def _parts(t: Training, at: str = "pooled") -> list[tuple[str, AnySplit, str, Path]]:
     """(split name, split, view, cache file) of every feature set the probe uses: the training images
-    and (with flips) their mirrors, the val images. The backbone and each split are digested once."""
+    and (with flips) their mirrors, the val images. ``at`` names where the backbone is read (its pooled
+    features, or a partial fine-tune's stage boundary). The backbone and each split are digested once."""
     cfg = t.config
     common = [cfg.model, _backbone_id(t.model, head(t.model)[0]), str(t.data.image_size), str(t.data.channels),
-              ",".join(f"{v:.6g}" for v in (*cfg.mean, *cfg.std)), cfg.precision]
+              ",".join(f"{v:.6g}" for v in (*cfg.mean, *cfg.std)), cfg.precision, at]
     splits = [("train", t.data.train, VIEWS if cfg.flip else VIEWS[:1])]
     if t.data.val is not None and len(t.data.val):
         splits.append(("val", t.data.val, VIEWS[:1]))
@@ -86,17 +87,33 @@ def _parts(t: Training) -> list[tuple[str, AnySplit, str, Path]]:
     return parts
 
 
-def feature_status(t: Training) -> str:
+def feature_status(t: Training, at: str = "pooled") -> str:
     """For the plan line: whether the feature pass is cached, and over how many images."""
-    parts = _parts(t)
+    parts = _parts(t, at)
     images = sum(len(split) for _, split, _, _ in parts)
     cached = all(path.is_file() for _, _, _, path in parts)
     return f"features: {'cached' if cached else 'to compute'} ({images} images)"
 
 
+def feature_pass(t: Training, net: nn.Module, parts: list[tuple[str, AnySplit, str, Path]],
+                 dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """``net``'s outputs (frozen, eval mode) for every part, read from the cache where they are: a
+    dict ``"train:plain"``, ``"train:flip"``, ``"val:plain"`` -> tensor. Says how long it took."""
+    started = time.perf_counter()
+    feats = {f"{key}:{view}": _features(t, net, split, view, path, dtype) for key, split, view, path in parts}
+    if t.config.verbose and is_main():
+        n = sum(len(f) for f, _ in feats.values())
+        cached = all(c for _, c in feats.values())
+        seconds = time.perf_counter() - started
+        print(f"features of {n} images {'read from the cache' if cached else 'computed'} in {seconds:.1f} s"
+              f"{'' if cached else f' ({n / max(seconds, 1e-9):.0f} images/s)'}", file=sys.stderr)
+    return {k: f for k, (f, _) in feats.items()}
+
+
 @torch.no_grad()
-def _features(t: Training, split: AnySplit, view: str, path: Path) -> tuple[torch.Tensor, bool]:
-    """(pooled features of ``split`` in ``view``, whether they came from the cache file ``path``)."""
+def _features(t: Training, net: nn.Module, split: AnySplit, view: str, path: Path,
+              dtype: torch.dtype) -> tuple[torch.Tensor, bool]:
+    """(``net``'s outputs for ``split`` in ``view``, whether they came from the cache file ``path``)."""
     from safetensors.torch import load_file, save_file
 
     from recog.fileio import atomic_path
@@ -109,12 +126,12 @@ def _features(t: Training, split: AnySplit, view: str, path: Path) -> tuple[torc
     loader = make_loader(split, t.data.channels, t.data.image_size, 64, t.normalize, t.device,
                          workers=t.config.workers, channels_last=t.config.channels_last)
     out = []
-    with eval_mode(t.model), autocast(t.device, t.config.precision):
+    with eval_mode(net), autocast(t.device, t.config.precision):
         for batch in loader:
             x = batch[0]
             if view == "flip":
                 x = flip(x, torch.ones(len(x), dtype=torch.bool, device=x.device))
-            out.append(t.model(x).float().cpu())  # the head is an identity here: pooled features
+            out.append(net(x).to(dtype).cpu())
     features = torch.cat(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -124,6 +141,7 @@ def _features(t: Training, split: AnySplit, view: str, path: Path) -> tuple[torc
 
 L2_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)  # the head's L2 strengths tried (on the mean loss)
 FOLDS = 5
+CV_IMAGES = 4000  # at most this many images choose the L2 strength (the head is then fitted on all)
 
 
 def fit_probe(training: Training, hooks: Hooks | None = None) -> LoopState:
@@ -142,31 +160,14 @@ def fit_probe(training: Training, hooks: Hooks | None = None) -> LoopState:
     parts = _parts(t)  # digests of the model as it is, head included in its layout
     name, trained_head = head(t.model)
     replace_head(t.model, nn.Identity())  # the backbone alone gives the pooled features
-    started = time.perf_counter()
     try:
-        feats = {f"{key}:{view}": _features(t, split, view, path) for key, split, view, path in parts}
+        feats = feature_pass(t, t.model, parts)
     finally:
         replace_head(t.model, trained_head)
         t.model.head_name = name
-    if show:
-        n = sum(len(f) for f, _ in feats.values())
-        cached = all(c for _, c in feats.values())
-        print(f"features of {n} images {'read from the cache' if cached else 'computed'} in "
-              f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
     tick = time.perf_counter()
-    train_x = torch.cat([f for k, (f, _) in feats.items() if k.startswith("train:")])
-    n = len(t.data.train)
-    views = len(train_x) // n
-    labels = t.data.train.labels
-    train_y = labels.repeat(views, *([1] * (labels.ndim - 1)))
-    group = torch.arange(n).repeat(views)  # an image and its mirror share a fold
-    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
-    z = (train_x - mean) / std
-    strength, cv = _choose_strength(t, z, train_y, group, cfg.seed)
-    weight, bias = _fit_head(t, z, train_y, strength)
-    with torch.no_grad():  # back to raw features: one linear layer, as the model's head
-        trained_head.weight.copy_((weight / std).to(trained_head.weight))
-        trained_head.bias.copy_((bias - (weight * (mean / std)).sum(1)).to(trained_head.bias))
+    train_x = torch.cat([f for k, f in feats.items() if k.startswith("train:")])
+    train_y, strength, cv = fit_linear(t, train_x, trained_head)
     with torch.no_grad():
         out = trained_head(train_x.to(trained_head.weight))
         hits, decisions = t.task.hits(out, train_y.to(out.device))
@@ -178,14 +179,11 @@ def fit_probe(training: Training, hooks: Hooks | None = None) -> LoopState:
     val = feats.get("val:plain")
     if val is not None:
         with torch.no_grad():
-            metrics, extra = t.task.validate(trained_head(val[0].to(trained_head.weight)).float().cpu(),
+            metrics, extra = t.task.validate(trained_head(val.to(trained_head.weight)).float().cpu(),
                                              t.data.val.labels)
         row.update(metrics)
     row["train_seconds"] = row["seconds"] = time.perf_counter() - tick
     row["images_per_s"] = len(train_x) / max(row["seconds"], 1e-9)
-    if show:
-        print(f"probe head: L2 {strength:g} chosen by {FOLDS}-fold cross-validation on the training features "
-              f"({t.task.score} {cv:.4f}; tried {', '.join(f'{s:g}' for s in L2_GRID)})", file=sys.stderr)
     state.history.append(row)
     state.epoch, state.best_epoch = 1, 1
     state.best_score = row.get(t.task.score, math.nan)
@@ -197,6 +195,29 @@ def fit_probe(training: Training, hooks: Hooks | None = None) -> LoopState:
     if hooks.on_epoch_end is not None:
         hooks.on_epoch_end(dict(row, model=t.model, score=state.best_score))
     return state
+
+
+def fit_linear(t: Training, train_x: torch.Tensor, layer: nn.Linear) -> tuple[torch.Tensor, float, float]:
+    """Fit ``layer`` (the head) on the training features ``train_x`` (the training split's images, view
+    after view): standardised, its L2 strength chosen by grouped cross-validation (an image and its
+    mirror in one fold), fitted on all, folded back into one linear layer on the raw features.
+    Returns (the features' targets, the strength, its cross-validated score)."""
+    n = len(t.data.train)
+    views = len(train_x) // n
+    labels = t.data.train.labels
+    train_y = labels.repeat(views, *([1] * (labels.ndim - 1)))
+    group = torch.arange(n).repeat(views)  # an image and its mirror share a fold
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    z = (train_x - mean) / std
+    strength, cv = _choose_strength(t, z, train_y, group, t.config.seed)
+    weight, bias = _fit_head(t, z, train_y, strength)
+    with torch.no_grad():  # back to raw features: one linear layer, as the model's head
+        layer.weight.copy_((weight / std).to(layer.weight))
+        layer.bias.copy_((bias - (weight * (mean / std)).sum(1)).to(layer.bias))
+    if t.config.verbose and is_main():
+        print(f"linear head: L2 {strength:g} chosen by {FOLDS}-fold cross-validation on the training features "
+              f"({t.task.score} {cv:.4f}; tried {', '.join(f'{s:g}' for s in L2_GRID)})", file=sys.stderr)
+    return train_y, strength, cv
 
 
 def _fit_head(t: Training, x: torch.Tensor, y: torch.Tensor, strength: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -224,7 +245,14 @@ def _choose_strength(t: Training, x: torch.Tensor, y: torch.Tensor, group: torch
     folds = min(FOLDS, images)
     if folds < 2:
         return L2_GRID[len(L2_GRID) // 2], math.nan
-    fold_of = torch.randperm(images, generator=torch.Generator().manual_seed(seed)) % folds
+    generator = torch.Generator().manual_seed(seed)
+    if images > CV_IMAGES:  # a large set: the strength is chosen on a sample of its images (and their mirrors)
+        kept = torch.zeros(images, dtype=torch.bool)
+        kept[torch.randperm(images, generator=generator)[:CV_IMAGES]] = True
+        rows = kept[group]
+        renumber = torch.cumsum(kept.long(), 0) - 1
+        x, y, group, images = x[rows], y[rows], renumber[group[rows]], CV_IMAGES
+    fold_of = torch.randperm(images, generator=generator) % folds
     scores = {}
     for strength in L2_GRID:
         total = 0.0

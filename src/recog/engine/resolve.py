@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from recog.config import TrainConfig, is_fusion, save_yaml
+from recog.config import CACHED, UNFREEZE, TrainConfig, is_fusion, save_yaml
 from recog.data import Dataset, Normalize, channel_stats, list_sources
 from recog.data.files import total_memory
 from recog.data.image import DEFAULT_MAX_PIXELS
@@ -86,6 +86,11 @@ def resolve(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path
     cfg, empty_text = _fusion_inputs(cfg, ds)
     _describe(ds, cfg)
     probe = _probe_model(cfg, ds)
+    if cfg.transfer == "partial":
+        from recog.models.split import split_model
+
+        cfg = cfg.replace(unfreeze=cfg.unfreeze or UNFREEZE)
+        split_model(probe, cfg.unfreeze)  # a model that cannot be cut, or too deep a cut, is refused here
     if cfg.freeze_stem_epochs is not None and not hasattr(probe, "freeze_stem"):
         raise ConfigError(f"freeze_stem_epochs: model {cfg.model!r} has no stem to freeze (airnet has)")
     initial = None  # the weights to start from, read (and refused) before a run folder exists
@@ -96,7 +101,7 @@ def resolve(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path
         initial = {k: v for k, v in probe.state_dict().items() if k in set(taken)}
     cfg, memory = _plan_memory(cfg, probe, ds, device)
     del probe
-    if saved is None and (not cfg.budget_s or cfg.transfer == "probe"):  # a resumed run keeps its plan (its
+    if saved is None and (not cfg.budget_s or cfg.transfer in CACHED):  # a resumed run keeps its plan (its
         spe = batches_per_epoch(len(ds.train), cfg.batch_size)  # config.yaml); a time budget's: plan_budget
         steps = cfg.steps or (cfg.epochs or 1) * spe  # --steps wins over --epochs
         tta = cfg.recipe in TTA_RECIPES if cfg.tta is None else cfg.tta
@@ -113,7 +118,7 @@ def commit(training: Training, new: bool = True) -> None:
     the resolved config as its ``config.yaml`` and the weights' metadata, written once before the first
     step, and the plan in one line (rank 0). A resumed run keeps the config.yaml it has."""
     t = training
-    if t.budget is not None and t.config.transfer != "probe":  # a probe's head trains in seconds: nothing to size
+    if t.budget is not None and t.config.transfer not in CACHED:  # these size their epochs after the feature pass
         plan_budget(t)
     t.meta = weights_meta(t.config, t.data, t.task)
     if not is_main():
@@ -197,6 +202,9 @@ def plan_line(training: Training) -> str:
     timing = (f" in {cfg.time_budget} (est. {budget.epoch_s:.3g} s/epoch + {budget.final_eval_s:.0f} s final "
               f"evaluation)" if budget is not None else "")
     steps = ("the head fitted on the features" if cfg.transfer == "probe" and cfg.pretrained else
+             f"the last {cfg.unfreeze} stage{'s' if cfg.unfreeze != 1 else ''} and the head on cached activations, "
+             f"batch {cfg.batch_size}, {'epochs sized after the feature pass' if t.budget else f'{epochs:.3g} epochs'}"
+             if cfg.transfer == "partial" else
              f"batch {cfg.batch_size}, {epochs:.3g} epoch{'' if epochs == 1 else 's'}{timing}")
     return (f"plan: {cfg.recipe or 'no'} recipe: {cfg.model} {params / 1e6:.2f} M params at {t.data.image_size} px"
             f"{f' (stem {stride}x{stride} patches)' if stride > 1 else ''}, {cfg.precision}"
@@ -209,11 +217,13 @@ def _transfer_status(t: Training) -> str:
     cfg = t.config
     if not cfg.pretrained:
         return ""
-    if cfg.transfer != "probe":
+    if cfg.transfer not in CACHED:
         return f"; transfer {cfg.transfer} from {cfg.pretrained}"
+    from recog.engine.partial import stage_label
     from recog.engine.probe import feature_status
 
-    return f"; transfer probe from {cfg.pretrained}: {feature_status(t)}"
+    at = stage_label(cfg.unfreeze) if cfg.transfer == "partial" else "pooled"
+    return f"; transfer {cfg.transfer} from {cfg.pretrained}: {feature_status(t, at)}"
 
 
 # ---- decisions from the data ----------------------------------------------------------------------

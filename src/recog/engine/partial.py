@@ -1,0 +1,210 @@
+"""Transfer by partial fine-tune: the backbone's first stages stay frozen and run once per image and
+view (their activations cached on disk, as the probe's features are); the last ``unfreeze`` stages
+and the head train on those activations.
+
+On a 2-core CPU this is what makes fine-tuning affordable: a frozen Lite0's forward runs at ~85
+images/s in bf16, a full training step at 14-18, while training the last two stages (7x7 maps) on
+cached activations runs at several hundred. The head starts from the linear probe's fit (the probe's
+L2 logistic regression on the tail's pooled features: "linear probe, then fine-tune", which keeps the
+pretrained features from being distorted by a random head's first gradients); batch-norm statistics
+stay frozen (the few images of a small set would move them more than the weights do); the tail's
+stages learn at ``backbone_lr_scale`` of the head's rate. Each epoch sees every training image once,
+in one of its cached views (as it is or mirrored). The weights saved are the last epoch's (the
+validation split only reports: on sets whose val split is the final report's, choosing an epoch on it
+would report a choice made on it).
+
+With a time budget the epochs are sized after the feature pass, from tail steps timed on the cached
+activations, to end with the final evaluation inside the budget.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from recog.device import autocast, eval_mode
+from recog.engine.checkpoint import LoopState
+from recog.engine.distributed import is_main
+from recog.engine.optim import make_optimizer, optimizer_options
+from recog.engine.probe import _parts, feature_pass, fit_linear
+from recog.engine.schedule import lr_at
+from recog.errors import TrainingError
+from recog.models import head, replace_head
+from recog.models.split import split_model
+
+if TYPE_CHECKING:
+    from recog.engine.build import Training
+    from recog.engine.fit import Hooks
+
+CHUNK = 256  # activations run through the tail in chunks of this many (evaluation, pooled features)
+
+
+def stage_label(unfreeze: int) -> str:
+    return f"stage-{unfreeze}"
+
+
+def fit_partial(training: Training, hooks: Hooks | None = None) -> LoopState:
+    """Train the tail (the last ``config.unfreeze`` stages and the head) on cached activations of the
+    frozen trunk; one metrics row per epoch; weights and loop state as :func:`recog.engine.fit.fit`
+    writes them. A resumed run whose epochs are done owes only its report; one stopped part-way
+    starts its epochs again from the pretrained weights (the tail trains in seconds to minutes)."""
+    from recog.engine.fit import Hooks, _print_epoch, _save
+
+    t, cfg, hooks = training, training.config, hooks or Hooks()
+    if t.state.epoch >= 1 and t.state.finished:
+        return t.state
+    show = cfg.verbose and is_main()
+    trunk, tail = split_model(t.model, cfg.unfreeze)
+    acts = feature_pass(t, trunk, _parts(t, stage_label(cfg.unfreeze)), dtype=torch.bfloat16)
+    fwd_s = _forward_s_per_image(t, acts)
+    dtype = torch.float32 if cfg.precision == "fp32" else torch.bfloat16
+    train = [acts[k] for k in sorted(acts) if k.startswith("train:")]  # per view: (n, C, H, W)
+    val = acts.get("val:plain")
+    name, layer = head(t.model)
+
+    # ---- the head: the linear probe's fit on the tail's pooled features (as pretrained) -------------
+    replace_head(t.model, nn.Identity())
+    try:
+        pooled = torch.cat([_run(t, tail, a, dtype).float() for a in train])
+    finally:
+        replace_head(t.model, layer)
+        t.model.head_name = name
+    fit_linear(t, pooled, layer)
+    del pooled
+
+    # ---- the tail trains: trunk frozen, batch-norm statistics frozen ----------------------------------
+    for p in trunk.parameters():
+        p.requires_grad_(False)
+    for p in tail.parameters():
+        p.requires_grad_(True)
+    t.optimizer = make_optimizer(t.model, **optimizer_options(cfg), head=name)
+    n, batch = len(t.data.train), min(cfg.batch_size, len(t.data.train))
+    spe = math.ceil(n / batch)
+    epochs = _epochs(t, tail, train, batch, spe, fwd_s, dtype)
+    state = t.state = LoopState()
+    state.total_steps, state.steps_per_epoch = epochs * spe, spe
+    labels = t.data.train.labels
+    generator = torch.Generator().manual_seed(cfg.seed)
+    lr = 0.0
+    for epoch in range(epochs):
+        started = time.perf_counter()
+        _train_mode(tail)
+        order = torch.randperm(n, generator=generator)
+        view = torch.randint(len(train), (n,), generator=generator)
+        loss_sum, correct = 0.0, 0
+        for step in range(spe):
+            idx = order[step * batch:(step + 1) * batch]
+            x = torch.stack([train[int(v)][int(i)] for i, v in zip(idx, view[idx])]).to(t.device, dtype)
+            y = labels[idx].to(t.device)
+            lr = lr_at(epoch * spe + step, state.total_steps, cfg.lr, cfg.schedule, 0, cfg.final_lr)
+            for group in t.optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            with autocast(t.device, cfg.precision):
+                out = tail(x)
+            loss = t.task.loss(out, y)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} (lr {lr:.3g}) "
+                                    f"of the partial fine-tune; try a lower --lr")
+            t.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            t.optimizer.step()
+            hits, _ = t.task.hits(out.detach(), y)
+            loss_sum += loss.item() * len(idx)
+            correct += int(hits)
+        seconds = time.perf_counter() - started
+        row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / n, "train_acc": correct / n,
+                               "val_loss": math.nan, "val_acc": math.nan, **{c: math.nan for c in t.task.columns},
+                               "lr": lr, "train_seconds": seconds}
+        extra: dict[str, Any] = {}
+        if val is not None:
+            metrics, extra = t.task.validate(_run(t, tail, val, dtype).float(), t.data.val.labels)
+            row.update(metrics)
+        row["seconds"] = time.perf_counter() - started
+        row["images_per_s"] = n / max(seconds, 1e-9)
+        state.history.append(row)
+        state.epoch = state.best_epoch = epoch + 1
+        state.best_score = row.get(t.task.score, math.nan)
+        if is_main():
+            _save(t, row, {**t.meta, **extra, "epoch": epoch + 1}, True, hooks)  # the last epoch's is the best
+            if show:
+                _print_epoch(row, epochs, val is not None, t.task.score)
+        if hooks.on_epoch_end is not None and hooks.on_epoch_end(dict(row, model=t.model, score=state.best_score)):
+            state.stopped_early = epoch + 1 < epochs
+            break
+    for p in t.model.parameters():
+        p.requires_grad_(True)
+    return state
+
+
+@torch.no_grad()
+def _run(t: Training, tail: nn.Module, acts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The tail's outputs (eval mode) for cached activations, in chunks."""
+    out = []
+    with eval_mode(tail), autocast(t.device, t.config.precision):
+        for i in range(0, len(acts), CHUNK):
+            out.append(tail(acts[i:i + CHUNK].to(t.device, dtype)).cpu())
+    return torch.cat(out)
+
+
+def _train_mode(tail: nn.Module) -> None:
+    """Training mode (dropout) with every batch-norm layer's statistics frozen."""
+    tail.train()
+    for m in tail.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def _forward_s_per_image(t: Training, acts: dict[str, torch.Tensor]) -> float | None:
+    """Seconds per image of the whole model's forward (the final evaluation's cost), timed on a few
+    images at the run's size; None without a time budget (nothing to size)."""
+    if t.budget is None:
+        return None
+    x = torch.zeros(8, t.data.channels, t.data.image_size, t.data.image_size, device=t.device)
+    if t.config.channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    with torch.no_grad(), eval_mode(t.model), autocast(t.device, t.config.precision):
+        t.model(x)
+        started = time.perf_counter()
+        t.model(x)
+    return (time.perf_counter() - started) / len(x)
+
+
+def _epochs(t: Training, tail: nn.Module, train: list[torch.Tensor], batch: int, spe: int,
+            fwd_s: float | None, dtype: torch.dtype) -> int:
+    """The epochs to train: the config's; with a time budget, as many of them as fit what is left of it
+    after the final evaluation (tail steps timed here and undone)."""
+    cfg = t.config
+    epochs = max(1, cfg.epochs or 1)
+    if t.budget is None:
+        return epochs
+    saved = {k: v.detach().clone() for k, v in tail.state_dict().items()}
+    x = train[0][:batch].to(t.device, dtype)
+    y = t.data.train.labels[:batch].to(t.device)
+    _train_mode(tail)
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        with autocast(t.device, cfg.precision):
+            loss = t.task.loss(tail(x), y)
+        t.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        times.append(time.perf_counter() - started)  # no optimizer step: nothing to undo but the gradients
+    t.optimizer.zero_grad(set_to_none=True)
+    tail.load_state_dict(saved)
+    step_s = min(times) * 1.1  # + the optimizer's step
+    val_s = len(t.data.val or ()) * step_s / batch / 3  # a forward is about a third of a step
+    final = len(t.data.eval_split[1]) if t.data.eval_split else 0
+    final_s = final * (fwd_s or 0.0) * (2 if cfg.tta else 1)
+    left = t.budget.started + t.budget.seconds * 0.97 - time.perf_counter() - final_s
+    fit = int(left // (spe * step_s + val_s))
+    chosen = max(1, min(epochs, fit))
+    if cfg.verbose and is_main():
+        print(f"partial fine-tune: {step_s * 1000:.0f} ms/step on cached activations, {left:.0f} s left of the "
+              f"budget after ~{final_s:.0f} s of final evaluation: {chosen} epoch{'s' if chosen != 1 else ''}"
+              f"{f' (of {epochs})' if chosen < epochs else ''}", file=sys.stderr)
+    return chosen
