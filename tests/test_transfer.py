@@ -65,10 +65,12 @@ def test_photos_start_from_pretrained_weights_and_a_rerun_reuses_the_features(hy
                                                                              capsys) -> None:
     run = recog.train(data=str(hymenoptera), project=str(tmp_path))
     err = capsys.readouterr().err
-    assert "transfer: probe from efficientnet_lite0 at 224 px" in err and "features: to compute (249 images)" in err
+    assert "transfer: partial (last 2 stages) from efficientnet_lite0 at 224 px" in err
+    assert "features: to compute (249 images)" in err
     saved = yaml.safe_load((run.path / "config.yaml").read_text())
-    assert (saved["pretrained"], saved["transfer"], saved["model"], saved["image_size"]) == \
-        ("efficientnet_lite0", "probe", "timm:tf_efficientnet_lite0", 224)
+    assert (saved["pretrained"], saved["transfer"], saved["unfreeze"], saved["model"], saved["image_size"]) == \
+        ("efficientnet_lite0", "partial", 2, "timm:tf_efficientnet_lite0", 224)
+    assert len(run.metrics) == saved["epochs"] == 10
     assert saved["mean"] == [0.5, 0.5, 0.5] and saved["std"] == [0.5, 0.5, 0.5]  # the weights' own
     assert run.report["accuracy"] >= 0.85  # 48 training photos, 153 val photos
     meta = recog.load(run.path).meta
@@ -77,13 +79,15 @@ def test_photos_start_from_pretrained_weights_and_a_rerun_reuses_the_features(hy
     err = capsys.readouterr().err
     assert "features: cached (249 images)" in err and "read from the cache" in err
     assert again.report["accuracy"] == pytest.approx(run.report["accuracy"])
-    # the backbone stayed as the weights have it: only the head trained
+    # the trunk stayed as the weights have it, the last two stages (blocks.6, conv_head) and the head trained,
+    # and no batch-norm statistic moved (frozen for a small set)
     from recog.models.pretrained import SOURCES, source_weights
 
     original = source_weights(SOURCES["efficientnet_lite0"], run.model)
-    for key, value in run.model.state_dict().items():
-        if not key.startswith("classifier."):
-            assert torch.equal(value.cpu(), original[key]), key
+    changed = {key for key, value in run.model.state_dict().items()
+               if not key.startswith("classifier.") and not torch.equal(value.cpu(), original[key])}
+    assert changed and all(k.startswith(("blocks.6.", "conv_head.", "bn2.")) for k in changed), sorted(changed)[:5]
+    assert not any(k.endswith(("running_mean", "running_var")) for k in changed)
     # exported with the weights' preprocessing inside: the ONNX file answers as the run does (fp32, one view)
     pytest.importorskip("onnxruntime")
     from recog.export import export
@@ -136,7 +140,16 @@ def test_bad_pretrained_input_is_named(cifar_png: Path, tmp_path: Path) -> None:
         recog.train(data=str(cifar_png), model="airnet", pretrained="efficientnet_lite0", project=str(tmp_path),
                     verbose=False)
     with pytest.raises(ConfigError, match="transfer must be one of"):
-        recog.train(data=str(cifar_png), transfer="partial", project=str(tmp_path), verbose=False)
+        recog.train(data=str(cifar_png), transfer="halfway", project=str(tmp_path), verbose=False)
+    with pytest.raises(ConfigError, match="unfreeze must be 1..7"):  # Lite0: 7 block stages + its 1x1 head conv
+        recog.train(data=str(cifar_png), pretrained="efficientnet_lite0", transfer="partial", unfreeze=8,
+                    project=str(tmp_path), verbose=False)
+    with pytest.raises(ConfigError, match="unfreeze must be a whole number"):
+        recog.train(data=str(cifar_png), pretrained="efficientnet_lite0", transfer="partial", unfreeze=0,
+                    project=str(tmp_path), verbose=False)
+    with pytest.raises(ConfigError, match="MobileNetV3 cannot be cut into stages"):
+        recog.train(data=str(cifar_png), model="timm:mobilenetv3_small_050", pretrained=str(tmp_path / "x.pt"),
+                    transfer="partial", project=str(tmp_path), verbose=False)
     assert not list(tmp_path.glob("train*"))  # nothing started: no run folder
 
 
@@ -177,7 +190,7 @@ def test_a_few_shot_folder_trains_and_the_report_says_how_few_images(hymenoptera
             shutil.copy(f, few / cls / f.name)
     run = recog.train(data=str(few), project=str(tmp_path / "runs"))
     out, err = capsys.readouterr()
-    assert "probe head: L2" in err and "cross-validation" in err  # the head chosen on the 14 training photos
+    assert "linear head: L2" in err and "cross-validation" in err  # the head chosen on the 14 training photos
     assert run.report["num_images"] == 2 and "few images: each one moves accuracy by 50 points" in out
     assert "few images" in (run.path / "report.md").read_text()
 
@@ -195,5 +208,6 @@ def test_tune_on_photos_searches_the_transfer_strategy(hymenoptera: Path, tmp_pa
     result = recog.tune(data=str(few), epochs=1, trials=2, project=str(tmp_path / "p"), verbose=False)
     for config in sorted((result.folder / "trials").glob("trial-*/config.yaml")):
         saved = yaml.safe_load(config.read_text())
-        assert saved["pretrained"] == "efficientnet_lite0" and saved["transfer"] in ("probe", "full")
+        assert saved["pretrained"] == "efficientnet_lite0" and saved["transfer"] in ("probe", "partial", "full")
+        assert 1 <= saved["unfreeze"] <= 3
         assert 1e-4 <= saved["lr"] <= 3e-3  # drawn from tune_spaces/pretrained.yaml, not airnet's space

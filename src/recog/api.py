@@ -21,7 +21,7 @@ from recog.engine.distributed import is_main
 from recog.engine.fit import EpochHook, Hooks, fit, gathered
 from recog.engine.plan import plan
 from recog.engine.partial import fit_partial
-from recog.engine.probe import fit_probe
+from recog.engine.probe import fit_head_first, fit_probe
 from recog.engine.resolve import commit, resolve
 from recog.errors import ConfigError, DataError, MissingExtra, WeightsError
 from recog.evaluation import evaluate, evaluate_split, write_predictions
@@ -33,7 +33,7 @@ from recog.tasks import report_markdown
 from recog.runs import BEST, CONFIG, CURVES, METRICS, PREDICTIONS, SKIPPED, STATE, WEIGHTS, Run
 from recog.weights import load_into, read_weights
 
-FITS = {"probe": fit_probe, "partial": fit_partial}  # transfer strategies with their own loop
+FITS = {"probe": fit_probe, "partial": fit_partial, "full": fit_head_first}  # transfer strategies' loops
 
 __all__ = ["Classifier", "ConfigError", "DataError", "Run", "WeightsError", "create_model", "evaluate", "list_models",
            "load", "predict", "train"]

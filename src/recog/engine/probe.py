@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from recog.config import is_fusion
 from recog.data.augment import flip
 from recog.data.stream import make_loader
 from recog.device import autocast, eval_mode
@@ -195,6 +196,26 @@ def fit_probe(training: Training, hooks: Hooks | None = None) -> LoopState:
     if hooks.on_epoch_end is not None:
         hooks.on_epoch_end(dict(row, model=t.model, score=state.best_score))
     return state
+
+
+def fit_head_first(training: Training, hooks: Hooks | None = None) -> LoopState:
+    """``transfer: full``: the head first (the probe's fit on the backbone's cached pooled features, in
+    place of a random head whose first gradients would distort the pretrained features), then the whole
+    network trains as any run (:func:`recog.engine.fit.fit`). A resumed run goes straight to the loop."""
+    from recog.engine.fit import fit
+
+    t = training
+    plain = t.config.head == "linear" and not is_fusion(t.config.model)  # a fusion model's head sees text too
+    if t.state.epoch == 0 and t.config.pretrained and plain:
+        name, layer = head(t.model)
+        replace_head(t.model, nn.Identity())
+        try:
+            feats = feature_pass(t, t.model, _parts(t))
+        finally:
+            replace_head(t.model, layer)
+            t.model.head_name = name
+        fit_linear(t, torch.cat([f for k, f in feats.items() if k.startswith("train:")]), layer)
+    return fit(t, hooks)
 
 
 def fit_linear(t: Training, train_x: torch.Tensor, layer: nn.Linear) -> tuple[torch.Tensor, float, float]:

@@ -20,10 +20,12 @@ from recog.errors import ConfigError
 class _Chain(nn.Module):
     """Modules applied in order, then ``finish`` (the tail's pooling and head)."""
 
-    def __init__(self, modules: list[nn.Module], finish: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    def __init__(self, modules: list[nn.Module], finish: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 head: nn.Module | None = None):
         super().__init__()
         self.parts = nn.ModuleList(modules)
         self.finish = finish
+        self.head = head  # the classifier ``finish`` applies: registered, so that its parameters are the tail's
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for part in self.parts:
@@ -33,8 +35,7 @@ class _Chain(nn.Module):
 
 def _stages(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module], Callable[[torch.Tensor], torch.Tensor]]:
     """(the modules before the first stage, the stages in order, the pooling + head after the last)."""
-    if all(hasattr(model, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "forward_head")) \
-            and isinstance(model.blocks, nn.Sequential):
+    if type(model).__name__ == "EfficientNet" and isinstance(getattr(model, "blocks", None), nn.Sequential):
         return [model.conv_stem, model.bn1], [*model.blocks, nn.Sequential(model.conv_head, model.bn2)], \
             model.forward_head
     if all(hasattr(model, a) for a in ("conv1", "bn1", "relu", "maxpool", "layer4", "avgpool", "fc")):
@@ -58,4 +59,6 @@ def split_model(model: nn.Module, unfreeze: int) -> tuple[nn.Module, nn.Module]:
         raise ConfigError(f"unfreeze must be 1..{len(stages) - 1} for {type(model).__name__} (its trailing "
                           f"stages to train), got {unfreeze}")
     cut = len(stages) - unfreeze
-    return _Chain([*stem, *stages[:cut]]), _Chain(stages[cut:], finish)
+    from recog.models import head
+
+    return _Chain([*stem, *stages[:cut]]), _Chain(stages[cut:], finish, head(model)[1])
