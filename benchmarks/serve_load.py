@@ -4,16 +4,20 @@ level; prints requests/s, p50/p95/p99 latency and errors per level, with dynamic
 (`--max-batch 32`, the default) and off (`--max-batch 1`, the baseline), and each backend's own
 images/s at batch 1 and 64 (in this process, before any server runs).
 
-    python benchmarks/serve_load.py [--airnet RUN] [--resnet RUN] [--requests 4] [--levels 1,8,32,128]
+    python benchmarks/serve_load.py [--airnet RUN] [--resnet RUN] [--model airnet resnet]
+        [--backend torch onnx onnx-int8] [--requests 64] [--levels 1,8,32,128]
 
 Models: `airnet` on CIFAR-10 (32 px; torch and ONNX fp32) with real CIFAR-10 test PNGs as requests,
 and torchvision's ResNet-18 at 224 px (`tv:resnet18`, 1.8 GMACs; torch in bf16 where the CPU has
 it, else fp32; ONNX fp32 and int8) with the real ants/bees photos (JPEG, ~500x375) as requests.
 Without --airnet / --resnet, short runs are trained first into a temporary folder (1 minute of
 airnet on the shared CIFAR-10 PNG copy; 1 epoch of tv:resnet18 on the shared photos): speed does not
-depend on how well they are trained. Each level sends max(32, requests x concurrency) requests after
-a warm-up. The client runs on the same cores as the server: on a 2-core machine it takes its share.
-Last line JSON keyed "model/backend/batching/concurrency".
+depend on how well they are trained (only the runs a selected model needs are trained). Each level
+sends ``--requests`` requests (at least 2 per connection) after a warm-up. The model alone is timed in
+a fresh process with the server's own inference policy (precision, TTA), as the server runs it. The
+client runs on the same cores as the server: on a 2-core machine it takes its share. For each level the
+ratio of batching on to off is printed beside the model alone's batch-64 / batch-1 speed ratio. Last
+line JSON keyed "model/backend/batching/concurrency".
 """
 
 from __future__ import annotations
@@ -112,45 +116,67 @@ async def drive(url: str, bodies: list[bytes], concurrency: int, total: int) -> 
             "server_ms": {k: median(k) for k in ("decode", "queue", "model")}}
 
 
-def model_speed(source: Path, backend: str, bodies: list[bytes], rounds: int = 3) -> dict[str, float]:
-    """The backend's own images/s at batch 1 and 64 (decoded images, no HTTP), best of ``rounds``."""
-    from recog.serve import Predictor
+SPEED = """
+import json, sys, time
+from pathlib import Path
+from recog.serve import Predictor
+source, backend, files = sys.argv[1], sys.argv[2], sys.argv[3:]
+predictor = Predictor(source, backend)
+images = [predictor.read(Path(f).read_bytes()) for f in files]
+out = {"policy": predictor.policy}
+for batch in (1, 64):
+    xs = (images * (64 // len(images) + 1))[:batch]
+    predictor.run(xs, 5)  # warm-up
+    best = 0.0
+    for _ in range(3):
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < 1.0 or n == 0:
+            predictor.run(xs, 5)
+            n += batch
+        best = max(best, n / (time.perf_counter() - start))
+    out[f"b{batch}_img_s"] = round(best, 1)
+print(json.dumps(out))
+"""
 
-    predictor = Predictor(source, backend)
-    images = [predictor.read(b) for b in bodies]
-    out = {}
-    for batch in (1, 64):
-        xs = (images * (64 // len(images) + 1))[:batch]
-        predictor.run(xs, 5)  # warm-up
-        best = 0.0
-        for _ in range(rounds):
-            n, start = 0, time.perf_counter()
-            while time.perf_counter() - start < 1.0 or n == 0:
-                predictor.run(xs, 5)
-                n += batch
-            best = max(best, n / (time.perf_counter() - start))
-        out[f"b{batch}_img_s"] = round(best, 1)
+
+def model_speed(source: Path, backend: str, files: list[Path]) -> dict[str, float]:
+    """The backend's own images/s at batch 1 and 64 (decoded images, no HTTP), best of 3, in a fresh
+    process with the server's defaults (the run's inference policy): nothing of this process (an ONNX
+    Runtime session left by the export, its spinning threads) competes for the cores."""
+    proc = subprocess.run([sys.executable, "-c", SPEED, str(source), backend, *map(str, files)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"model speed failed: {proc.stderr[-2000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["b1_ms"] = round(1000 / out["b1_img_s"], 2)
+    out["batch_gain"] = round(out["b64_img_s"] / out["b1_img_s"], 2)
     return out
 
 
-def train_runs(tmp: Path, args: argparse.Namespace) -> tuple[Path, Path]:
+def train_runs(tmp: Path, args: argparse.Namespace) -> dict[str, Path]:
+    """The runs of the selected models: given, or trained briefly."""
     import recog
 
-    airnet = Path(args.airnet) if args.airnet else recog.train(
-        data=str(cifar10_folder("png")), model="airnet", time_budget="1m", project=str(tmp), name="airnet",
-        verbose=False).path
-    resnet = Path(args.resnet) if args.resnet else recog.train(
-        data=str(hymenoptera()), model="tv:resnet18", image_size=224, epochs=1, project=str(tmp), name="resnet",
-        verbose=False).path
-    return airnet, resnet
+    runs = {}
+    if "airnet" in args.model:
+        runs["airnet"] = Path(args.airnet) if args.airnet else recog.train(
+            data=str(cifar10_folder("png")), model="airnet", time_budget="1m", project=str(tmp), name="airnet",
+            verbose=False).path
+    if "resnet" in args.model:
+        runs["tv:resnet18"] = Path(args.resnet) if args.resnet else recog.train(
+            data=str(hymenoptera()), model="tv:resnet18", image_size=224, epochs=1, project=str(tmp),
+            name="resnet", verbose=False).path
+    return runs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--airnet", metavar="RUN", help="a CIFAR-10 airnet run (default: train 1 minute)")
     parser.add_argument("--resnet", metavar="RUN", help="a tv:resnet18 224-px run (default: train 1 epoch)")
-    parser.add_argument("--requests", type=int, default=4, help="requests per level: max(32, this x concurrency)")
+    parser.add_argument("--model", nargs="+", default=["airnet", "resnet"], choices=["airnet", "resnet"])
+    parser.add_argument("--backend", nargs="+", default=["torch", "onnx", "onnx-int8"],
+                        choices=["torch", "onnx", "onnx-int8"], help="onnx-int8: the ResNet only")
+    parser.add_argument("--requests", type=int, default=64, help="requests per level (at least 2 per connection)")
     parser.add_argument("--levels", default="1,8,32,128")
     args = parser.parse_args()
     levels = [int(c) for c in args.levels.split(",")]
@@ -160,28 +186,30 @@ def main() -> None:
 
     info = machine()
     print(machine_line(info, onnxruntime=onnxruntime.__version__), flush=True)
-    cifar = sorted((cifar10_folder("png") / "test").glob("*/*.png"))[::100][:64]
-    photos = sorted((hymenoptera() / "val").glob("*/*.jpg"))[:64]
-    requests = {"airnet": [p.read_bytes() for p in cifar], "tv:resnet18": [p.read_bytes() for p in photos]}
-    print(f"requests: {len(cifar)} CIFAR-10 test PNGs (32x32, ~{sum(map(len, requests['airnet'])) // len(cifar)} B); "
-          f"{len(photos)} ants/bees JPEGs (~{sum(map(len, requests['tv:resnet18'])) // len(photos) // 1000} kB)",
-          flush=True)
+    files = {"airnet": sorted((cifar10_folder("png") / "test").glob("*/*.png"))[::100][:64],
+             "tv:resnet18": sorted((hymenoptera() / "val").glob("*/*.jpg"))[:64]}
+    requests = {model: [p.read_bytes() for p in paths] for model, paths in files.items()}
+    print(f"requests: {len(files['airnet'])} CIFAR-10 test PNGs (32x32); {len(files['tv:resnet18'])} ants/bees JPEGs "
+          f"(~{sum(map(len, requests['tv:resnet18'])) // len(files['tv:resnet18']) // 1000} kB)", flush=True)
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        airnet, resnet = train_runs(tmp, args)
-        onnx_airnet = export(airnet, output=tmp / "airnet.onnx", verbose=False)
-        onnx_resnet = export(resnet, output=tmp / "resnet.onnx", verbose=False)
-        configs = [("airnet", "torch", airnet), ("airnet", "onnx", onnx_airnet),
-                   ("tv:resnet18", "torch", resnet), ("tv:resnet18", "onnx", onnx_resnet)]
-        try:
-            int8 = export(resnet, output=tmp / "resnet-q.onnx", int8=True, verbose=False)
-            configs.append(("tv:resnet18", "onnx-int8", int8))
-        except Exception as exc:  # noqa: BLE001 - int8 refused (accuracy): measure the rest, say why
-            print(f"int8 export refused: {exc}", flush=True)
+        runs = train_runs(tmp, args)
+        configs = []
+        for model, run in runs.items():
+            if "torch" in args.backend:
+                configs.append((model, "torch", run))
+            if "onnx" in args.backend:
+                configs.append((model, "onnx", export(run, output=tmp / f"{run.name}.onnx", verbose=False)))
+            if "onnx-int8" in args.backend and model == "tv:resnet18":
+                try:
+                    configs.append((model, "onnx-int8", export(run, output=tmp / f"{run.name}-q.onnx", int8=True,
+                                                               verbose=False)))
+                except Exception as exc:  # noqa: BLE001 - int8 refused (accuracy): measure the rest, say why
+                    print(f"int8 export refused: {exc}", flush=True)
         for model, backend, source in configs:
             engine = "onnx" if backend.startswith("onnx") else "torch"
-            speed = model_speed(source, engine, requests[model])
+            speed = model_speed(source, engine, files[model])
             results[f"{model}/{backend}/model"] = speed
             for max_batch in (32, 1):
                 server = Server(source, engine, max_batch)
@@ -190,7 +218,7 @@ def main() -> None:
                     asyncio.run(drive(server.url + "/v1/predict", requests[model], 4, 16))  # warm-up
                     for c in levels:
                         row = asyncio.run(drive(server.url + "/v1/predict", requests[model], c,
-                                                max(32, args.requests * c)))
+                                                max(2 * c, args.requests)))
                         batching = "on" if max_batch > 1 else "off"
                         results[f"{model}/{backend}/{batching}/{c}"] = {**row, "precision": precision}
                         print(f"{model:12} {backend:9} {precision:5} batching {batching:3} c={c:<4} "
@@ -198,16 +226,19 @@ def main() -> None:
                               f"p99 {row['p99_ms']:7.1f} ms  errors {row['errors'] or 0}", flush=True)
                 finally:
                     server.close()
-            on, off = results.get(f"{model}/{backend}/on/32"), results.get(f"{model}/{backend}/off/32")
             c1 = results.get(f"{model}/{backend}/on/1")
-            summary = {"batching_gain_c32": round(on["rps"] / off["rps"], 2) if on and off else None,
+            summary = {"on_over_off": {c: round(results[f"{model}/{backend}/on/{c}"]["rps"]
+                                                / max(1e-9, results[f"{model}/{backend}/off/{c}"]["rps"]), 2)
+                                       for c in levels},
+                       "model_batch_gain": speed["batch_gain"],
                        "overhead_ms": round(c1["p50_ms"] - speed["b1_ms"], 1) if c1 else None}
             if c1:  # where c=1's time goes, by the server's own Server-Timing (medians) and the rest: HTTP
                 t = c1["server_ms"]
                 summary["c1_ms"] = {**t, "http_and_client": round(c1["p50_ms"] - sum(t.values()), 1)}
             results[f"{model}/{backend}/summary"] = summary
-            print(f"{model:12} {backend:9} model alone: batch 1 {speed['b1_img_s']} img/s ({speed['b1_ms']} ms), "
-                  f"batch 64 {speed['b64_img_s']} img/s; batching gain at c=32 {summary['batching_gain_c32']}x; "
+            print(f"{model:12} {backend:9} model alone ({speed['policy']}): batch 1 {speed['b1_img_s']} img/s "
+                  f"({speed['b1_ms']} ms), batch 64 {speed['b64_img_s']} img/s ({speed['batch_gain']}x); batching "
+                  f"on / off by level {summary['on_over_off']}; "
                   f"server overhead (p50 at c=1 - batch-1 time) {summary['overhead_ms']} ms; c=1 by Server-Timing: "
                   f"{summary.get('c1_ms')}", flush=True)
     print(f"command: {command()}")

@@ -362,3 +362,88 @@ def test_a_manifest_warning_is_said_once(tmp_path: Path, capsys) -> None:
         writer.writerows(rows)
     recog.train(data=str(tmp_path / "m.csv"), model="seednet", epochs=1, project=str(tmp_path / "runs"))
     assert capsys.readouterr().err.count("were not found") == 1  # the planner's look said it too, before
+
+
+def test_epochs_edited_in_config_yaml_are_refused_on_resume(tmp_path: Path, cifar_png: Path) -> None:
+    """A resumed run continues its saved plan; an edited epochs was silently ignored (now named)."""
+    import yaml
+
+    def stop(row: dict) -> None:
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        recog.train(data=str(cifar_png), model="seednet", epochs=2, project=str(tmp_path), verbose=False,
+                    on_epoch_end=stop)
+    config = tmp_path / "train" / "config.yaml"
+    saved = yaml.safe_load(config.read_text())
+    config.write_text(config.read_text().replace("epochs: 2\n", "epochs: 5\n"))
+    with pytest.raises(ConfigError, match="says epochs 5.*saved for 2 epochs.*--weights .*last.safetensors"):
+        recog.train(resume=str(tmp_path / "train"), verbose=False)
+    config.write_text(yaml.safe_dump(saved))  # put back: it resumes and finishes its 2 epochs
+    assert len(recog.train(resume=str(tmp_path / "train"), verbose=False).metrics) == 2
+
+
+def test_non_finite_batch_norm_statistics_are_never_saved(tmp_path: Path, cifar_png: Path) -> None:
+    """Without a validation split nothing evaluated the model in eval mode: batch-norm statistics gone
+    NaN (finite weights, finite training loss) were saved as best and last. Now the epoch is refused."""
+    import torch
+
+    from recog.errors import TrainingError
+    from recog.weights import read_weights
+
+    def poison(row: dict) -> None:
+        if row["epoch"] == 1:
+            bn = next(m for m in row["model"].modules() if isinstance(m, torch.nn.BatchNorm2d))
+            bn.running_var.fill_(float("nan"))
+
+    with pytest.raises(TrainingError, match="non-finite in epoch 2.*running_var"):
+        recog.train(data=str(cifar_png), model="airnet", epochs=2, val_fraction=0, project=str(tmp_path),
+                    verbose=False, on_epoch_end=poison)
+    state, meta = read_weights(tmp_path / "train" / "weights" / "last.safetensors")
+    assert meta["epoch"] == 1 and all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_a_manifest_that_repeats_images_or_shares_them_between_splits_is_warned_about(
+        tmp_path: Path, cifar_png: Path, capsys) -> None:
+    """Rows repeating an image, and train rows that are test images (by path, and by content under
+    another name) trained with no warning."""
+    import shutil
+
+    from recog.data.manifest import scan_manifest
+
+    train = sorted((cifar_png / "train").glob("*/*.png"))[:40]
+    test = sorted((cifar_png / "test").glob("*/*.png"))[:10]
+    copy = tmp_path / "renamed.png"
+    shutil.copy(test[1], copy)  # a test image's bytes under another name
+    rows = [f"{f},{f.parent.name},train" for f in train] + [f"{train[0]},{train[0].parent.name},train"]
+    rows += [f"{test[0]},{test[0].parent.name},train", f"{copy},{test[1].parent.name},train"]
+    rows += [f"{f},{f.parent.name},test" for f in test]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image,label,split\n" + "\n".join(rows) + "\n")
+    scan_manifest(manifest)
+    err = capsys.readouterr().err
+    assert f"1 rows of the train split of {manifest} repeat an image listed before (first: {train[0]})" in err
+    assert "2 images of the train split" in err and "also in its test split (1 by path, 1 by content" in err
+    clean = tmp_path / "clean.csv"
+    clean.write_text("image,label,split\n" + "\n".join(rows[:40] + rows[-10:]) + "\n")
+    scan_manifest(clean)
+    assert "repeat" not in capsys.readouterr().err
+
+
+def test_a_model_too_large_for_the_memory_is_refused_with_the_numbers(tmp_path: Path, monkeypatch) -> None:
+    """seednet's first fully connected layer grows with the input: at 4,000 px building it tried to
+    allocate 7.6 GB and died in the allocator. Now it is counted first (meta device) and refused (the
+    machine's memory is given as 8 GiB: the test must not depend on the machine it runs on)."""
+    import numpy as np
+    from PIL import Image
+
+    for cls, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+        (tmp_path / "photos" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((40, 40, 3), colour, dtype=np.uint8)).save(tmp_path / "photos" / cls / f"{i}.png")
+    monkeypatch.setattr("recog.engine.resolve.available_memory", lambda device: 8 * 2**30)
+    with pytest.raises(ConfigError, match=r"seednet at 4000 px has [\d,]+ M parameters: [\d,.]+ GiB .* --image-size"):
+        recog.train(data=str(tmp_path / "photos"), model="seednet", image_size=4000, epochs=1,
+                    project=str(tmp_path / "runs"), verbose=False)
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())

@@ -4,6 +4,7 @@ one or two epochs, budgets of seconds."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -18,6 +19,9 @@ ints = st.one_of(st.integers(-3, 3), st.integers(-10**6, 10**6), st.sampled_from
 floats = st.one_of(st.floats(-2, 2, allow_nan=False), st.sampled_from([math.nan, math.inf, -math.inf, 1e38, 0.0]),
                    st.sampled_from(["x", ""]))
 bools = st.sampled_from(["--{}", "--no-{}"])
+# builder arguments with values nested as users (and YAML) can write them: lists in lists, None, text
+nested = st.recursive(st.one_of(st.integers(-2, 8), st.sampled_from([16, 64, "conv", "whiten", "x", None, 1.5, True])),
+                      lambda inner: st.lists(inner, max_size=3), max_leaves=5)
 
 # each key: the values drawn for it (good and bad); keys that would make a run long or reach the
 # network are held to small or local values
@@ -53,6 +57,8 @@ KEYS = {
     "device": st.sampled_from(["cpu", "auto", "tpu"]),
     "loader": st.sampled_from(["auto", "memory", "stream", "disk"]),
     "workers": st.one_of(st.none(), st.integers(-1, 1)),
+    "model_args": st.dictionaries(st.sampled_from(["widths", "depth", "stem", "stem_stride", "bogus"]), nested,
+                                  min_size=1, max_size=2),
 }
 FLAGS = ("flip", "alternating_flip", "random_resized_crop", "balanced_sampling", "lookahead", "tta", "deterministic",
          "channels_last", "nesterov")
@@ -72,6 +78,9 @@ def test_any_config_gives_a_run_or_one_error_line(values: dict, flags: dict, tmp
         if value is None:
             continue
         argv.append("--" + key.replace("_", "-"))
+        if key == "model_args":  # key=value pairs, each value in YAML's flow style
+            argv += [f"{k}={json.dumps(v)}" for k, v in value.items()]
+            continue
         argv += str(value).split() if key == "mean" else [str(value)]
         if key == "mean":
             argv += ["--std", *str(value).split()]

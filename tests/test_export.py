@@ -182,3 +182,44 @@ def test_int8_of_a_bare_weights_file_is_refused_before_anything_is_written(tmp_p
     with pytest.raises(ConfigError, match="--int8 needs the run's data.*nothing was written"):
         export(weights, int8=True, verbose=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seednet.safetensors"]
+
+
+def test_an_environment_without_torch_predicts_from_the_onnx_file(digits_run, tmp_path: Path) -> None:
+    """The README's torch-free runtime: a fresh virtual environment (no system packages) that holds only
+    onnxruntime, numpy and Pillow besides recog answers as the run does. (The packages are linked from
+    this environment rather than downloaded: tests never reach the network.)"""
+    import venv
+
+    from recog.export import export
+
+    onnx = export(digits_run.path, output=tmp_path / "digits.onnx", verbose=False)
+    env = tmp_path / "rt"
+    venv.create(env, with_pip=False, system_site_packages=False)
+    only = tmp_path / "only"
+    only.mkdir()
+    here = Path(np.__file__).parent.parent
+    for name in ("onnxruntime", "numpy", "numpy.libs", "PIL", "pillow.libs"):
+        if (here / name).exists():
+            (only / name).symlink_to(here / name)
+    python = env / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    src = Path(__import__("recog").__file__).parent.parent
+    Path(purelib, "runtime.pth").write_text(f"{only}\n{src}\n")
+    assert subprocess.run([str(python), "-c", "import torch"], capture_output=True).returncode != 0  # truly without
+    from sklearn.datasets import load_digits
+    from PIL import Image
+
+    files = []
+    for i in range(4):
+        f = tmp_path / f"digit{i}.png"
+        Image.fromarray(np.round(load_digits().images[i] * 255 / 16).astype(np.uint8)).save(f)
+        files.append(str(f))
+    proc = subprocess.run([str(python), "-m", "recog", "predict", str(onnx), *files, "--json"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    answers = [json.loads(line) for line in proc.stdout.splitlines()]
+    import recog
+
+    expected = recog.predict(digits_run.path, files, precision="fp32", tta=False)
+    assert [a["top"][0]["class"] for a in answers] == [e["top"][0]["class"] for e in expected]

@@ -216,3 +216,23 @@ def test_the_web_page_sends_the_text_of_a_fusion_model(fusion_run, cifar_png: Pa
                                    + json.dumps(top))
             first = False
         assert page.locator("#error").text_content() == ""
+
+
+def test_fusion_starts_its_image_model_from_pretrained_weights(cifar_png: Path, tmp_path: Path) -> None:
+    """fusion:timm:tf_efficientnet_lite0 --pretrained efficientnet_lite0: the Lite0 weights go into the
+    fusion model's image part, the strategy is a full fine-tune (cached features would leave out the
+    text), and the run predicts from image + text like any fusion run."""
+    from recog.models import create_model
+    from recog.models.pretrained import SOURCES, source_weights
+
+    data = _manifest(cifar_png, tmp_path / "data")
+    run = recog.train(data=str(data), model="fusion:timm:tf_efficientnet_lite0", pretrained="efficientnet_lite0",
+                      image_size=64, epochs=1, project=str(tmp_path / "runs"), verbose=False)
+    assert (run.config.transfer, run.config.pretrained) == ("full", "efficientnet_lite0")
+    original = source_weights(SOURCES["efficientnet_lite0"], run.model)["conv_stem.weight"]
+    trained = run.model.image.conv_stem.weight.detach().cpu()
+    fresh = create_model("timm:tf_efficientnet_lite0", 3, 3, 64).conv_stem.weight.detach()  # a random start
+    assert (trained - original).abs().max() < 0.05 < (fresh - original).abs().max()  # it started from the weights
+    assert recog.load(run.path).meta["pretrained"]["name"] == "efficientnet_lite0"
+    image = sorted((cifar_png / "test" / "ship").iterdir())[0]
+    assert recog.predict(run.path, [image], texts="a photo of a ship")[0]["top"][0]["class"] in CLASSES

@@ -6,13 +6,14 @@ layer over it.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from recog.config import TrainConfig, lr_is_auto, make_config, parse_duration
+from recog.config import CACHED, TrainConfig, lr_is_auto, make_config, parse_duration
 from recog.device import resolve_device
 from recog.engine import distributed as dist
 from recog.engine.build import Training, build, session, shard_split
@@ -159,7 +160,24 @@ def _resolve(config: str | os.PathLike | None, resume: str | os.PathLike | None,
         loop["epoch"] >= cfg.epochs  # a state.pt from before the loop recorded its steps per epoch
     if finished and (run_dir / CURVES).is_file():
         raise ConfigError(f"{run_dir} already finished ({loop['epoch']} epochs)")
+    _check_plan_unchanged(cfg, loop, run_dir)
     return cfg, saved, run_dir
+
+
+def _check_plan_unchanged(cfg: TrainConfig, loop: dict[str, Any], run_dir: Path) -> None:
+    """A resumed run continues the steps it saved (its learning-rate schedule ends there): epochs or steps
+    edited in its config.yaml since are refused, not silently ignored. (A time budget's plan is re-made
+    in the loop, and the cached-feature transfers count their own steps: neither is compared.)"""
+    total, spe = loop.get("total_steps"), loop.get("steps_per_epoch")
+    if cfg.time_budget is not None or cfg.transfer in CACHED or not total or not spe:
+        return
+    epochs = math.ceil(total / spe)
+    if (cfg.steps is not None and cfg.steps != total) or (cfg.epochs is not None and cfg.epochs != epochs):
+        raise ConfigError(
+            f"{run_dir / CONFIG} says epochs {cfg.epochs}, steps {cfg.steps}, but the run was planned and saved "
+            f"for {epochs} epochs ({total} steps) and its learning rate is scheduled to end there: a resumed run "
+            f"continues that plan. Put the values back, or train longer as a new run that starts from these "
+            f"weights: recog train --data {cfg.data} --weights {run_dir / WEIGHTS / 'last.safetensors'} --epochs N")
 
 
 def _late_skipped(training: Training, share: bool = True) -> None:

@@ -17,13 +17,18 @@ Under load, requests are batched: images are decoded in worker threads, queued, 
 thread takes up to ``max_batch`` of them at a time, waiting up to ``max_wait_ms`` for more only
 while more requests are already being decoded (so a lone request never waits). The queue is
 bounded: when ``max_queue`` requests are waiting, the next gets 503 with Retry-After instead of
-memory growing. A request not answered within ``timeout`` seconds gets 504 (its image is dropped
-from the queue if it has not run yet) and later requests are served as usual.
+memory growing. A request holds a place in the queue only once its body has arrived: a body that
+does not arrive within ``timeout`` seconds is answered 408, so clients that stall half-way cannot
+fill the queue. A request not answered within ``timeout`` seconds gets 504 (its image is dropped
+from the queue if it has not run yet) and later requests are served as usual. Explanations run one
+at a time on their own thread and model copy: one that times out (504) cannot be stopped, but it
+delays no prediction, and further explanations get 503 until it ends.
 
 Limits come before any parsing: a body over ``max_upload_mb`` is refused with 413 from its
 Content-Length, or as soon as a chunked body passes the limit (python-multipart would otherwise
 spool a big part to disk); an image over the pixel limit is 413, bytes that are not an image are
-415 whatever the content type says, an empty body is 400 — always a JSON ``{"error", "kind"}``,
+415 whatever the content type says, an empty body or a malformed multipart one is 400 — always a
+JSON ``{"error", "kind"}``,
 never a traceback. Binds to 127.0.0.1 unless told; an API key (``--api-key`` or ``RECOG_API_KEY``)
 is required in ``X-API-Key`` when set; CORS is off unless origins are given.
 """
@@ -85,6 +90,7 @@ class Predictor:
         self.meta = self.model.meta
         self.classes = list(self.meta["classes"])
         self.takes_text = "text" in self.meta.get("inputs", ())  # a fusion model: image + text
+        self._explainer: Any = None
 
     def read(self, data: bytes, text: str | None = None) -> Any:
         """The image as the model's uint8 input (C, H, W), decoded as in training; for a fusion model
@@ -116,9 +122,13 @@ class Predictor:
         if self.backend != "torch":
             raise NotImplementedError("explanations need the torch backend: serve the run or its weights file "
                                       "(recog serve RUN), not the .onnx export")
+        import copy
+
         from recog.explanations import DEFAULT_METHOD, explain, overlay_png
 
-        return overlay_png(explain(self.model, image[None], method=method or DEFAULT_METHOD, target=target))
+        if self._explainer is None:  # its own copy: the attribution's hooks never touch the model predicting
+            self._explainer = copy.deepcopy(self.model)
+        return overlay_png(explain(self._explainer, image[None], method=method or DEFAULT_METHOD, target=target))
 
 
 KNOWN_PATHS = ("/", "/healthz", "/metrics", "/v1/model", "/v1/predict", "/v1/explain", "/docs", "/openapi.json")
@@ -160,6 +170,9 @@ class Busy(Exception):
         self.retry_after = retry_after
 
 
+EXPLORE = 16  # the batcher re-measures both ends (max_batch, 1) once every this many batches
+
+
 class Batcher:
     """Dynamic batching with a bounded queue: ``admit`` (or :class:`Busy`), then ``submit`` the
     decoded item, or ``withdraw`` if it could not be decoded. One model thread runs the batches."""
@@ -174,6 +187,7 @@ class Batcher:
         self.worker: asyncio.Task | None = None
         self.batch_seconds = 0.05  # moving average, for Retry-After
         self.batches = 0
+        self.per_image: dict[int, float] = {}  # batch sizes by power of two -> moving average of seconds per image
 
     def admit(self) -> None:
         waiting = self.incoming + (self.queue.qsize() if self.queue is not None else 0)
@@ -197,9 +211,26 @@ class Batcher:
         self.changed.set()
         return await asyncio.wait_for(future, timeout)  # cancels the future on timeout: the worker skips it
 
-    async def call(self, fn: Callable[[], Any], timeout: float) -> Any:
-        """``fn()`` on the model thread (between batches), within ``timeout`` seconds."""
-        return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self.executor, fn), timeout)
+    def cap(self) -> int:
+        """The most items the next batch takes: ``max_batch``, unless smaller batches have measured
+        cheaper per image on this machine (an ONNX session whose batches of 32 run slower per image
+        than single images: batching would lower throughput); then the size range that measured
+        cheapest. Every :data:`EXPLORE` batches one is taken at ``max_batch`` and one at 1, so that
+        both ends stay measured as the load and the machine change."""
+        if self.batches % EXPLORE == 0:
+            return self.max_batch
+        if self.batches % EXPLORE == EXPLORE - 1:
+            return 1
+        measured = {size: cost for size, cost in self.per_image.items()}
+        if 1 not in measured or len(measured) < 2:
+            return self.max_batch
+        best = min(measured, key=lambda size: (measured[size], -size))  # ties: the larger batch
+        return self.max_batch if best == max(measured) else min(self.max_batch, 2 * best - 1)
+
+    def _measured(self, size: int, seconds: float) -> None:
+        bucket = 1 << (size.bit_length() - 1)  # 1, 2-3, 4-7, …: batch sizes by power of two
+        cost = seconds / size
+        self.per_image[bucket] = cost if bucket not in self.per_image else 0.7 * self.per_image[bucket] + 0.3 * cost
 
     def _start(self) -> None:
         if self.worker is None:
@@ -210,12 +241,13 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self.queue.get()]
+            limit = self.cap()
             deadline = loop.time() + self.max_wait
-            while len(batch) < self.max_batch:
-                while len(batch) < self.max_batch and not self.queue.empty():
+            while len(batch) < limit:
+                while len(batch) < limit and not self.queue.empty():
                     batch.append(self.queue.get_nowait())
                 left = deadline - loop.time()
-                if len(batch) >= self.max_batch or self.incoming <= 0 or left <= 0:
+                if len(batch) >= limit or self.incoming <= 0 or left <= 0:
                     break  # full, or nobody else on the way, or waited long enough
                 self.changed.clear()
                 try:
@@ -236,6 +268,7 @@ class Batcher:
             seconds = time.perf_counter() - start
             self.batch_seconds = 0.8 * self.batch_seconds + 0.2 * seconds
             self.batches += 1
+            self._measured(len(batch), seconds)
             for (_, future), answer in zip(batch, answers):
                 if not future.done():
                     future.set_result((answer, seconds, len(batch)))
@@ -261,7 +294,12 @@ class BodyLimit:
             return await _json(send, 413 if length.isdigit() else 400,
                                {"error": f"body over the {self.limit / 2**20:g} MB limit" if length.isdigit()
                                 else "bad Content-Length", "kind": "too_large" if length.isdigit() else "bad_request"})
-        seen = 0
+        seen, started = 0, False
+
+        async def sending(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
 
         async def limited() -> dict:
             nonlocal seen
@@ -273,9 +311,11 @@ class BodyLimit:
             return message
 
         try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _json(send, 413, {"error": f"body over the {self.limit / 2**20:g} MB limit", "kind": "too_large"})
+            await self.app(scope, limited, sending)
+        except _TooLarge:  # read outside the routes' own handling: answered here unless an answer has begun
+            if not started:
+                await _json(send, 413, {"error": f"body over the {self.limit / 2**20:g} MB limit",
+                                        "kind": "too_large"})
 
 
 class _TooLarge(Exception):
@@ -313,12 +353,15 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
         return predictor.run(images, top_k)
 
     batcher = Batcher(run, max_batch, max_wait_ms, max_queue)
+    explainer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="recog-explain")
+    explaining: list[concurrent.futures.Future | None] = [None]  # the explanation running, if any
     metrics.queue.set_function(lambda: batcher.incoming + (batcher.queue.qsize() if batcher.queue else 0))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
         yield
         batcher.close()
+        explainer.shutdown(wait=False, cancel_futures=True)
 
     # with an API key, the model card and the API's own description need it too (docs and schema are not
     # served then: they would describe the model to anyone)
@@ -378,25 +421,29 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
                 "recog_version": __version__}
 
     async def decoded(request: Request) -> Any:
-        """The request's image decoded, or the JSON refusal; admitted to the queue first (or 503)."""
+        """The request's image decoded, or the JSON refusal. Its body is read first (within the timeout:
+        a client that stalls half-way is answered 408 and never held a place in the queue), then it is
+        admitted to the queue (or 503) and decoded."""
         if refused(request):
             return refuse(401, "missing or wrong X-API-Key", "unauthorized")
+        try:
+            data = await asyncio.wait_for(_image_bytes(request), timeout)
+        except asyncio.TimeoutError:
+            return refuse(408, f"the request's body did not arrive within {timeout:g} s", "timeout")
+        if isinstance(data, JSONResponse):
+            return data
         try:
             batcher.admit()
         except Busy as busy:
             return refuse(503, f"the server is busy: try again in {busy.retry_after} s", "busy",
                           {"Retry-After": str(busy.retry_after)})
         try:
-            data = await _image_bytes(request)
-            refusal = data if isinstance(data, JSONResponse) else None
-            if refusal is None:
-                try:
-                    image, text = data  # a text only for models that read one: read(bytes) stays the interface
-                    return await run_in_threadpool(predictor.read, *((image,) if text is None else (image, text)))
-                except ImageReadError as exc:  # the message names no server path: the upload has no name here
-                    refusal = refuse(STATUS.get(exc.kind, 415), str(exc), exc.kind)
-                except ConfigError as exc:  # text for an image-only model, or no text encoder installed
-                    refusal = refuse(501 if isinstance(exc, MissingExtra) else 400, str(exc), "bad_request")
+            image, text = data  # a text only for models that read one: read(bytes) stays the interface
+            return await run_in_threadpool(predictor.read, *((image,) if text is None else (image, text)))
+        except ImageReadError as exc:  # the message names no server path: the upload has no name here
+            refusal = refuse(STATUS.get(exc.kind, 415), str(exc), exc.kind)
+        except ConfigError as exc:  # text for an image-only model, or no text encoder installed
+            refusal = refuse(501 if isinstance(exc, MissingExtra) else 400, str(exc), "bad_request")
         except BaseException:
             batcher.withdraw()
             raise
@@ -430,11 +477,15 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
         image = await decoded(request)
         if isinstance(image, JSONResponse):
             return image
-        batcher.withdraw()  # explanations run on the model thread between batches, not in a batch
+        batcher.withdraw()  # explanations run on their own thread and model copy, not in a batch
         if predictor.takes_text:  # the image's explanation (the model given the image without its text)
             image = image[0]
+        if explaining[0] is not None and not explaining[0].done():  # one at a time, a timed-out one included:
+            return refuse(503, "an explanation is still running: try again shortly", "busy",  # it cannot be
+                          {"Retry-After": str(max(1, math.ceil(timeout / 2)))})  # stopped, only not joined
+        explaining[0] = explainer.submit(predictor.explain_png, image, method, target)
         try:
-            png = await batcher.call(lambda: predictor.explain_png(image, method, target), timeout)
+            png = await asyncio.wait_for(asyncio.wrap_future(explaining[0]), timeout)
         except asyncio.TimeoutError:
             return refuse(504, f"no explanation within {timeout:g} s", "timeout")
         except ConfigError as exc:  # a method or class that does not exist, or Captum missing
@@ -443,18 +494,29 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
 
     async def _image_bytes(request: Request) -> tuple[bytes, str | None] | JSONResponse:
         """(the raw body or the multipart ``file`` field (its filename is never used), the ``text``
-        form field or query parameter, for fusion models)."""
+        form field or query parameter, for fusion models); a refusal for a body over the limit, a
+        malformed multipart body or a client that left."""
+        from starlette.exceptions import HTTPException
+        from starlette.requests import ClientDisconnect
+
         text = request.query_params.get("text")
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            form = await request.form()
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                return refuse(400, "multipart body without a 'file' field", "bad_request")
-            data = await upload.read()
-            field = form.get("text")
-            text = field if isinstance(field, str) else text
-        else:
-            data = await request.body()
+        try:
+            if request.headers.get("content-type", "").startswith("multipart/form-data"):
+                form = await request.form()
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    return refuse(400, "multipart body without a 'file' field", "bad_request")
+                data = await upload.read()
+                field = form.get("text")
+                text = field if isinstance(field, str) else text
+            else:
+                data = await request.body()
+        except _TooLarge:
+            return refuse(413, f"body over the {max_upload_mb:g} MB limit", "too_large")
+        except HTTPException as exc:  # starlette's multipart parser: no boundary, a broken part…
+            return refuse(400, f"malformed multipart body: {exc.detail}", "bad_request")
+        except ClientDisconnect:
+            return refuse(400, "the client closed the connection before its body arrived", "bad_request")
         if not data:
             return refuse(400, "empty body: send an image", "empty")
         return data, text

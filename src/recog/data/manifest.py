@@ -16,7 +16,9 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -132,5 +134,45 @@ def scan_manifest(path: Path) -> Scan:
     if skipped:
         warn(f"{len(skipped)} images named in {path} were not found (first: {skipped[0][0]}); "
              f"they are listed in the run folder's skipped.csv")
+    _warn_repeats(path, pairs)
     return Scan(path, classes, pairs, multilabel=multi, skipped=skipped,
                 texts={split: texts.get(split, []) for split in pairs} if has_text else None)
+
+
+def _warn_repeats(path: Path, pairs: dict[str, list[tuple[str, Label]]]) -> None:
+    """Warn about images listed twice in one split (they weigh double) and images in two splits, by path
+    or by content (the same bytes under another name): a test image also trained on makes the test
+    score measure memory. Contents are compared only among files of equal size (hashed then)."""
+    for split, rows in pairs.items():
+        seen: set[str] = set()
+        twice = []
+        for f, _ in rows:
+            key = os.path.realpath(f)
+            if key in seen:
+                twice.append(f)
+            seen.add(key)
+        if twice:
+            warn(f"{len(twice)} rows of the {split} split of {path} repeat an image listed before (first: "
+                 f"{twice[0]}): each repeat weighs it once more")
+    splits = list(pairs)
+    real = {split: {os.path.realpath(f) for f, _ in pairs[split]} for split in splits}
+    by_size: dict[int, dict[str, list[str]]] = {}
+    for split in splits:
+        for f in real[split]:
+            by_size.setdefault(os.path.getsize(f), {}).setdefault(split, []).append(f)
+    digests: dict[str, dict[str, str]] = {split: {} for split in splits}
+    for group in by_size.values():
+        if len(group) > 1:  # files of this size in two splits or more: their contents are compared
+            for split, files in group.items():
+                for f in files:
+                    digests[split][hashlib.sha256(Path(f).read_bytes()).hexdigest()] = f
+    for i, a in enumerate(splits):
+        for b in splits[i + 1:]:
+            shared = sorted(real[a] & real[b])
+            same = sorted(digests[b][d] for d in digests[a].keys() & digests[b].keys()
+                          if digests[b][d] not in real[a])
+            if shared or same:
+                first = (shared or same)[0]
+                warn(f"{len(shared) + len(same)} images of the {a} split of {path} are also in its {b} split "
+                     f"({len(shared)} by path, {len(same)} by content; first: {first}): the {b} score then "
+                     f"measures what was {'trained on' if a == 'train' else 'seen'}, not new images")

@@ -188,7 +188,8 @@ def gathered(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor,
 def _check_finite(t: Training, row: dict[str, Any], epoch: int) -> None:
     """Weights or a validation loss that are NaN or infinite stop the run before anything of this
     epoch is written (a finite training loss does not prove finite weights after the last step)."""
-    broken = [name for name, p in t.model.named_parameters() if not torch.isfinite(p).all()]
+    broken = [name for name, p in [*t.model.named_parameters(), *t.model.named_buffers()]  # batch-norm statistics
+              if p.is_floating_point() and not torch.isfinite(p).all()]  # too: eval-mode outputs read them
     val_broken = t.val_loader is not None and not math.isfinite(row["val_loss"])
     if not broken and not val_broken:
         return

@@ -35,7 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from recog.config import NO_RECIPE, RECIPE_AUTO, UNFREEZE, TrainConfig, parse_duration, recipe_layer
+from recog.config import (FUSION_PREFIX, NO_RECIPE, RECIPE_AUTO, UNFREEZE, TrainConfig, is_fusion, parse_duration,
+                           recipe_layer)
 from recog.data import Probe, probe_dataset
 from recog.device import autocast, eval_mode, resolve_device, resolve_precision
 from recog.engine.budget import time_eval, time_steps
@@ -123,15 +124,19 @@ def plan_transfer(given: dict[str, Any], probe: Probe) -> dict[str, Any] | None:
     if source is None and given.get("model") is None:  # a checkpoint file: the user names its architecture
         raise ConfigError(f"--pretrained {pretrained}: say which architecture the checkpoint is for with --model "
                           f"(timm:NAME or tv:NAME)")
+    fusion = is_fusion(given.get("model") or "")
     if source is not None:
-        if given.get("model") not in (None, source.architecture):
-            raise ConfigError(f"pretrained {source.name} is for {source.architecture}, not {given['model']}")
+        if given.get("model") not in (None, source.architecture, FUSION_PREFIX + source.architecture):
+            raise ConfigError(f"pretrained {source.name} is for {source.architecture}, not {given['model']} "
+                              f"({FUSION_PREFIX}{source.architecture} takes it too)")
         planned.update({k: v for k, v in (("model", source.architecture), ("image_size", source.image_size),
                                           ("mean", list(source.mean)), ("std", list(source.std)))
                         if given.get(k) is None})
         if given.get("channels") is None:
             planned["channels"] = 3  # greyscale photos are read as RGB: the weights see three channels
-    if transfer in ("auto", "probe", "partial"):
+    if fusion:  # the image model's weights fine-tune with the fusion layers (cached features would drop the text)
+        planned["transfer"] = "full" if transfer == "auto" else transfer
+    elif transfer in ("auto", "probe", "partial"):
         choice = _choose_strategy(given, probe, {**given, **planned})
         if transfer == "auto" and choice.transfer is None:
             if given.get("pretrained") is None:  # the planner's own idea: from scratch instead

@@ -299,8 +299,30 @@ def check_batch_memory(cfg: TrainConfig, fraction: float = MEMORY_FRACTION) -> N
 def _probe_model(cfg: TrainConfig, ds: Dataset) -> torch.nn.Module:
     """A throw-away model as the run will build it (its random initial values are of no use): the
     global random state is left as it was, so the real model's initialisation does not depend on it."""
+    _check_parameters(cfg, ds)
     with torch.random.fork_rng(devices=[]):
         return create_model(cfg.model, len(ds.classes), ds.channels, ds.image_size, **cfg.model_args)
+
+
+def _check_parameters(cfg: TrainConfig, ds: Dataset) -> None:
+    """A model whose weights, gradients and optimizer state alone would not fit in the memory is refused
+    with the numbers before a byte of it is allocated (counted on the meta device): e.g. seednet, whose
+    first fully connected layer grows with the image size, at 4,000 px."""
+    try:
+        with torch.device("meta"):
+            shell = create_model(cfg.model, len(ds.classes), ds.channels, ds.image_size, **cfg.model_args)
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - a builder that cannot run on the meta device: built for real below
+        return
+    params = sum(p.numel() for p in shell.parameters())
+    need = params * 4 * 4  # fp32 weights, their gradients and two optimizer moments
+    available = available_memory(torch.device("cpu"))
+    if need > MEMORY_FRACTION * available:
+        raise ConfigError(f"{cfg.model} at {ds.image_size} px has {params / 1e6:,.0f} M parameters: {need / 2**30:,.1f} "
+                          f"GiB with their gradients and optimizer state, over {MEMORY_FRACTION:.0%} of the "
+                          f"{available / 2**30:.1f} GiB available; give a smaller --image-size (the planner chooses "
+                          f"one when it is left unset) or another --model")
 
 
 def _plan_memory(cfg: TrainConfig, probe: torch.nn.Module, ds: Dataset,

@@ -124,11 +124,14 @@ def load_pretrained(model: nn.Module, spec: str, head_name: str) -> tuple[list[s
     from recog.weights import read_weights
 
     source = source_of(spec)
+    # a fusion model (fusion:NAME) takes the weights into its image model, whose keys start with "image."
+    image = "image." if type(model).__name__ == "FusionNet" else ""
     if source is not None:
         state = source_weights(source, model)
     else:
         state, _ = read_weights(os.fspath(Path(spec).expanduser()))
-        state = _match_prefix(state, model.state_dict())
+        state = _match_prefix(state, model.image.state_dict() if image else model.state_dict())
+    state = {image + k: v for k, v in state.items()}
     own = model.state_dict()
     taken = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     body = [k for k in own if not k.startswith(head_name + ".")]
