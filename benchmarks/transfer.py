@@ -57,6 +57,14 @@ def run(data: Path, budget: str, seed: int, flags: list[str]) -> dict[str, objec
             "cached": "features: cached" in plan, "plan": plan}
 
 
+def describe(row: dict[str, object]) -> str:
+    if "accuracy" not in row:
+        return f"failed: {row['error']}"
+    how = f"{row['transfer']} from {row['pretrained']}" if row["pretrained"] else "from scratch"
+    return (f"{row['accuracy']:.2%} on {row['split']}, {row['wall_s']} s wall, {how} at {row['image_size']} px"
+            f"{', features cached' if row['cached'] else ''}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
@@ -76,10 +84,7 @@ def main() -> None:
             for seed in args.seeds:
                 row = run(data, BUDGETS[name], seed, COLUMNS[column])
                 rows.append(row)
-                print(f"{name} {column} seed {seed}: " + (f"{row['accuracy']:.2%} on {row['split']}, {row['wall_s']} s wall"
-                      f", {row['transfer']} from {row['pretrained']} at {row['image_size']} px"
-                      f"{', features cached' if row['cached'] else ''}" if "accuracy" in row else
-                      f"failed: {row['error']}"), flush=True)
+                print(f"{name} {column} seed {seed}: {describe(row)}", flush=True)
             results[name][column] = rows
     print()
     print(f"| set (budget) | {' | '.join(args.columns)} |")

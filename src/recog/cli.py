@@ -164,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--backend", help="torch or onnx (default: onnx for an .onnx file, else torch)")
     p.add_argument("--max-upload-mb", type=float, default=10, help="larger bodies get 413 (default: 10)")
+    p.add_argument("--threads", type=int, help="the model's CPU threads (default: the cores this process may use)")
     p.add_argument("--api-key", help="require this key in X-API-Key (or set RECOG_API_KEY)")
     p.add_argument("--device", default="auto")
     _add_inference_flags(p)
@@ -374,7 +375,8 @@ def cmd_serve(ns: argparse.Namespace) -> int:
 
     serve(ns.source, host=ns.host, port=ns.port, backend=ns.backend, max_upload_mb=ns.max_upload_mb,
           api_key=ns.api_key, device=ns.device, precision=ns.precision, max_batch=ns.max_batch,
-          max_wait_ms=ns.max_wait_ms, max_queue=ns.max_queue, timeout=ns.timeout, cors=ns.cors, tta=ns.tta)
+          max_wait_ms=ns.max_wait_ms, max_queue=ns.max_queue, timeout=ns.timeout, cors=ns.cors, tta=ns.tta,
+          threads=ns.threads)
     return 0
 
 

@@ -82,6 +82,8 @@ class TrainConfig:
     loader: str = opt("auto", 'auto | memory | stream (memory when decoded data fits --memory-fraction of RAM)')
     memory_fraction: float = opt(0.25)
     workers: int | None = opt(None, 'streaming loader worker processes (default: the CPU count, up to 8)')
+    threads: int | None = opt(None, 'CPU threads for training (default: measured on this machine: its usable cores, '
+                                    'fewer when another process keeps them busy)')
     cache: bool = opt(True, 'keep decoded image folders in the cache folder for the next run')
     max_image_pixels: int | None = opt(None, "larger images are skipped as decompression bombs (Pillow's 89.5M)")
     allow_empty_classes: bool = opt(False, 'an empty class folder is a warning instead of an error')
@@ -201,6 +203,8 @@ class TrainConfig:
         if self.transfer in ("probe", "partial") and (is_fusion(self.model) or self.head == "text"):
             raise ConfigError(f"transfer {self.transfer} trains on cached features of a linear head; fusion models "
                               "and text heads train with transfer full")
+        if self.threads is not None and (isinstance(self.threads, bool) or not 1 <= self.threads <= 1024):
+            raise ConfigError(f"threads must be 1 to 1024, got {self.threads!r}")
         if self.unfreeze is not None and (isinstance(self.unfreeze, bool) or self.unfreeze < 1):
             raise ConfigError(f"unfreeze must be a whole number of stages, at least 1, got {self.unfreeze!r}")
         if any("{class}" not in t for t in self.prompt.split("|") if t.strip()) or not self.prompt.strip("| "):

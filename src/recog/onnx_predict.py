@@ -20,9 +20,13 @@ from recog.fileio import META_KEY
 from recog.runs import check_meta
 
 
-def session(path: str | os.PathLike, spinning: bool = True) -> Any:
+def session(path: str | os.PathLike, spinning: bool = True, threads: int | None = None) -> Any:
     """An ONNX Runtime CPU session, or one line saying what to install. ``spinning=False``: its
-    threads sleep between calls instead of spinning (a server, where other threads need the cores)."""
+    threads sleep between calls instead of spinning (a server, where other threads need the cores).
+    ``threads``: its intra-op threads (default: the cores this process may use, a cgroup quota
+    included, where ONNX Runtime would take every core of the host)."""
+    from recog.cores import usable_cores
+
     try:
         import onnxruntime as ort
     except ImportError:
@@ -31,6 +35,7 @@ def session(path: str | os.PathLike, spinning: bool = True) -> Any:
     options.log_severity_level = 3  # warnings about unused initialisers are not the user's business
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.intra_op_num_threads = threads or usable_cores()
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
@@ -40,11 +45,11 @@ def session(path: str | os.PathLike, spinning: bool = True) -> Any:
 class OnnxClassifier:
     """An exported recog model: ``predict_arrays`` on uint8 (N, C, H, W) images at its size."""
 
-    def __init__(self, path: str | os.PathLike, spinning: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike, spinning: bool = True, threads: int | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise WeightsError(f"no ONNX file at {self.path}")
-        self.session = session(self.path, spinning)
+        self.session = session(self.path, spinning, threads)
         props = self.session.get_modelmeta().custom_metadata_map
         if META_KEY not in props:
             raise WeightsError(f"{self.path} was not exported by recog: no classes or preprocessing in its metadata")

@@ -63,7 +63,7 @@ class Predictor:
     (``run``, one batch). Backed by a torch Classifier or an ONNX file."""
 
     def __init__(self, source: str | os.PathLike, backend: str | None = None, device: str = "auto",
-                 precision: str = "auto", tta: bool | None = None) -> None:
+                 precision: str = "auto", tta: bool | None = None, threads: int | None = None) -> None:
         path = Path(source)
         backend = backend or ("onnx" if path.suffix.lower() == ".onnx" else "torch")
         if backend not in ("torch", "onnx"):
@@ -79,11 +79,16 @@ class Predictor:
             if precision == "bf16" or tta:
                 raise ConfigError("--precision bf16 and --tta are for the torch backend; an ONNX file computes one "
                                   "view as it was exported (recog export --int8 for a faster one)")
-            self.model: Any = OnnxClassifier(path, spinning=False)  # its threads sleep: the decoders need the cores
+            self.model: Any = OnnxClassifier(path, spinning=False, threads=threads)  # threads that sleep: the
+            # decoders need the cores
             self.precision = self.model.meta.get("precision", "fp32")  # "int8" for recog export --int8
         else:
+            import torch
+
+            from recog.cores import usable_cores
             from recog.inference import load
 
+            torch.set_num_threads(threads or usable_cores())  # a cgroup quota included: not every host core
             self.model = load(path, device, precision, tta, verbose=True)
             self.precision = self.model.policy.precision
         self.policy = "fp32, no TTA (the exported graph)" if backend == "onnx" else self.model.policy.describe()
@@ -546,10 +551,10 @@ def check_port(port: int) -> None:
 def serve(source: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, backend: str | None = None,
           max_upload_mb: float = 10, api_key: str | None = None, device: str = "auto", precision: str = "auto",
           max_batch: int = 32, max_wait_ms: float = 5, max_queue: int = 256, timeout: float | str = 30,
-          cors: list[str] | None = None, tta: bool | None = None) -> None:
+          cors: list[str] | None = None, tta: bool | None = None, threads: int | None = None) -> None:
     """Run the server until interrupted. ``precision`` and ``tta``: the inference policy (defaults: as
     the run's own evaluation; :func:`recog.inference.inference_policy`). ``timeout``: seconds or a
-    duration (``30s``, ``1m``)."""
+    duration (``30s``, ``1m``). ``threads``: the model's CPU threads (default: the usable cores)."""
     try:
         import fastapi  # noqa: F401  (present?)
         import prometheus_client  # noqa: F401  (GET /metrics)
@@ -565,7 +570,9 @@ def serve(source: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, 
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {host}: reachable from other machines"
               + ("" if api_key else f" and without an API key (--api-key or {API_KEY_ENV})"), file=sys.stderr)
-    predictor = Predictor(source, backend, device, precision, tta)
+    if threads is not None and not 1 <= threads <= 1024:
+        raise ConfigError(f"--threads must be 1 to 1024, got {threads}")
+    predictor = Predictor(source, backend, device, precision, tta, threads)
     print(f"inference: {predictor.policy} (--precision, --tta/--no-tta to change)", file=sys.stderr)
     app = create_app(predictor, max_upload_mb, api_key=api_key,
                      max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout=timeout, cors=cors)

@@ -13,6 +13,7 @@ nothing rewrites them while training (a budget's re-plans live in the loop state
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from recog.data.files import total_memory
 from recog.data.image import DEFAULT_MAX_PIXELS
 from recog.data.loader import batches_per_epoch
 from recog.data.stream import default_workers, make_loader
-from recog.device import autocast, resolve_device, resolve_precision
+from recog.device import autocast, eval_mode, resolve_device, resolve_precision
 from recog.engine import distributed as dist
 from recog.engine.budget import time_eval
 from recog.engine.distributed import is_main
@@ -100,6 +101,7 @@ def resolve(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path
         taken, _ = load_pretrained(probe, cfg.pretrained, head(probe)[0])
         initial = {k: v for k, v in probe.state_dict().items() if k in set(taken)}
     cfg, memory = _plan_memory(cfg, probe, ds, device)
+    cfg = _plan_threads(cfg, probe, ds, device)
     del probe
     if saved is None and (not cfg.budget_s or cfg.transfer in CACHED):  # a resumed run keeps its plan (its
         spe = batches_per_epoch(len(ds.train), cfg.batch_size)  # config.yaml); a time budget's: plan_budget
@@ -208,7 +210,8 @@ def plan_line(training: Training) -> str:
              f"batch {cfg.batch_size}, {epochs:.3g} epoch{'' if epochs == 1 else 's'}{timing}")
     return (f"plan: {cfg.recipe or 'no'} recipe: {cfg.model} {params / 1e6:.2f} M params at {t.data.image_size} px"
             f"{f' (stem {stride}x{stride} patches)' if stride > 1 else ''}, {cfg.precision}"
-            f"{', channels-last' if cfg.channels_last else ''}, {steps}"
+            f"{', channels-last' if cfg.channels_last else ''}"
+            f"{f', {cfg.threads} thread' + ('s' if cfg.threads != 1 else '') if cfg.threads else ''}, {steps}"
             f"{f' on {dist.world_size()} processes' if dist.world_size() > 1 else ''}; "
             f"{t.memory.describe(cfg.batch_size)}{_transfer_status(t)}")
 
@@ -302,6 +305,43 @@ def _probe_model(cfg: TrainConfig, ds: Dataset) -> torch.nn.Module:
     _check_parameters(cfg, ds)
     with torch.random.fork_rng(devices=[]):
         return create_model(cfg.model, len(ds.classes), ds.channels, ds.image_size, **cfg.model_args)
+
+
+def _plan_threads(cfg: TrainConfig, model: torch.nn.Module, ds: Dataset, device: torch.device) -> TrainConfig:
+    """CPU threads (:mod:`recog.engine.threads`): ``threads`` or ``OMP_NUM_THREADS`` as given; else a few
+    training steps of the throw-away ``model`` timed at each candidate count, the fewest threads within
+    10% of the fastest taken. Under torchrun each process keeps its share of the cores."""
+    from recog.engine import threads
+
+    if device.type != "cpu" or dist.world_size() > 1:
+        return cfg
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+        return cfg
+    if "OMP_NUM_THREADS" in os.environ:
+        return cfg.replace(threads=torch.get_num_threads())
+    cores = threads.usable_cores()
+    counts = threads.candidates(cores)
+    times: dict[int, float] = {}
+    if len(counts) > 1:
+        fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        x = torch.randn(min(cfg.batch_size, 32), ds.channels, ds.image_size, ds.image_size).contiguous(memory_format=fmt)
+        state = {k: v.clone() for k, v in model.state_dict().items()}  # batch-norm statistics are restored
+
+        def step() -> None:
+            with eval_mode(model, train=True), autocast(device, cfg.precision):
+                loss = model(x).float().logsumexp(1).mean()
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+
+        with torch.random.fork_rng(devices=[]):
+            times = threads.measure(step, counts)
+        model.load_state_dict(state)
+    chosen = threads.pick(times) if len(times) > 1 else counts[0]
+    torch.set_num_threads(chosen)
+    if cfg.verbose and is_main() and len(times) > 1:
+        print(f"threads: {threads.describe(chosen, times, cores)}", file=sys.stderr)
+    return cfg.replace(threads=chosen)
 
 
 def _check_parameters(cfg: TrainConfig, ds: Dataset) -> None:
