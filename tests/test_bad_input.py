@@ -397,7 +397,7 @@ def test_non_finite_batch_norm_statistics_are_never_saved(tmp_path: Path, cifar_
             bn = next(m for m in row["model"].modules() if isinstance(m, torch.nn.BatchNorm2d))
             bn.running_var.fill_(float("nan"))
 
-    with pytest.raises(TrainingError, match="non-finite in epoch 2.*running_var"):
+    with pytest.raises(TrainingError, match=r"batch-norm statistics \(.*running_var\) became non-finite in epoch 2 \(peak lr"):
         recog.train(data=str(cifar_png), model="airnet", epochs=2, val_fraction=0, project=str(tmp_path),
                     verbose=False, on_epoch_end=poison)
     state, meta = read_weights(tmp_path / "train" / "weights" / "last.safetensors")
@@ -447,3 +447,18 @@ def test_a_model_too_large_for_the_memory_is_refused_with_the_numbers(tmp_path: 
         recog.train(data=str(tmp_path / "photos"), model="seednet", image_size=4000, epochs=1,
                     project=str(tmp_path / "runs"), verbose=False)
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_one_colour_images_are_named_and_a_failure_names_the_peak_rate(tmp_path: Path, capsys) -> None:
+    """Images that are each one flat colour: a warning says so before training (in bf16 airnet's loss
+    went NaN; the old advice then read "(lr 0) Try a lower --lr" from a schedule's last step)."""
+    import numpy as np
+    from PIL import Image
+
+    for cls, colour in (("red", (220, 20, 20)), ("green", (20, 220, 20)), ("blue", (20, 20, 220))):
+        (tmp_path / "flat" / cls).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(np.full((32, 32, 3), colour, dtype=np.uint8)).save(tmp_path / "flat" / cls / f"{i}.png")
+    run = recog.train(data=str(tmp_path / "flat"), precision="fp32", epochs=2, project=str(tmp_path / "runs"))
+    err = capsys.readouterr().err
+    assert "is one flat colour: a model can learn only their colour" in err and len(run.metrics) == 2

@@ -144,3 +144,26 @@ def test_bad_distributed_settings_are_named(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     assert main(["train", "--epochs", "1", "--project", str(tmp_path)]) == 2
     assert "start distributed training with torchrun" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("transfer", ["probe", "partial"])
+def test_transfer_from_a_checkpoint_under_torchrun(tmp_path: Path, cifar_png: Path, transfer: str) -> None:
+    """The cached-feature strategies under DDP: every rank fits the same head (or tail) on the same
+    features, rank 0 writes, and the ranks end with the same weights; the run evaluates as one."""
+    from safetensors.torch import save_file
+
+    from recog.models import create_model
+
+    donor = create_model("tv:resnet18", 7, 3, 32)
+    save_file({k: v.contiguous() for k, v in donor.state_dict().items()}, str(tmp_path / "donor.safetensors"))
+    done = torchrun(["--standalone", "--nproc-per-node", "2"],
+                    ["--data", str(cifar_png), "--model", "tv:resnet18", "--pretrained",
+                     str(tmp_path / "donor.safetensors"), "--transfer", transfer, "--epochs", "2",
+                     "--project", str(tmp_path / "runs")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = rank_lines(done.stderr)
+    assert set(ranks) == {0, 1} and ranks[0][1] == ranks[1][1]  # the same weights on both ranks
+    report = json.loads((tmp_path / "runs" / "train" / "report.json").read_text())
+    assert report["num_images"] == 100
+    assert recog.evaluate(tmp_path / "runs" / "train", out=tmp_path / "eval", verbose=False)["accuracy"] == \
+        pytest.approx(report["accuracy"])

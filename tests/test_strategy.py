@@ -94,3 +94,15 @@ def test_partial_fine_tune_from_a_local_resnet_checkpoint(cifar_png: Path, tmp_p
     assert again.report["accuracy"] == pytest.approx(run.report["accuracy"])
     with pytest.raises(ConfigError, match="already finished"):
         recog.train(resume=str(run.path), verbose=False)
+
+
+def test_a_multi_label_manifest_trains_by_partial_fine_tune(manifest: Path, tmp_path: Path) -> None:
+    """The task's own loss and decisions on cached activations: several labels per image, thresholds."""
+    from safetensors.torch import save_file
+
+    donor = create_model("tv:resnet18", 7, 3, 32)
+    save_file({k: v.contiguous() for k, v in donor.state_dict().items()}, str(tmp_path / "donor.safetensors"))
+    run = recog.train(data=str(manifest), model="tv:resnet18", pretrained=str(tmp_path / "donor.safetensors"),
+                      transfer="partial", unfreeze=1, epochs=2, project=str(tmp_path / "runs"), verbose=False)
+    assert run.report["task"] == "multilabel" and len(run.metrics) == 2
+    assert 0.0 <= run.metrics[-1]["val_map"] <= 1.0

@@ -193,8 +193,12 @@ def _check_finite(t: Training, row: dict[str, Any], epoch: int) -> None:
     val_broken = t.val_loader is not None and not math.isfinite(row["val_loss"])
     if not broken and not val_broken:
         return
-    what = f"weights ({', '.join(broken[:3])})" if broken else f"validation loss ({row['val_loss']})"
-    raise TrainingError(f"the model's {what} became non-finite in epoch {epoch + 1} (lr {row['lr']:.3g}); "
+    params = {name for name, _ in t.model.named_parameters()}
+    kind = "weights" if any(name in params for name in broken) else "batch-norm statistics"
+    what = f"{kind} ({', '.join(broken[:3])})" if broken else f"validation loss ({row['val_loss']})"
+    # the peak rate: the epoch's last one is 0 at the end of a one-cycle or cosine schedule
+    peak = t.config.lr if t.config.lr is not None else row["lr"]
+    raise TrainingError(f"the model's {what} became non-finite in epoch {epoch + 1} (peak lr {peak:.3g}); "
                         f"stopped without saving it: {t.run_dir / 'weights'} keeps the last good epoch. "
                         f"Try a lower --lr, --grad-clip, or --precision fp32.")
 

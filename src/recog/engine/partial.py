@@ -60,9 +60,9 @@ def fit_partial(training: Training, hooks: Hooks | None = None) -> LoopState:
         return t.state
     show = cfg.verbose and is_main()
     trunk, tail = split_model(t.model, cfg.unfreeze)
-    acts = feature_pass(t, trunk, _parts(t, stage_label(cfg.unfreeze)), dtype=torch.bfloat16)
+    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32  # as the trunk computes them
+    acts = feature_pass(t, trunk, _parts(t, stage_label(cfg.unfreeze)), dtype=dtype)
     fwd_s = _forward_s_per_image(t, acts)
-    dtype = torch.float32 if cfg.precision == "fp32" else torch.bfloat16
     train = [acts[k] for k in sorted(acts) if k.startswith("train:")]  # per view: (n, C, H, W)
     val = acts.get("val:plain")
     name, layer = head(t.model)

@@ -206,7 +206,7 @@ def fit_head_first(training: Training, hooks: Hooks | None = None) -> LoopState:
 
     t = training
     plain = t.config.head == "linear" and not is_fusion(t.config.model)  # a fusion model's head sees text too
-    if t.state.epoch == 0 and t.config.pretrained and plain:
+    if t.state.epoch == 0 and t.config.pretrained and plain and _head_first_fits(t):
         name, layer = head(t.model)
         replace_head(t.model, nn.Identity())
         try:
@@ -216,6 +216,26 @@ def fit_head_first(training: Training, hooks: Hooks | None = None) -> LoopState:
             t.model.head_name = name
         fit_linear(t, torch.cat([f for k, f in feats.items() if k.startswith("train:")]), layer)
     return fit(t, hooks)
+
+
+HEAD_FIRST_SHARE = 0.2  # of a time budget, at most, for the head-first feature pass of a full fine-tune
+
+
+def _head_first_fits(t: Training) -> bool:
+    """Without a budget, always; with one, when the feature pass (every training image and its mirror,
+    the val images: one forward each, at the evaluation's measured speed) takes at most
+    :data:`HEAD_FIRST_SHARE` of it. Otherwise the head starts as the architecture initialises it, and
+    the plan says so."""
+    if t.budget is None or t.budget.plan is None:
+        return True
+    images = len(t.data.train) * (2 if t.config.flip else 1) + len(t.data.val or ())
+    seconds = images * t.budget.plan.timings.eval_image_s
+    if seconds <= HEAD_FIRST_SHARE * t.budget.seconds:
+        return True
+    if t.config.verbose and is_main():
+        print(f"note: the head is not fitted first: its feature pass over {images:,} images (~{seconds:.0f} s) would "
+              f"take over {HEAD_FIRST_SHARE:.0%} of the time budget", file=sys.stderr)
+    return False
 
 
 def fit_linear(t: Training, train_x: torch.Tensor, layer: nn.Linear) -> tuple[torch.Tensor, float, float]:

@@ -248,6 +248,20 @@ def _fusion_inputs(cfg: TrainConfig, ds: Dataset) -> tuple[TrainConfig, torch.Te
     return cfg.replace(model_args=args, fusion=args["fusion"], modalities=args["modalities"]), empty
 
 
+def _warn_flat(ds: Dataset, cfg: TrainConfig) -> None:
+    """Training images that are each one flat colour (decoded in memory; up to 512 looked at) give a
+    model nothing but their colour, and a net whose normalisation divides by their zero spatial
+    variance can blow up in bf16 (measured: airnet's loss NaN at the third step, fine in fp32)."""
+    images = getattr(ds.train, "images", None)
+    if images is None or not len(images):
+        return
+    sample = images[:512].float()
+    if bool((sample.flatten(2).std(2) == 0).all()):
+        advice = " (if training fails, --precision fp32)" if cfg.precision == "bf16" else ""
+        print(f"warning: every training image looked at ({len(sample)}) is one flat colour: a model can learn "
+              f"only their colour{advice}", file=sys.stderr)
+
+
 def _describe(ds: Dataset, cfg: TrainConfig) -> None:
     """The data summary, notes and an imbalance warning (rank 0)."""
     if not is_main():
@@ -256,6 +270,7 @@ def _describe(ds: Dataset, cfg: TrainConfig) -> None:
         print(ds.summary(), file=sys.stderr)
         for note in ds.notes:
             print(f"note: {note}", file=sys.stderr)
+    _warn_flat(ds, cfg)
     imbalance = ds.imbalance()
     if imbalance and cfg.class_weights is None and not cfg.balanced_sampling and cfg.pos_weight is None:
         big, small, ratio = imbalance
