@@ -443,7 +443,7 @@ def test_a_model_too_large_for_the_memory_is_refused_with_the_numbers(tmp_path: 
         for i in range(2):
             Image.fromarray(np.full((40, 40, 3), colour, dtype=np.uint8)).save(tmp_path / "photos" / cls / f"{i}.png")
     monkeypatch.setattr("recog.engine.resolve.available_memory", lambda device: 8 * 2**30)
-    with pytest.raises(ConfigError, match=r"seednet at 4000 px has [\d,]+ M parameters: [\d,.]+ GiB .* --image-size"):
+    with pytest.raises(ConfigError, match=r"seednet at 4000 px has [\d,.]+ M parameters: [\d,.]+ GiB .* of the 8.0 GiB available; give a smaller --image-size"):
         recog.train(data=str(tmp_path / "photos"), model="seednet", image_size=4000, epochs=1,
                     project=str(tmp_path / "runs"), verbose=False)
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())

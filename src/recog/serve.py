@@ -299,32 +299,25 @@ class BodyLimit:
             return await _json(send, 413 if length.isdigit() else 400,
                                {"error": f"body over the {self.limit / 2**20:g} MB limit" if length.isdigit()
                                 else "bad Content-Length", "kind": "too_large" if length.isdigit() else "bad_request"})
-        seen, started = 0, False
-
-        async def sending(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        seen = 0
 
         async def limited() -> dict:
+            # past the limit the body ends here, marked in the scope for the route to answer 413: an
+            # exception raised in receive() would cross the framework's middleware task groups as an
+            # ExceptionGroup and end as a 500 (or, caught here, as a second response after it)
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise _TooLarge()
+                    scope[OVER_LIMIT] = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
             return message
 
-        try:
-            await self.app(scope, limited, sending)
-        except _TooLarge:  # read outside the routes' own handling: answered here unless an answer has begun
-            if not started:
-                await _json(send, 413, {"error": f"body over the {self.limit / 2**20:g} MB limit",
-                                        "kind": "too_large"})
+        await self.app(scope, limited, send)
 
 
-class _TooLarge(Exception):
-    pass
+OVER_LIMIT = "recog.body_over_limit"  # set in the ASGI scope when a streamed body passes the upload limit
 
 
 async def _json(send: Any, status: int, body: dict) -> None:
@@ -516,12 +509,14 @@ def create_app(predictor: Predictor, max_upload_mb: float = 10, max_pixels: int 
                 text = field if isinstance(field, str) else text
             else:
                 data = await request.body()
-        except _TooLarge:
-            return refuse(413, f"body over the {max_upload_mb:g} MB limit", "too_large")
         except HTTPException as exc:  # starlette's multipart parser: no boundary, a broken part…
+            if request.scope.get(OVER_LIMIT):  # …or a body cut at the limit
+                return refuse(413, f"body over the {max_upload_mb:g} MB limit", "too_large")
             return refuse(400, f"malformed multipart body: {exc.detail}", "bad_request")
         except ClientDisconnect:
             return refuse(400, "the client closed the connection before its body arrived", "bad_request")
+        if request.scope.get(OVER_LIMIT):
+            return refuse(413, f"body over the {max_upload_mb:g} MB limit", "too_large")
         if not data:
             return refuse(400, "empty body: send an image", "empty")
         return data, text

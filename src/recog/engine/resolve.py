@@ -32,7 +32,7 @@ from recog.device import autocast, eval_mode, resolve_device, resolve_precision
 from recog.engine import distributed as dist
 from recog.engine.budget import time_eval
 from recog.engine.distributed import is_main
-from recog.engine.plan import MEMORY_FRACTION, MemoryPlan, activation_bytes, available_memory, fill_defaults, plan_memory
+from recog.engine.plan import MEMORY_FRACTION, MemoryPlan, _gib, activation_bytes, available_memory, fill_defaults, plan_memory
 from recog.engine.schedule import epochs_to_steps
 from recog.errors import ConfigError
 from recog.fileio import check_folder, next_run_dir
@@ -325,7 +325,8 @@ def _probe_model(cfg: TrainConfig, ds: Dataset) -> torch.nn.Module:
 def _plan_threads(cfg: TrainConfig, model: torch.nn.Module, ds: Dataset, device: torch.device) -> TrainConfig:
     """CPU threads (:mod:`recog.engine.threads`): ``threads`` or ``OMP_NUM_THREADS`` as given; else a few
     training steps of the throw-away ``model`` timed at each candidate count, the fewest threads within
-    10% of the fastest taken. Under torchrun each process keeps its share of the cores."""
+    10% of the fastest taken (``deterministic``: the usable cores, unmeasured, so that a rerun computes
+    with the same count). Under torchrun each process keeps its share of the cores."""
     from recog.engine import threads
 
     if device.type != "cpu" or dist.world_size() > 1:
@@ -338,7 +339,8 @@ def _plan_threads(cfg: TrainConfig, model: torch.nn.Module, ds: Dataset, device:
     cores = threads.usable_cores()
     counts = threads.candidates(cores)
     times: dict[int, float] = {}
-    if len(counts) > 1:
+    # sums split over another number of threads round differently: --deterministic keeps one count, the cores
+    if len(counts) > 1 and not cfg.deterministic:
         fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
         x = torch.randn(min(cfg.batch_size, 32), ds.channels, ds.image_size, ds.image_size).contiguous(memory_format=fmt)
         state = {k: v.clone() for k, v in model.state_dict().items()}  # batch-norm statistics are restored
@@ -374,10 +376,10 @@ def _check_parameters(cfg: TrainConfig, ds: Dataset) -> None:
     need = params * 4 * 4  # fp32 weights, their gradients and two optimizer moments
     available = available_memory(torch.device("cpu"))
     if need > MEMORY_FRACTION * available:
-        raise ConfigError(f"{cfg.model} at {ds.image_size} px has {params / 1e6:,.0f} M parameters: {need / 2**30:,.1f} "
-                          f"GiB with their gradients and optimizer state, over {MEMORY_FRACTION:.0%} of the "
-                          f"{available / 2**30:.1f} GiB available; give a smaller --image-size (the planner chooses "
-                          f"one when it is left unset) or another --model")
+        raise ConfigError(f"{cfg.model} at {ds.image_size} px has {params / 1e6:,.2f} M parameters: {_gib(need)} with "
+                          f"their gradients and optimizer state, over {MEMORY_FRACTION:.0%} of the {_gib(available)} "
+                          f"available; give a smaller --image-size (the planner chooses one when it is left unset) "
+                          f"or another --model")
 
 
 def _plan_memory(cfg: TrainConfig, probe: torch.nn.Module, ds: Dataset,
