@@ -26,7 +26,7 @@ PACKAGE = Path(recog.__file__).parent
 LAYERS = {
     "cli": 6, "api": 5, "tuning": 5, "lr_range": 5, "explanations": 5, "export": 5, "serve": 5, "engine": 4,
     "onnx_predict": 3, "evaluation": 3, "inference": 3, "tasks": 2, "text": 2, "data": 1, "models": 1,
-    "report": 0, "weights": 0, "memory": 0, "faithfulness": 5, "_version": 0, "runs": 3, "device": 0, "fileio": 0, "errors": 0, "config": 0, "__main__": 7,
+    "report": 0, "weights": 0, "memory": 0, "cores": 0, "faithfulness": 5, "_version": 0, "runs": 3, "device": 0, "fileio": 0, "errors": 0, "config": 0, "__main__": 7,
 }
 
 

@@ -179,12 +179,14 @@ def _choose_strategy(given: dict[str, Any], probe: Probe, planned: dict[str, Any
         costs = time_costs(model, 3, size, device, precision)
     budget_s = parse_duration(budget) if budget else None
     choice = choose(probe, budget_s, costs, flip=given.get("flip", True), default_unfreeze=depth)
-    if given.get("transfer", "auto") != "auto" and budget_s is not None and given.get("image_size") is None:
-        return replace(choice, size=None, why="") if (s := fitting_size(probe, budget_s, costs, size,
-                                                                       given.get("flip", True))) == size else \
-            replace(choice, size=s, why=f"{s} px: the feature pass at {size} px would take over "
-                                        f"{FEATURE_SHARE:.0%} of the budget")
-    return choice
+    if given.get("transfer", "auto") == "auto" or budget_s is None or given.get("image_size") is not None:
+        return choice
+    # a strategy the user named, under a budget: the resolution its feature pass affords
+    fits = fitting_size(probe, budget_s, costs, size, given.get("flip", True), LADDER)
+    if fits == size:
+        return replace(choice, size=None, why="")
+    return replace(choice, size=fits, why=f"{fits} px: the feature pass at {size} px would take over "
+                                          f"{FEATURE_SHARE:.0%} of the budget")
 
 
 def recipe_for(size: int, given: dict[str, Any]) -> str:

@@ -131,16 +131,15 @@ def choose(probe: Probe, budget_s: float | None, costs: Costs | None, flip: bool
                                  f"even the last stage: a linear head on the features")
 
 
-def fitting_size(probe: Probe, budget_s: float, costs: Costs, size: int, flip: bool = True) -> int:
+def fitting_size(probe: Probe, budget_s: float, costs: Costs, size: int, flip: bool = True,
+                 ladder: tuple[int, ...] = (32, 48, 64, 96, 128, 160, 192, 224, 256)) -> int:
     """For an explicit probe or partial under a budget: the largest size on the planner's ladder, up to
     the weights' ``size``, at which the feature pass and the final evaluation take at most
     :data:`FEATURE_SHARE` of the budget (the forward's cost taken to scale with the pixels); the
-    smallest if none does."""
-    from recog.engine.plan import LADDER
-
+    smallest if none does. ``ladder``: the planner's sizes (:data:`recog.engine.plan.LADDER`)."""
     views = 2 if flip else 1
     images = probe.train * views + probe.val + (probe.test or probe.val) * views
-    sizes = [s for s in LADDER if s < size] + [size]
+    sizes = [s for s in ladder if s < size] + [size]
     for s in reversed(sizes):
         if images * costs.forward_s * (s / size) ** 2 <= FEATURE_SHARE * budget_s:
             return s
