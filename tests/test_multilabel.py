@@ -50,8 +50,11 @@ def test_thresholds_are_saved_with_the_weights_and_used_by_predict(multilabel_ru
         sigmoid = clf(probs).float().sigmoid()
     for result, p in zip(results, sigmoid):
         chosen = {e["class"] for e in result["labels"]}
-        expected = {c for c, prob, t in zip(clf.classes, p.tolist(), thresholds) if prob >= t}
-        assert chosen == expected  # every label over its own threshold, none under it
+        # every label clearly over its own threshold, none clearly under it (predict batches the images
+        # in bf16: a probability within 0.01 of its threshold may round to either side)
+        over = {c for c, prob, t in zip(clf.classes, p.tolist(), thresholds) if prob >= t + 0.01}
+        under = {c for c, prob, t in zip(clf.classes, p.tolist(), thresholds) if prob < t - 0.01}
+        assert over <= chosen and not chosen & under
     assert main(["predict", str(multilabel_run.path), str(images[0]), "--json"]) == 0
     line = json.loads(capsys.readouterr().out.strip())
     assert set(line) == {"path", "labels"} and all(set(e) == {"class", "prob"} for e in line["labels"])

@@ -38,7 +38,7 @@ def pick(times: dict[int, float]) -> int:
     return min(n for n, t in times.items() if t <= fastest * (1 + MARGIN))
 
 
-def measure(step: Callable[[], None], counts: list[int], repeats: int = 3) -> dict[int, float]:
+def measure(step: Callable[[], None], counts: list[int], repeats: int = 2) -> dict[int, float]:
     """Seconds per ``step`` at each thread count (best of ``repeats`` after a warm-up), the counts
     interleaved so that a change in the machine's load falls on all of them; the thread count is left
     as it was. A step over :data:`MAX_STEP_S` at the first count stops the measurement there."""
