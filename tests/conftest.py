@@ -15,6 +15,15 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["RECOG_CACHE"] = str(tmp_path_factory.mktemp("recog_cache"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _threads_as_torch_has_them() -> None:
+    """Runs take torch's thread count instead of timing each count anew (a few steps in each of the
+    suite's hundreds of runs); tests/test_threads.py measures with the variable removed."""
+    import torch
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+
+
 SHARED_DATA = Path(os.environ.get("RECOG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
