@@ -28,13 +28,14 @@ import torch
 from torch import nn
 
 from recog.device import autocast, eval_mode
+from recog.engine.budget import time_eval
 from recog.engine.checkpoint import LoopState
 from recog.engine.distributed import is_main
 from recog.engine.optim import make_optimizer, optimizer_options
 from recog.engine.probe import _parts, feature_pass, fit_linear
 from recog.engine.schedule import lr_at
 from recog.errors import TrainingError
-from recog.models import head, replace_head
+from recog.models import head, headless
 from recog.models.split import split_model
 
 if TYPE_CHECKING:
@@ -62,18 +63,14 @@ def fit_partial(training: Training, hooks: Hooks | None = None) -> LoopState:
     trunk, tail = split_model(t.model, cfg.unfreeze)
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32  # as the trunk computes them
     acts = feature_pass(t, trunk, _parts(t, stage_label(cfg.unfreeze)), dtype=dtype)
-    fwd_s = _forward_s_per_image(t, acts)
+    fwd_s = _forward_s_per_image(t)
     train = [acts[k] for k in sorted(acts) if k.startswith("train:")]  # per view: (n, C, H, W)
     val = acts.get("val:plain")
     name, layer = head(t.model)
 
     # ---- the head: the linear probe's fit on the tail's pooled features (as pretrained) -------------
-    replace_head(t.model, nn.Identity())
-    try:
+    with headless(t.model):
         pooled = torch.cat([_run(t, tail, a, dtype).float() for a in train])
-    finally:
-        replace_head(t.model, layer)
-        t.model.head_name = name
     fit_linear(t, pooled, layer)
     del pooled
 
@@ -159,7 +156,7 @@ def _train_mode(tail: nn.Module) -> None:
             m.eval()
 
 
-def _forward_s_per_image(t: Training, acts: dict[str, torch.Tensor]) -> float | None:
+def _forward_s_per_image(t: Training) -> float | None:
     """Seconds per image of the whole model's forward (the final evaluation's cost), timed on a few
     images at the run's size; None without a time budget (nothing to size)."""
     if t.budget is None:
@@ -167,11 +164,8 @@ def _forward_s_per_image(t: Training, acts: dict[str, torch.Tensor]) -> float | 
     x = torch.zeros(8, t.data.channels, t.data.image_size, t.data.image_size, device=t.device)
     if t.config.channels_last:
         x = x.to(memory_format=torch.channels_last)
-    with torch.no_grad(), eval_mode(t.model), autocast(t.device, t.config.precision):
-        t.model(x)
-        started = time.perf_counter()
-        t.model(x)
-    return (time.perf_counter() - started) / len(x)
+    with torch.no_grad():
+        return time_eval(t.model, x, lambda: autocast(t.device, t.config.precision))
 
 
 def _epochs(t: Training, tail: nn.Module, train: list[torch.Tensor], batch: int, spe: int,

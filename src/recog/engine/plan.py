@@ -161,7 +161,6 @@ def _choose_strategy(given: dict[str, Any], probe: Probe, planned: dict[str, Any
     """:func:`recog.engine.strategy.choose`, timed on this machine when there is a time budget."""
     from recog.engine.strategy import FEATURE_SHARE, choose, fitting_size, time_costs
     from recog.models import create_model
-
     from recog.models.split import stage_count
 
     budget = given.get("time_budget")

@@ -31,7 +31,7 @@ from recog.data.stream import make_loader
 from recog.device import autocast, eval_mode
 from recog.engine.checkpoint import LoopState
 from recog.engine.distributed import is_main
-from recog.models import head, replace_head
+from recog.models import head, headless
 
 if TYPE_CHECKING:
     from recog.data.splits import AnySplit
@@ -111,6 +111,11 @@ def feature_pass(t: Training, net: nn.Module, parts: list[tuple[str, AnySplit, s
     return {k: f for k, (f, _) in feats.items()}
 
 
+def train_features(feats: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The training images' features of :func:`feature_pass`, view after view (as :func:`fit_linear` takes them)."""
+    return torch.cat([f for k, f in feats.items() if k.startswith("train:")])
+
+
 @torch.no_grad()
 def _features(t: Training, net: nn.Module, split: AnySplit, view: str, path: Path,
               dtype: torch.dtype) -> tuple[torch.Tensor, bool]:
@@ -159,15 +164,11 @@ def fit_probe(training: Training, hooks: Hooks | None = None) -> LoopState:
         return state
     show = cfg.verbose and is_main()
     parts = _parts(t)  # digests of the model as it is, head included in its layout
-    name, trained_head = head(t.model)
-    replace_head(t.model, nn.Identity())  # the backbone alone gives the pooled features
-    try:
+    trained_head = head(t.model)[1]
+    with headless(t.model):  # the backbone alone gives the pooled features
         feats = feature_pass(t, t.model, parts)
-    finally:
-        replace_head(t.model, trained_head)
-        t.model.head_name = name
     tick = time.perf_counter()
-    train_x = torch.cat([f for k, f in feats.items() if k.startswith("train:")])
+    train_x = train_features(feats)
     train_y, strength, cv = fit_linear(t, train_x, trained_head)
     with torch.no_grad():
         out = trained_head(train_x.to(trained_head.weight))
@@ -207,14 +208,11 @@ def fit_head_first(training: Training, hooks: Hooks | None = None) -> LoopState:
     t = training
     plain = t.config.head == "linear" and not is_fusion(t.config.model)  # a fusion model's head sees text too
     if t.state.epoch == 0 and t.config.pretrained and plain and _head_first_fits(t):
-        name, layer = head(t.model)
-        replace_head(t.model, nn.Identity())
-        try:
-            feats = feature_pass(t, t.model, _parts(t))
-        finally:
-            replace_head(t.model, layer)
-            t.model.head_name = name
-        fit_linear(t, torch.cat([f for k, f in feats.items() if k.startswith("train:")]), layer)
+        parts = _parts(t)
+        layer = head(t.model)[1]
+        with headless(t.model):
+            feats = feature_pass(t, t.model, parts)
+        fit_linear(t, train_features(feats), layer)
     return fit(t, hooks)
 
 

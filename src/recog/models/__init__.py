@@ -9,11 +9,12 @@ from recog.models.registry import (
     create_model,
     feature_width,
     head,
+    headless,
     list_models,
     model_stats,
     register_model,
     replace_head,
 )
 
-__all__ = ["cam_layer", "choose_cam_layer", "conv_maps", "create_model", "feature_width", "head", "list_models", "model_stats",
+__all__ = ["cam_layer", "choose_cam_layer", "conv_maps", "create_model", "feature_width", "head", "headless", "list_models", "model_stats",
            "register_model", "replace_head"]

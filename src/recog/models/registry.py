@@ -9,9 +9,10 @@ classification model, ``timm:<name>`` any timm architecture; ``fusion:<name>`` t
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch import nn
@@ -117,6 +118,19 @@ def replace_head(model: nn.Module, new: int | nn.Module) -> nn.Module:
     setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
     model.head_name = name  # the head is now this module, even if it holds linear layers of its own (a text head)
     return new
+
+
+@contextlib.contextmanager
+def headless(model: nn.Module) -> Iterator[nn.Module]:
+    """The model without its head (an identity in its place: it gives the pooled features) for the
+    ``with`` block; the head, and its name, are put back afterwards whatever happens."""
+    name, old = head(model)
+    replace_head(model, nn.Identity())
+    try:
+        yield model
+    finally:
+        replace_head(model, old)
+        model.head_name = name
 
 
 def conv_maps(model: nn.Module, in_channels: int, image_size: int) -> list[tuple[str, tuple[int, int]]]:
