@@ -148,3 +148,49 @@ def test_tta_on_and_off_are_different_answers_and_onnx_refuses_what_it_cannot_do
         recog.predict(onnx, files, tta=True)
     with pytest.raises(ConfigError, match="precision"):
         recog.predict(cifar_run.path, files, precision="fp16")
+
+
+def test_selective_tta_gives_the_other_views_only_to_unsure_images() -> None:
+    import torch
+    from torch import nn
+
+    from recog.inference import tta_forward, tta_views
+    from recog.tasks import Classification
+
+    torch.manual_seed(0)
+    calls: list[int] = []
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+    net.register_forward_pre_hook(lambda _, args: calls.append(len(args[0])))
+    task, views = Classification(), tta_views(True, 2)  # 6 views: plain, mirrored, 4 shifted
+    x = torch.randn(16, 3, 12, 12) * 3
+    with torch.no_grad():
+        plain = net(x).softmax(1)
+        full = tta_forward(net, task, views, (x, None))
+        confidence = plain.max(1).values
+        threshold = confidence.median().item()
+        calls.clear()
+        selective = tta_forward(net, task, views, (x, None), confidence=threshold)
+    sure = confidence >= threshold
+    unsure = int((~sure).sum())
+    assert 0 < unsure < 16 and calls == [16] + [unsure] * 5  # one plain pass, the other views for the unsure only
+    assert torch.allclose(selective[sure], plain[sure].log(), atol=1e-6)
+    assert torch.allclose(selective[~sure], full[~sure], atol=1e-6)
+    assert torch.allclose(tta_forward(net, task, views, (x, None), confidence=1.01), full, atol=1e-6)  # all unsure
+
+
+def test_selective_tta_is_one_policy_for_the_report_predict_and_eval(cifar_png: Path, tmp_path: Path) -> None:
+    run = recog.train(data=str(cifar_png), epochs=2, seed=0, tta_confidence=0.5, project=str(tmp_path),
+                      verbose=False)
+    clf = recog.load(run.path)
+    assert clf.meta["tta_confidence"] == 0.5 and clf.policy.confidence == 0.5
+    assert "below 50% confidence" in clf.policy.describe()
+    files = _files(cifar_png)
+    predicted = _top1(recog.predict(run.path, files))
+    _close(predicted, _from_csv(run.path / "predictions.csv"), 1e-5)  # the training's own report
+    recog.evaluate(run.path, out=tmp_path / "e", verbose=False)
+    _close(predicted, _from_csv(tmp_path / "e" / "predictions.csv"), 1e-5)
+    from recog.config import make_config
+    from recog.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="tta_confidence"):
+        make_config(tta_confidence=1.5)

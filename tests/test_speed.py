@@ -310,3 +310,96 @@ def test_leaving_memory_reuse_gives_malloc_a_large_mmap_threshold_again() -> Non
     fresh, after = faulting("fresh"), faulting("after")
     assert not fresh[-1] and not after[-1] and not after[-2]  # freed blocks are reused, as in a fresh process
     assert sum(after) <= sum(fresh)
+
+
+# ---- progressive resizing -----------------------------------------------------------------------
+
+
+def test_resize_sizes_grow_in_eighths_to_the_full_size_and_phases_share_the_ramp() -> None:
+    from recog.engine.schedule import phase_ends, resize_sizes, size_at
+
+    assert resize_sizes(32, None) == [32] and resize_sizes(32, 1.0) == [32]
+    assert resize_sizes(32, 0.75) == [24, 28, 32]
+    assert resize_sizes(128, 0.75, multiple=4) == [96, 112, 128]  # a strided stem's patch divides each size
+    assert resize_sizes(8, 0.5) == [8]  # never below 16 px: tiny images are not resized
+    assert phase_ends(100, 3, 0.5) == [25, 50, 100]
+    assert [size_at(s, 100, [24, 28, 32], 0.5) for s in (0, 24, 25, 49, 50, 99)] == [24, 24, 28, 28, 32, 32]
+
+
+def test_resize_keeps_the_memory_format_and_antialiases() -> None:
+    from recog.data.augment import resize
+
+    x = torch.rand(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    out = resize(x, 24)
+    assert out.shape == (2, 3, 24, 24) and out.is_contiguous(memory_format=torch.channels_last)
+    assert resize(x, 32) is x
+    stripes = torch.zeros(1, 1, 32, 32)
+    stripes[..., ::2] = 1.0  # 1-px stripes: an antialiased half-size image is flat grey, not aliased stripes
+    assert resize(stripes, 16).std() < 0.05
+
+
+def test_budget_costs_each_resize_phase_at_its_own_step_time() -> None:
+    from recog.engine.budget import Budget, Timings, size_steps, train_seconds
+
+    timings = Timings(0.1, 0.0, 0.0, size_step_s=(0.05,))  # half the steps at half the cost
+    assert train_seconds(timings, 0, 100, 100, resize_until=0.5) == pytest.approx(50 * 0.05 + 50 * 0.1)
+    # 100 s for steps: n/2 x 0.05 + n/2 x 0.1 <= 100 - 3 (final evaluation) - 3 (margin) -> n = 1253
+    plan, _ = size_steps(100, timings, steps_per_epoch=10, val_images=0, final_images=0)
+    assert plan.steps == 1253 and plan.seconds(0, plan.steps, plan.steps) <= 94.0
+    full, _ = size_steps(100, Timings(0.1, 0.0, 0.0), steps_per_epoch=10, val_images=0, final_images=0)
+    assert full.steps == 940
+    # the frozen stem's saving applies in proportion at every size
+    frozen = Timings(0.1, 0.0, 0.0, frozen_step_s=0.08, size_step_s=(0.05,))
+    assert train_seconds(frozen, 0, 100, 100, freeze_step=40) == pytest.approx(40 * 0.05 + 10 * 0.04 + 50 * 0.08)
+    # a re-plan scales the plan's model of the remaining steps by the measured drift: the small phase ran
+    # at 0.06 s/step where 0.05 was planned (1.2x), so the full-size steps are expected at 0.12 s
+    now = [0.0]
+    budget = Budget(100.0, started=0.0, verbose=False, clock=lambda: now[0])
+    budget.adopt(plan)
+    now[0] = 300 * 0.06
+    steps = budget.replan(300, step_s=0.06, val_s=0.0, steps_per_epoch=10, planned=plan.steps, measured_from=0)
+    assert steps < plan.steps
+    assert 1.2 * plan.seconds(300, steps, steps) <= budget.deadline - now[0] < 1.2 * plan.seconds(300, steps + 2,
+                                                                                                    steps + 2)
+    assert "first estimate" in budget.spent(steps, 1.2 * plan.seconds(0, steps, steps), steps)
+    assert "+20%" in budget.spent(steps, 1.2 * plan.seconds(0, steps, steps), steps)
+
+
+def test_progressive_resizing_trains_small_then_full_size_and_says_so(cifar_png: Path, tmp_path: Path, capsys,
+                                                                      monkeypatch) -> None:
+    from recog.engine import step as step_module
+
+    seen: list[int] = []
+    original = step_module.resize
+    monkeypatch.setattr(step_module, "resize", lambda x, size: seen.append(size) or original(x, size))
+    run = recog.train(recipe="fast", data=str(cifar_png), epochs=4, batch_size=100, resize_from=0.75,
+                      project=str(tmp_path))
+    assert seen == [24] * 3 + [28] * 3 + [32] * 6  # 12 steps: a quarter at 24 px, a quarter at 28, the rest full
+    assert "progressive resizing 24/28/32 px" in capsys.readouterr().err
+    assert run.report["accuracy"] > 0.15
+    with pytest.raises(ConfigError, match="resize_from"):
+        make_config(resize_from=1.5)
+    with pytest.raises(ConfigError, match="resize_until"):
+        make_config(resize_until=0)
+
+
+def test_progressive_resizing_under_a_time_budget_times_every_size(cifar_png: Path, tmp_path: Path, capsys,
+                                                                   monkeypatch) -> None:
+    from recog.engine import budget as budget_module
+
+    plans = []
+    adopt = budget_module.Budget.adopt
+    monkeypatch.setattr(budget_module.Budget, "adopt",
+                        lambda self, plan, warnings=(): plans.append(plan) or adopt(self, plan, warnings))
+    run = recog.train(recipe="fast", data=str(cifar_png), time_budget="25s", batch_size=50, resize_from=0.5,
+                      project=str(tmp_path))
+    timings = plans[0].timings
+    assert len(timings.size_step_s) == 4 and all(s > 0 for s in timings.size_step_s)  # 16, 20, 24, 28 px
+    assert "step time:" in capsys.readouterr().out and run.steps >= 10
+
+
+def test_a_model_too_small_for_the_first_size_is_refused_by_name(cifar_png: Path, tmp_path: Path) -> None:
+    # five pooling groups fit 32 px (31, 15, 7, 3, 1) but not 16 px (15, 7, 3, 1, then a pool of 1x1)
+    with pytest.raises(ConfigError, match="resize_from 0.5: airnet built for 32 px cannot take 16 px"):
+        recog.train(data=str(cifar_png), model="airnet", model_args={"widths": [8, 8, 8, 8, 8]},
+                    resize_from=0.5, epochs=1, project=str(tmp_path), verbose=False)

@@ -230,7 +230,8 @@ def _summary(report: dict[str, Any], state: LoopState, training: Training) -> st
     else:
         lines.append(f"{training.task.summary(report)} (best epoch {state.best_epoch}){few_images(report['num_images'])}")
     if training.budget is not None:
-        lines.append(training.budget.spent())
+        steps = min(state.total_steps, len(state.history) * training.steps_per_epoch)
+        lines.append(training.budget.spent(steps, sum(r["train_seconds"] for r in state.history), state.total_steps))
     lines.append(f"run folder: {training.run_dir}")
     return "\n".join(lines)
 

@@ -141,6 +141,9 @@ class TrainConfig:
     backbone_lr_scale: float = opt(1.0, 'with pretrained weights: the backbone\'s learning rate as a fraction of the '
                                         'head\'s (discriminative learning rates; the pretrained recipe: 0.1)')
     freeze_stem_epochs: float | None = opt(None, "stop training the model's stem (airnet: whitening bias) after these")
+    resize_from: float | None = opt(None, 'progressive resizing: the first steps train at this fraction of the image '
+                                          'size (e.g. 0.75: 24 px for 32), growing in eighths to the full size')
+    resize_until: float = opt(0.5, 'progressive resizing: the fraction of the training by which the full size is reached')
     l1: float = opt(0.0, 'L1 penalty on weights (conv and linear)')
     label_smoothing: float = opt(0.0)
     schedule: str = opt("onecycle", 'onecycle | cosine | linear | constant')
@@ -171,6 +174,8 @@ class TrainConfig:
     tta: bool | None = opt(None, 'test-time augmentation in the final evaluation (default: on with the small and '
                                  'photos recipes, fewer views or off when it would take over 10% of a time budget)')
     tta_translate: bool = opt(True, 'TTA also averages 1-px shifts (if trained with translate): 3x the views of flips alone')
+    tta_confidence: float | None = opt(None, 'selective TTA: images whose plain prediction is at least this sure (top '
+                                             'probability) keep it; only the others are seen in the other views')
     verbose: bool = opt(True)
 
     def __post_init__(self) -> None:
@@ -264,6 +269,12 @@ class TrainConfig:
                               "as a multiple of it; got lr 0")
         if self.freeze_stem_epochs is not None and self.freeze_stem_epochs < 0:
             raise ConfigError(f"freeze_stem_epochs must not be negative, got {self.freeze_stem_epochs}")
+        if self.resize_from is not None and not 0.25 <= self.resize_from <= 1.0:
+            raise ConfigError(f"resize_from is a fraction of the image size in [0.25, 1], got {self.resize_from}")
+        if self.tta_confidence is not None and not 0.0 < self.tta_confidence <= 1.0:
+            raise ConfigError(f"tta_confidence is a probability in (0, 1], got {self.tta_confidence}")
+        if not 0.0 < self.resize_until <= 1.0:
+            raise ConfigError(f"resize_until is a fraction of the training in (0, 1], got {self.resize_until}")
         for key in ("lr", "weight_decay", "l1", "momentum", "final_lr", "muon_lr", "muon_momentum"):
             if getattr(self, key) is not None and getattr(self, key) < 0:
                 raise ConfigError(f"{key} must not be negative, got {getattr(self, key)}")

@@ -45,13 +45,15 @@ def collect_logits(
     precision: str = "fp32",
     task: Task | None = None,
     views: list[View] | None = None,
+    confidence: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(fp32 logits, targets) over a loader with ``model`` in eval mode, on the CPU. With ``views``
-    (test-time augmentation), the logits of the weighted mean of the views' probabilities."""
+    (test-time augmentation), the logits of the weighted mean of the views' probabilities (only for
+    images the plain view is less than ``confidence`` sure of: selective TTA)."""
     task = task or Classification()
     forward: Callable[[Batch], torch.Tensor] = functools.partial(task.forward, model)
     if views:
-        forward = functools.partial(tta_forward, model, task, views)
+        forward = functools.partial(tta_forward, model, task, views, confidence=confidence)
     outs, targets = [], []
     with eval_mode(model), autocast(device, precision):
         for batch in loader:
@@ -76,7 +78,7 @@ def evaluate_split(clf: Classifier, split: AnySplit, split_name: str, batch_size
     loader = make_loader(split if part is None else part, meta["channels"], meta["image_size"], batch_size,
                          clf.normalize, clf.device, workers=workers)
     logits, targets = collect_logits(clf.model, loader, clf.device, clf.policy.precision, clf.task,
-                                     list(clf.policy.views))
+                                     list(clf.policy.views), clf.policy.confidence)
     if gather is not None:
         logits, targets = gather(logits, targets)
     check_outputs(logits, clf.source)

@@ -93,7 +93,7 @@ class Classifier(nn.Module):
         batch: Batch = (self.normalize(images_u8.to(self.device)), None,
                         *(() if text is None else (text.to(self.device),)))
         with eval_mode(self.model), autocast(self.device, self.policy.precision):
-            logits = tta_forward(self.model, self.task, self.policy.views, batch).float()
+            logits = tta_forward(self.model, self.task, self.policy.views, batch, self.policy.confidence).float()
         check_outputs(logits, self.source)
         return logits
 
@@ -127,10 +127,27 @@ def views_for(meta: dict[str, Any]) -> list[View]:
     return tta_views(bool(meta.get("flip")), int(meta.get("translate", 0)), bool(meta.get("tta_translate", True)))
 
 
-def tta_forward(model: nn.Module, task: Task, views: list[View], batch: Batch) -> torch.Tensor:
-    """The task's logits of the weighted mean of the views' probabilities (one plain view: the logits)."""
+def tta_forward(model: nn.Module, task: Task, views: list[View], batch: Batch,
+                confidence: float | None = None) -> torch.Tensor:
+    """The task's logits of the weighted mean of the views' probabilities (one plain view: the logits).
+    ``confidence`` (selective TTA): images whose plain view the task is at least this sure of keep its
+    answer, and only the others are seen in the other views (the plain view is the first)."""
     if len(views) == 1 and views[0][:3] == (False, 0, 0):
         return task.forward(model, batch)
+    plain = views[0][:3] == (False, 0, 0)
+    if confidence is None or not plain:
+        return task.logits_of(_mean_probabilities(model, task, views, batch))
+    first = task.probabilities(task.forward(model, batch))
+    unsure = (task.confidence(first) < confidence).nonzero().flatten()
+    if len(unsure):
+        part = tuple(b[unsure] if isinstance(b, torch.Tensor) else b for b in batch)
+        rest = _mean_probabilities(model, task, views[1:], part)
+        first[unsure] = views[0][3] * first[unsure] + rest
+    return task.logits_of(first)
+
+
+def _mean_probabilities(model: nn.Module, task: Task, views: list[View], batch: Batch) -> torch.Tensor:
+    """The views' probabilities, each times its weight, summed."""
     x = batch[0]
     probs = 0.0
     for f, dy, dx, weight in views:
@@ -139,7 +156,7 @@ def tta_forward(model: nn.Module, task: Task, views: list[View], batch: Batch) -
             n = len(v)
             v = translate(v, torch.full((n,), dy, device=v.device), torch.full((n,), dx, device=v.device), 1)
         probs = probs + weight * task.probabilities(task.forward(model, (v, *batch[1:])))
-    return task.logits_of(probs)
+    return probs
 
 
 # ---- the one inference policy: precision and test-time augmentation ---------------------------------
@@ -151,13 +168,15 @@ class Policy:
 
     precision: str  # fp32 | bf16
     views: tuple[View, ...]  # one plain view: no TTA
+    confidence: float | None = None  # selective TTA: images the plain view is this sure of get no other views
 
     @property
     def tta(self) -> bool:
         return len(self.views) > 1
 
     def describe(self) -> str:
-        return f"{self.precision}, " + (f"TTA {len(self.views)} views" if self.tta else "no TTA")
+        selective = f" below {self.confidence:.0%} confidence" if self.confidence is not None else ""
+        return f"{self.precision}, " + (f"TTA {len(self.views)} views{selective}" if self.tta else "no TTA")
 
 
 def inference_policy(meta: dict[str, Any], device: torch.device, precision: str = "auto", tta: bool | None = None,
@@ -177,7 +196,7 @@ def inference_policy(meta: dict[str, Any], device: torch.device, precision: str 
     if use_tta and len(views) == 1 and tta and verbose:
         print("note: --tta has no views for this model (trained without flip or translate); plain evaluation",
               file=sys.stderr)
-    return Policy(precision, views)
+    return Policy(precision, views, meta.get("tta_confidence"))
 
 
 def check_outputs(logits: torch.Tensor, source: Path | None) -> None:

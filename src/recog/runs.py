@@ -145,6 +145,7 @@ def weights_meta(cfg: TrainConfig, ds: Dataset, task: Task) -> dict[str, Any]:
         "flip": cfg.flip,
         "translate": cfg.translate,
         "tta_translate": cfg.tta_translate,
+        **({"tta_confidence": cfg.tta_confidence} if cfg.tta_confidence is not None else {}),
         "tta": bool(cfg.tta),
         "precision": cfg.precision,
         "data": cfg.data,

@@ -107,6 +107,16 @@ def erase(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: torch.
     return x.masked_fill(inside.unsqueeze(1), value)
 
 
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The batch at ``size`` x ``size`` (progressive resizing: antialiased bilinear, as a lower-resolution
+    photo would be), in the memory format it came in."""
+    if x.shape[-2:] == (size, size):
+        return x
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    out = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+
 def resized_crop(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """Crop ``boxes`` (N, 4: x0, y0, x1, y1 in pixels) out of each image and resize to the input size
     (bilinear, batched through torchvision's roi_align)."""

@@ -13,7 +13,7 @@ import copy
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +21,7 @@ from torch import nn
 
 from recog.data.loader import cycle
 from recog.device import eval_mode
+from recog.engine.schedule import phase_ends
 
 
 def format_duration(seconds: float) -> str:
@@ -36,6 +37,7 @@ class Timings:
     eval_image_s: float  # seconds per image of evaluation
     setup_s: float  # already spent (model set-up, calibration, compilation)
     frozen_step_s: float | None = None  # a step once the stem is frozen (backward stops earlier)
+    size_step_s: tuple[float, ...] = ()  # progressive resizing: a step at each smaller size, smallest first
 
 
 @dataclass(frozen=True)
@@ -47,10 +49,16 @@ class BudgetPlan:
     final_eval_s: float
     steps_per_epoch: int = 1
     margin_s: float = 0.0
+    freeze_step: int | None = None  # steps from here on cost ``frozen_step_s`` (in proportion, at every size)
+    resize_until: float = 0.5  # progressive resizing: where the smaller sizes' phases end (a fraction)
 
     @property
     def epochs_exact(self) -> float:
         return self.steps / self.steps_per_epoch
+
+    def seconds(self, first: int, last: int, total: int) -> float:
+        """The modelled time of steps ``first`` to ``last`` (exclusive) of a run of ``total`` steps."""
+        return train_seconds(self.timings, first, last, total, self.freeze_step, self.resize_until)
 
     def describe(self, budget_s: float) -> str:
         t = self.timings
@@ -61,23 +69,52 @@ class BudgetPlan:
                 f"{self.final_eval_s:.0f} s final evaluation + {t.setup_s:.0f} s set-up)")
 
 
+def train_seconds(timings: Timings, first: int, last: int, total: int, freeze_step: int | None = None,
+                  resize_until: float = 0.5) -> float:
+    """Seconds of steps ``first`` to ``last`` (exclusive) of a run of ``total`` steps: each phase of
+    progressive resizing at its size's step time, and steps after ``freeze_step`` cheaper in the
+    proportion measured at the full size."""
+    costs = [*timings.size_step_s, timings.step_s]
+    frozen = (timings.frozen_step_s or timings.step_s) / timings.step_s
+    freeze = math.inf if freeze_step is None else freeze_step
+    seconds, start = 0.0, 0
+    for end, cost in zip(phase_ends(total, len(costs), resize_until), costs):
+        a, b = max(first, start), min(last, end)
+        if b > a:
+            warm = max(0, min(b, freeze) - a)  # steps before the freeze
+            seconds += cost * (warm + frozen * (b - a - warm))
+        start = end
+    return seconds
+
+
+def fitting_steps(seconds: float, cost: Callable[[int], float], lowest: int = 0) -> int:
+    """The largest total of steps ``n >= lowest`` whose ``cost(n)`` (growing with n) fits ``seconds``
+    (``lowest`` when none does)."""
+    hi = lowest + 1
+    while cost(hi) <= seconds and hi < 1 << 40:
+        hi *= 2
+    lo = lowest
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if cost(mid) <= seconds else (lo, mid)
+    return lo
+
+
 def size_steps(budget_s: float, timings: Timings, steps_per_epoch: int, val_images: int, final_images: int,
-               final_views: int = 1, freeze_step: int | None = None) -> tuple[BudgetPlan, list[str]]:
+               final_views: int = 1, freeze_step: int | None = None,
+               resize_until: float = 0.5) -> tuple[BudgetPlan, list[str]]:
     """The steps that fit the budget after set-up, each step paying its share of the validation at
     the end of its epoch, and the final evaluation (``final_views`` with test-time augmentation);
-    3% is kept as a margin. Steps after ``freeze_step`` cost ``frozen_step_s``."""
+    3% is kept as a margin. Steps after ``freeze_step`` cost ``frozen_step_s``; with progressive
+    resizing each phase costs its size's step (the phases stretch with the steps: the sum is solved for)."""
     step_s, eval_image_s = timings.step_s, timings.eval_image_s
-    frozen_step_s = timings.frozen_step_s or step_s
     epoch_s = steps_per_epoch * step_s + val_images * eval_image_s
     final_eval_s = final_images * final_views * eval_image_s + 3.0  # + report and plots
     margin = 0.03 * budget_s
     val_share = val_images * eval_image_s / steps_per_epoch
     available = budget_s - timings.setup_s - final_eval_s - margin
-    before = freeze_step if freeze_step is not None else math.inf
-    if available <= before * (step_s + val_share):
-        steps = math.floor(available / (step_s + val_share))
-    else:
-        steps = before + math.floor((available - before * (step_s + val_share)) / (frozen_step_s + val_share))
+    steps = fitting_steps(available, lambda n: train_seconds(timings, 0, n, n, freeze_step, resize_until)
+                          + n * val_share)
     warnings = []
     if steps < min(steps_per_epoch, 10):
         steps = min(steps_per_epoch, 10)
@@ -85,7 +122,8 @@ def size_steps(budget_s: float, timings: Timings, steps_per_epoch: int, val_imag
                         f"(one epoch ~{epoch_s:.0f} s plus {final_eval_s:.0f} s evaluation); "
                         f"training {steps} steps")
     epochs = math.ceil(steps / steps_per_epoch)
-    return BudgetPlan(steps, epochs, timings, epoch_s, final_eval_s, steps_per_epoch, margin), warnings
+    return BudgetPlan(steps, epochs, timings, epoch_s, final_eval_s, steps_per_epoch, margin, freeze_step,
+                      resize_until), warnings
 
 
 class Budget:
@@ -96,11 +134,13 @@ class Budget:
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self.seconds, self.started, self.verbose, self.clock = seconds, started, verbose, clock
         self.plan: BudgetPlan | None = None
+        self.first: BudgetPlan | None = None
         self.deadline: float | None = None
 
     def adopt(self, plan: BudgetPlan, warnings: list[str] = ()) -> int:
         """Take ``plan``: the deadline leaves time for the final evaluation and the margin."""
         self.plan = plan
+        self.first = self.first or plan  # the first plan: the summary compares its estimate with the run
         self.deadline = self.started + self.seconds - plan.final_eval_s - plan.margin_s
         if self.verbose:
             for w in warnings:
@@ -111,16 +151,24 @@ class Budget:
     def calibrate(self, step: Callable[[tuple], object], model: nn.Module, optimizer: torch.optim.Optimizer,
                   train_batches: Iterable[tuple], eval_batch: torch.Tensor, autocast: Callable[[], object],
                   sizes: dict[str, int], freeze: Callable[[], Callable[[], None]] | None = None,
-                  freeze_step: int | None = None, timed_steps: int = 2, eval_image_s: float | None = None) -> int:
+                  freeze_step: int | None = None, timed_steps: int = 2, eval_image_s: float | None = None,
+                  train_sizes: Sequence[int] = (), resize_until: float = 0.5) -> int:
         """Time a few real steps (then undo them: weights, optimizer and RNG are restored) and the
         evaluation of one batch; adopt the plan and return its steps. ``sizes``: steps_per_epoch,
         val_images, final_images, final_views. ``freeze`` freezes part of the model (e.g. airnet's
         whitening stem after ``freeze_step``) and returns its undo: those steps are timed apart.
-        ``eval_image_s``: the evaluation's time per image when already measured."""
+        ``eval_image_s``: the evaluation's time per image when already measured. ``train_sizes``:
+        progressive resizing's smaller sizes, each timed (``step`` is a :class:`Stepper`)."""
         saved_model = copy.deepcopy(model.state_dict())
         saved_opt = copy.deepcopy(optimizer.state_dict())
         rng = torch.get_rng_state()
         batches = cycle(train_batches)
+        size_step_s = []
+        for size in train_sizes:
+            step.set_size(size)
+            size_step_s.append(time_steps(step, batches, timed_steps))
+        if train_sizes:
+            step.set_size(None)
         step_s = time_steps(step, batches, timed_steps)
         frozen_step_s = None
         if freeze is not None and freeze_step is not None:
@@ -132,23 +180,39 @@ class Budget:
         model.load_state_dict(saved_model)
         optimizer.load_state_dict(saved_opt)
         torch.set_rng_state(rng)
-        timings = Timings(step_s, eval_image_s, self.clock() - self.started, frozen_step_s)
-        return self.adopt(*size_steps(self.seconds, timings, freeze_step=freeze_step, **sizes))
+        timings = Timings(step_s, eval_image_s, self.clock() - self.started, frozen_step_s, tuple(size_step_s))
+        return self.adopt(*size_steps(self.seconds, timings, freeze_step=freeze_step, resize_until=resize_until,
+                                      **sizes))
 
-    def replan(self, steps_done: int, step_s: float, val_s: float, steps_per_epoch: int, planned: int) -> int:
-        """After an epoch: the total of steps that fits before the deadline at the measured ``step_s``
-        plus each step's share of a ``val_s`` validation per epoch (the first steps, timed before
-        training, run slower); at least one more step."""
-        left = max(0, math.floor((self.deadline - self.clock()) / (step_s + val_s / steps_per_epoch)))
-        steps = max(steps_done + 1, steps_done + left)
+    def replan(self, steps_done: int, step_s: float, val_s: float, steps_per_epoch: int, planned: int,
+               measured_from: int | None = None) -> int:
+        """The total of steps that fits before the deadline, from the step time measured over steps
+        ``measured_from`` to ``steps_done`` (default: the last one): the plan's model of the remaining
+        steps (their sizes, the frozen stem) scaled by how far the measurement is from it, plus each
+        step's share of a ``val_s`` validation per epoch; at least one more step."""
+        plan = self.plan
+        first = steps_done - 1 if measured_from is None else measured_from
+        modelled = plan.seconds(first, steps_done, planned) / max(1, steps_done - first)
+        drift = step_s / modelled if modelled > 0 else 1.0
+        left = self.deadline - self.clock()
+        steps = fitting_steps(left, lambda n: drift * plan.seconds(steps_done, n, n)
+                              + (n - steps_done) * val_s / steps_per_epoch, lowest=steps_done + 1)
         if abs(steps - planned) > 0.02 * planned and self.verbose:  # said when the plan moves, not every epoch
             print(f"time budget: {step_s * 1000:.0f} ms/step measured -> {steps} steps in all "
                   f"({steps / steps_per_epoch:.2f} epochs; planned {planned})", file=sys.stderr)
         return steps
 
-    def spent(self) -> str:
-        return f"training and evaluation took {format_duration(self.clock() - self.started)} of the " \
-               f"{format_duration(self.seconds)} budget"
+    def spent(self, steps: int = 0, train_s: float = 0.0, total: int | None = None) -> str:
+        """What the run took of the budget; with the ``steps`` run in ``train_s`` seconds (of a run of
+        ``total``), the first plan's step time beside the measured one, so that drift is visible."""
+        line = (f"training and evaluation took {format_duration(self.clock() - self.started)} of the "
+                f"{format_duration(self.seconds)} budget")
+        if self.plan is None or steps < 1:
+            return line
+        estimate = self.first.seconds(0, steps, total or steps) / steps
+        measured = train_s / steps
+        return (f"{line}; step time: {estimate * 1000:.0f} ms first estimate, {measured * 1000:.0f} ms measured "
+                f"({measured / estimate - 1:+.0%})")
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ from recog.engine.distributed import is_main
 from recog.engine.optim import Lookahead, make_optimizer, optimizer_options
 from recog.engine.plan import MemoryPlan
 from recog.engine.resolve import Prepared
+from recog.engine.schedule import resize_sizes, size_at
 from recog.engine.step import Stepper
 from recog.errors import ConfigError
 from recog.memory import reuse_freed_memory
@@ -68,6 +69,18 @@ class Training:
         """What evaluates: the model, or its torch.compile (never DDP: evaluation has no gradients to
         average, and each rank evaluates its own part of the images)."""
         return self.model if dist.active() else self.net
+
+    @property
+    def train_sizes(self) -> list[int]:
+        """Progressive resizing's sizes, the full size last (just the full size without ``resize_from``);
+        each a multiple of a strided stem's patch."""
+        c = self.config
+        return resize_sizes(c.image_size, c.resize_from, int(c.model_args.get("stem_stride", 1)))
+
+    def size_at(self, step: int, total_steps: int) -> int | None:
+        """The side the images train at in ``step`` (None: as the loader gives them)."""
+        sizes = self.train_sizes
+        return None if len(sizes) == 1 else size_at(step, total_steps, sizes, self.config.resize_until)
 
     def stepper(self) -> Stepper:
         c = self.config

@@ -85,7 +85,8 @@ def fit(training: Training, hooks: Hooks | None = None) -> LoopState:
         # ---- re-plan a time budget with the step time this epoch measured ----------------------
         steps_done = min(state.total_steps, epoch * spe)
         if t.budget is not None and steps_done < state.total_steps:
-            _replan(t, steps_done, row["train_seconds"] / max(1, steps_run), row["seconds"] - row["train_seconds"])
+            _replan(t, steps_done, row["train_seconds"] / max(1, steps_run), row["seconds"] - row["train_seconds"],
+                    steps_done - steps_run)
 
         # ---- stop? ---------------------------------------------------------------------------
         if hooks.on_epoch_end is not None and dist.broadcast(  # rank 0's hook decides for all
@@ -121,7 +122,7 @@ def _train_epoch(t: Training, stepper: Stepper, epoch: int, show: bool) -> tuple
             # tenth of its steps, not only at the epoch's end: a pessimistic calibration still uses the
             # budget, an optimistic one ends on time; the validation is the calibrated estimate
             total = _replan(t, global_step, (time.perf_counter() - started) / ran,
-                            len(t.data.val or ()) * t.budget.plan.timings.eval_image_s)
+                            len(t.data.val or ()) * t.budget.plan.timings.eval_image_s, global_step - ran)
         if global_step >= total:
             break  # a partial last epoch (--steps, or sized by --time-budget)
         if freeze_step is not None and global_step >= freeze_step:
@@ -130,6 +131,7 @@ def _train_epoch(t: Training, stepper: Stepper, epoch: int, show: bool) -> tuple
             freeze_step = None
         lr = lr_at(global_step, total, cfg.lr, cfg.schedule, warmup, cfg.final_lr)
         stepper.set_lr(lr)
+        stepper.set_size(t.size_at(global_step, total))  # progressive resizing (None: as loaded)
         try:
             loss, out = stepper(batch)
         except NonFiniteLoss as exc:
@@ -167,13 +169,13 @@ def _train_epoch(t: Training, stepper: Stepper, epoch: int, show: bool) -> tuple
     return row, ran
 
 
-def _replan(t: Training, steps_done: int, step_s: float, val_s: float) -> int:
-    """The steps a time budget fits from ``steps_done`` on at ``step_s`` per step and ``val_s`` per
-    validation, kept in the loop state (saved in state.pt: ``--resume`` continues it; config.yaml keeps
-    the first plan)."""
+def _replan(t: Training, steps_done: int, step_s: float, val_s: float, measured_from: int) -> int:
+    """The steps a time budget fits from ``steps_done`` on, from ``step_s`` per step measured since step
+    ``measured_from`` and ``val_s`` per validation, kept in the loop state (saved in state.pt: ``--resume``
+    continues it; config.yaml keeps the first plan)."""
     # rank 0's measurement decides: every rank runs the same steps
     t.state.total_steps = dist.broadcast(t.budget.replan(steps_done, step_s, val_s, t.steps_per_epoch,
-                                                         t.state.total_steps) if is_main() else None)
+                                                         t.state.total_steps, measured_from) if is_main() else None)
     return t.state.total_steps
 
 

@@ -92,6 +92,10 @@ def resolve(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path
 
         cfg = cfg.replace(unfreeze=cfg.unfreeze or UNFREEZE)
         split_model(probe, cfg.unfreeze)  # a model that cannot be cut, or too deep a cut, is refused here
+    if cfg.resize_from is not None and cfg.transfer in CACHED:
+        raise ConfigError(f"resize_from {cfg.resize_from}: transfer {cfg.transfer} trains on activations cached at one "
+                          f"size; use --transfer full or leave resize_from unset")
+    _check_sizes(cfg, probe, ds.channels)
     if cfg.freeze_stem_epochs is not None and not hasattr(probe, "freeze_stem"):
         raise ConfigError(f"freeze_stem_epochs: model {cfg.model!r} has no stem to freeze (airnet has)")
     initial = None  # the weights to start from, read (and refused) before a run folder exists
@@ -113,6 +117,21 @@ def resolve(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path
         run_dir = dist.broadcast(next_run_dir(cfg.project, cfg.name) if is_main() else None)
     dist.mark(run_dir)  # a torchrun restart continues this folder
     return cfg.replace(name=run_dir.name), Prepared(ds, device, run_dir, memory, started, empty_text, initial)
+
+
+def _check_sizes(cfg: TrainConfig, model: torch.nn.Module, channels: int) -> None:
+    """Progressive resizing's smallest size must pass through the model (its pooling fixed at the full size)."""
+    from recog.engine.schedule import resize_sizes
+
+    sizes = resize_sizes(cfg.image_size, cfg.resize_from, int(cfg.model_args.get("stem_stride", 1)))
+    if len(sizes) == 1:
+        return
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(torch.zeros(1, channels, sizes[0], sizes[0]))
+    except RuntimeError as exc:
+        raise ConfigError(f"resize_from {cfg.resize_from}: {cfg.model} built for {cfg.image_size} px cannot take "
+                          f"{sizes[0]} px images ({str(exc).splitlines()[0]}); use a larger resize_from") from None
 
 
 def commit(training: Training, new: bool = True) -> None:
@@ -168,7 +187,8 @@ def plan_budget(training: Training) -> None:
                  final_images=len(eval_split) if ds.eval_split else 0, final_views=views)
     steps = t.budget.calibrate(stepper, t.model, t.optimizer, t.train_loader, eval_batch,
                                lambda: autocast(t.device, cfg.precision), sizes,
-                               freeze if freeze_step is not None else None, freeze_step, eval_image_s=eval_image_s)
+                               freeze if freeze_step is not None else None, freeze_step, eval_image_s=eval_image_s,
+                               train_sizes=t.train_sizes[:-1], resize_until=cfg.resize_until)
     steps = dist.broadcast(steps)  # rank 0's timings decide: every rank must run the same steps
     cfg = dist.broadcast(cfg.replace(steps=steps, epochs=math.ceil(steps / t.steps_per_epoch),
                                      warmup_epochs=warmup_epochs(cfg, steps, t.steps_per_epoch)))
@@ -207,13 +227,20 @@ def plan_line(training: Training) -> str:
              f"the last {cfg.unfreeze} stage{'s' if cfg.unfreeze != 1 else ''} and the head on cached activations, "
              f"batch {cfg.batch_size}, {'epochs sized after the feature pass' if t.budget else f'{epochs:.3g} epochs'}"
              if cfg.transfer == "partial" else
-             f"batch {cfg.batch_size}, {epochs:.3g} epoch{'' if epochs == 1 else 's'}{timing}")
+             f"batch {cfg.batch_size}, {epochs:.3g} epoch{'' if epochs == 1 else 's'}{timing}{_resizing(t)}")
     return (f"plan: {cfg.recipe or 'no'} recipe: {cfg.model} {params / 1e6:.2f} M params at {t.data.image_size} px"
             f"{f' (stem {stride}x{stride} patches)' if stride > 1 else ''}, {cfg.precision}"
             f"{', channels-last' if cfg.channels_last else ''}"
             f"{f', {cfg.threads} thread' + ('s' if cfg.threads != 1 else '') if cfg.threads else ''}, {steps}"
             f"{f' on {dist.world_size()} processes' if dist.world_size() > 1 else ''}; "
             f"{t.memory.describe(cfg.batch_size)}{_transfer_status(t)}")
+
+
+def _resizing(t: Training) -> str:
+    sizes = t.train_sizes
+    if len(sizes) == 1:
+        return ""
+    return f", progressive resizing {'/'.join(map(str, sizes))} px (full by {t.config.resize_until:.0%} of the steps)"
 
 
 def _transfer_status(t: Training) -> str:

@@ -43,3 +43,43 @@ def epochs_to_steps(epochs: float | None, steps_per_epoch: int) -> int | None:
     """The step at which a point given in (fractional) epochs falls, e.g. ``--warmup-epochs 0.5``
     or ``--freeze-stem-epochs 1.5``; None stays None."""
     return None if epochs is None else round(epochs * steps_per_epoch)
+
+
+# ---- progressive resizing -----------------------------------------------------------------------
+
+RESIZE_STEPS = 8  # a ramp grows in eighths of the full size (4 px at 32 px)
+RESIZE_SMALLEST = 16  # px: no smaller training size (8-px digits are not resized)
+
+
+def resize_sizes(full: int, start: float | None, multiple: int = 1) -> list[int]:
+    """The training sizes of progressive resizing (``resize_from``): from ``start`` x ``full`` in steps of
+    an eighth of ``full``, each a multiple of ``multiple`` (a strided stem's patch) and at least
+    :data:`RESIZE_SMALLEST` px, the full size last. ``start`` None or 1: just the full size."""
+    if start is None or start >= 1:
+        return [full]
+    sizes = []
+    for k in range(RESIZE_STEPS):
+        fraction = start + k / RESIZE_STEPS
+        if fraction >= 1 - 1e-9:
+            break
+        size = max(multiple, round(full * fraction / multiple) * multiple)
+        if RESIZE_SMALLEST <= size < full and size not in sizes:
+            sizes.append(size)
+    return [*sizes, full]
+
+
+def phase_ends(total_steps: int, phases: int, until: float) -> list[int]:
+    """The step at which each of ``phases`` ends: the smaller sizes share the first ``until`` of the
+    ``total_steps`` equally, the last (full size) runs to the end."""
+    if phases <= 1:
+        return [total_steps]
+    ramp = until * total_steps
+    return [round(ramp * (i + 1) / (phases - 1)) for i in range(phases - 1)] + [total_steps]
+
+
+def size_at(step: int, total_steps: int, sizes: list[int], until: float) -> int:
+    """The training size at optimizer ``step`` (0-based) of ``total_steps``."""
+    for end, size in zip(phase_ends(total_steps, len(sizes), until), sizes):
+        if step < end:
+            return size
+    return sizes[-1]

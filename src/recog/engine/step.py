@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from recog.data.augment import resize
 from recog.device import autocast
 from recog.engine.optim import l1_penalty
 from recog.tasks import Batch, Task
@@ -34,16 +35,22 @@ class Stepper:
     grad_clip: float | None = None
     micro_batch: int | None = None
     all_finite: Callable[[torch.Tensor], bool] | None = None  # under DDP: finite on every rank (they stop together)
+    size: int | None = None  # progressive resizing: the images' side this step trains at (None: as they come)
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
 
+    def set_size(self, size: int | None) -> None:
+        self.size = size
+
     def __call__(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on the batch: (loss, outputs). With ``micro_batch`` the batch's forward
         and backward run in chunks whose gradients add up (each chunk's mean loss weighted by its
         share of the batch), so a large batch fits in memory or in cache. Batch-norm then
-        normalises per chunk."""
+        normalises per chunk. With a ``size`` the images are resized to it first."""
+        if self.size is not None:
+            batch = (resize(batch[0], self.size), *batch[1:])
         n = len(batch[0])
         chunk = self.micro_batch or n
         outs, total = [], 0.0

@@ -40,6 +40,10 @@ class Task:
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def confidence(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """How sure the answer read from each row of ``probabilities`` is, in [0, 1] (selective TTA)."""
+        raise NotImplementedError
+
     def logits_of(self, probabilities: torch.Tensor) -> torch.Tensor:
         """The inverse of :meth:`probabilities`, up to what the metrics need: test-time augmentation
         averages probabilities and hands back logits."""

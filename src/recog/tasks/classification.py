@@ -33,6 +33,9 @@ class Classification(Task):
     def logits_of(self, probabilities: torch.Tensor) -> torch.Tensor:
         return probabilities.log()
 
+    def confidence(self, probabilities: torch.Tensor) -> torch.Tensor:
+        return probabilities.max(1).values  # the top class's probability
+
     def validate(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[dict[str, float], dict[str, Any]]:
         return {"val_loss": F.cross_entropy(logits, targets).item(),
                 "val_acc": (logits.argmax(1) == targets).float().mean().item()}, {}

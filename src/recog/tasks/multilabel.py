@@ -86,6 +86,10 @@ class MultiLabel(Task):
     def logits_of(self, probabilities: torch.Tensor) -> torch.Tensor:
         return torch.logit(probabilities, eps=1e-7)
 
+    def confidence(self, probabilities: torch.Tensor) -> torch.Tensor:
+        # the least decided label: each label's probability of its own answer (yes or no), the lowest
+        return torch.maximum(probabilities, 1 - probabilities).min(1).values
+
     def cuts(self, labels: int) -> list[float]:
         """The decision threshold of each label (0.5 until tuned)."""
         return self.thresholds or [0.5] * labels
