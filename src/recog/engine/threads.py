@@ -25,6 +25,7 @@ from recog.cores import usable_cores  # noqa: F401  (re-exported: the planner's 
 
 MARGIN = 0.10  # more threads must be this much faster to be chosen
 MAX_STEP_S = 0.5  # a step slower than this at full threads is not timed again (large models: the cost)
+MIN_TIMED_S = 0.05  # a faster step is timed as a run of steps this long
 
 
 def candidates(cores: int) -> list[int]:
@@ -41,19 +42,27 @@ def pick(times: dict[int, float]) -> int:
 def measure(step: Callable[[], None], counts: list[int], repeats: int = 2) -> dict[int, float]:
     """Seconds per ``step`` at each thread count (best of ``repeats`` after a warm-up), the counts
     interleaved so that a change in the machine's load falls on all of them; the thread count is left
-    as it was. A step over :data:`MAX_STEP_S` at the first count stops the measurement there."""
+    as it was. A step shorter than :data:`MIN_TIMED_S` is timed as a run of steps that long: a
+    millisecond step can fall between another process's time slices and hide the waits that a
+    thousand of them meet in training. A step over :data:`MAX_STEP_S` at the first count stops the
+    measurement there."""
     before = torch.get_num_threads()
     times: dict[int, float] = {}
+    runs = 1
     try:
         for n in counts:  # warm-up at each count (oneDNN builds its primitives per thread count)
             torch.set_num_threads(n)
+            started = time.perf_counter()
             step()
+            if n == counts[0]:
+                runs = max(1, min(100, math.ceil(MIN_TIMED_S / max(time.perf_counter() - started, 1e-6))))
         for round_ in range(repeats):
             for n in counts:
                 torch.set_num_threads(n)
                 started = time.perf_counter()
-                step()
-                times[n] = min(times.get(n, math.inf), time.perf_counter() - started)
+                for _ in range(runs):
+                    step()
+                times[n] = min(times.get(n, math.inf), (time.perf_counter() - started) / runs)
                 if round_ == 0 and n == counts[0] and times[n] > MAX_STEP_S:
                     return {n: times[n]}  # a large model: the other counts are not worth their time
     finally:
