@@ -16,6 +16,7 @@ from typing import Any
 from recog.config import CACHED, TrainConfig, lr_is_auto, make_config, parse_duration
 from recog.device import resolve_device
 from recog.engine import distributed as dist
+from recog.engine.budget import budget_start
 from recog.engine.build import Training, build, session, shard_split
 from recog.engine.checkpoint import LoopState, load_loop, load_state
 from recog.engine.distributed import is_main
@@ -59,7 +60,7 @@ def train(
     with dist.process_group(dist.device_for(resolve_device(given.device)),
                             parse_duration(given.dist_timeout, "dist_timeout")):
         dist.set_threads()
-        planning = time.perf_counter()
+        planning = budget_start()  # a command's budget counts from its start, the API's from this call
         cfg, saved, run_dir = _resolve_everywhere(config, resume, overrides, given)
         planning = time.perf_counter() - planning
         with session(cfg):

@@ -24,6 +24,47 @@ from recog.device import eval_mode
 from recog.engine.schedule import phase_ends
 
 
+_counted_from: float | None = None  # the command line's start (set by ``recog train``): a budget counts from it
+
+
+def count_from_process_start() -> None:
+    """A time budget is wall time from the command's start to its exit: ``recog train`` calls this first,
+    so that the interpreter's start and the imports before it are inside the budget."""
+    global _counted_from
+    _counted_from = time.perf_counter() - process_age()
+
+
+def budget_start() -> float:
+    """When a budget starts counting, on the :func:`time.perf_counter` clock: the command's start when
+    it said so, else now (``recog.train`` called in a long-running process)."""
+    return _counted_from if _counted_from is not None else time.perf_counter()
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux: from /proc; 0 where that cannot be read)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        import os
+
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0.0
+
+
+def expected_views(views: int, confidence: float | None) -> float:
+    """The views per image a final evaluation is planned for: all of them, or with selective TTA
+    (``confidence``) the plain one plus the others for :data:`UNSURE_SHARE` of the images."""
+    return views if confidence is None or views <= 1 else 1 + (views - 1) * UNSURE_SHARE
+
+
+# selective TTA at 0.6 confidence, the fast recipe on CIFAR-10 (benchmarks/README.md): 17% of the test
+# images were unsure after 8 epochs; a shorter (budgeted) run is less sure, so the plan assumes more
+UNSURE_SHARE = 0.3
+
+
 def format_duration(seconds: float) -> str:
     m, s = divmod(round(seconds), 60)
     return f"{m}m{s:02d}s" if m else f"{s}s"
@@ -101,7 +142,7 @@ def fitting_steps(seconds: float, cost: Callable[[int], float], lowest: int = 0)
 
 
 def size_steps(budget_s: float, timings: Timings, steps_per_epoch: int, val_images: int, final_images: int,
-               final_views: int = 1, freeze_step: int | None = None,
+               final_views: float = 1, freeze_step: int | None = None,
                resize_until: float = 0.5) -> tuple[BudgetPlan, list[str]]:
     """The steps that fit the budget after set-up, each step paying its share of the validation at
     the end of its epoch, and the final evaluation (``final_views`` with test-time augmentation);

@@ -19,8 +19,9 @@ activations, to end with the final evaluation inside the budget.
 
 from __future__ import annotations
 
+import copy
 import math
-import sys
+import statistics
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from recog.device import autocast, eval_mode
-from recog.engine.budget import time_eval
+from recog.engine.budget import BudgetPlan, Timings, expected_views, time_eval
 from recog.engine.checkpoint import LoopState
 from recog.engine.distributed import is_main
 from recog.engine.optim import make_optimizer, optimizer_options
@@ -95,9 +96,7 @@ def fit_partial(training: Training, hooks: Hooks | None = None) -> LoopState:
         view = torch.randint(len(train), (n,), generator=generator)
         loss_sum, correct = 0.0, 0
         for step in range(spe):
-            idx = order[step * batch:(step + 1) * batch]
-            x = torch.stack([train[int(v)][int(i)] for i, v in zip(idx, view[idx])]).to(t.device, dtype)
-            y = labels[idx].to(t.device)
+            x, y = _batch(train, labels, order[step * batch:(step + 1) * batch], view, t.device, dtype)
             lr = lr_at(epoch * spe + step, state.total_steps, cfg.lr, cfg.schedule, 0, cfg.final_lr)
             for group in t.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -136,6 +135,15 @@ def fit_partial(training: Training, hooks: Hooks | None = None) -> LoopState:
     for p in t.model.parameters():
         p.requires_grad_(True)
     return state
+
+
+def _batch(train: list[torch.Tensor], labels: torch.Tensor, idx: torch.Tensor, view: torch.Tensor,
+           device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A step's cached activations and labels: each image ``idx`` in the view ``view[idx]`` drew (one
+    indexing per view, not per image)."""
+    parts = [(train[v][idx[view[idx] == v]], labels[idx[view[idx] == v]]) for v in range(len(train))]
+    x = torch.cat([p[0] for p in parts]).to(device, dtype)
+    return x, torch.cat([p[1] for p in parts]).to(device)
 
 
 @torch.no_grad()
@@ -177,28 +185,33 @@ def _epochs(t: Training, tail: nn.Module, train: list[torch.Tensor], batch: int,
     if t.budget is None:
         return epochs
     saved = {k: v.detach().clone() for k, v in tail.state_dict().items()}
-    x = train[0][:batch].to(t.device, dtype)
-    y = t.data.train.labels[:batch].to(t.device)
+    saved_opt = copy.deepcopy(t.optimizer.state_dict())
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    n = len(t.data.train)
     _train_mode(tail)
     times = []
-    for _ in range(3):
+    for _ in range(3):  # the loop's own step: the batch gathered from the cache, forward, backward, update
         started = time.perf_counter()
+        idx = torch.randperm(n, generator=generator)[:batch]
+        x, y = _batch(train, t.data.train.labels, idx, torch.randint(len(train), (n,), generator=generator),
+                      t.device, dtype)
         with autocast(t.device, cfg.precision):
             loss = t.task.loss(tail(x), y)
         t.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        times.append(time.perf_counter() - started)  # no optimizer step: nothing to undo but the gradients
+        t.optimizer.step()
+        times.append(time.perf_counter() - started)
     t.optimizer.zero_grad(set_to_none=True)
     tail.load_state_dict(saved)
-    step_s = min(times) * 1.1  # + the optimizer's step
+    t.optimizer.load_state_dict(saved_opt)
+    step_s = statistics.median(times[1:])  # the first step builds the optimizer's state
     val_s = len(t.data.val or ()) * step_s / batch / 3  # a forward is about a third of a step
     final = len(t.data.eval_split[1]) if t.data.eval_split else 0
-    final_s = final * (fwd_s or 0.0) * (2 if cfg.tta else 1)
+    final_s = final * (fwd_s or 0.0) * expected_views(2 if cfg.tta else 1, cfg.tta_confidence) + 3.0  # + report
     left = t.budget.started + t.budget.seconds * 0.97 - time.perf_counter() - final_s
     fit = int(left // (spe * step_s + val_s))
     chosen = max(1, min(epochs, fit))
-    if cfg.verbose and is_main():
-        print(f"partial fine-tune: {step_s * 1000:.0f} ms/step on cached activations, {left:.0f} s left of the "
-              f"budget after ~{final_s:.0f} s of final evaluation: {chosen} epoch{'s' if chosen != 1 else ''}"
-              f"{f' (of {epochs})' if chosen < epochs else ''}", file=sys.stderr)
+    timings = Timings(step_s, (fwd_s or 0.0), time.perf_counter() - t.budget.started)
+    t.budget.adopt(BudgetPlan(chosen * spe, chosen, timings, spe * step_s + val_s, final_s, spe,
+                              0.03 * t.budget.seconds))  # the run's summary compares its step time with this
     return chosen

@@ -30,7 +30,7 @@ from recog.data.loader import batches_per_epoch
 from recog.data.stream import default_workers, make_loader
 from recog.device import autocast, eval_mode, resolve_device, resolve_precision
 from recog.engine import distributed as dist
-from recog.engine.budget import time_eval
+from recog.engine.budget import expected_views, time_eval
 from recog.engine.distributed import is_main
 from recog.engine.plan import MEMORY_FRACTION, MemoryPlan, _gib, activation_bytes, available_memory, fill_defaults, plan_memory
 from recog.engine.schedule import epochs_to_steps
@@ -46,6 +46,7 @@ from recog.weights import read_weights
 if TYPE_CHECKING:
     from recog.engine.build import Training
 
+THREAD_BATCH = 128  # images per step when the thread count is timed
 TTA_RECIPES = ("small", "photos", "pretrained")  # ``tta`` unset: on with these recipes (as a time budget affords), else off
 
 
@@ -169,7 +170,8 @@ def plan_budget(training: Training) -> None:
         tta, translate = (afford_tta(cfg, final_images * eval_image_s, t.budget.seconds)
                           if cfg.recipe in TTA_RECIPES else (False, cfg.tta_translate))
         cfg = cfg.replace(tta=tta, tta_translate=translate)
-    views = len(tta_views(cfg.flip, cfg.translate, cfg.tta_translate)) if cfg.tta else 1
+    views = expected_views(len(tta_views(cfg.flip, cfg.translate, cfg.tta_translate)) if cfg.tta else 1,
+                           cfg.tta_confidence)
     freeze_step = epochs_to_steps(cfg.freeze_stem_epochs, t.steps_per_epoch)
 
     def freeze() -> Any:
@@ -200,7 +202,8 @@ def afford_tta(cfg: TrainConfig, view_s: float, budget_s: float, share: float = 
     when the final evaluation with them takes at most ``share`` of the budget, else the flip alone,
     else none. ``view_s``: one view of the final evaluation's images."""
     for translate in (True, False):
-        views = len(tta_views(cfg.flip, cfg.translate, translate and cfg.tta_translate))
+        views = expected_views(len(tta_views(cfg.flip, cfg.translate, translate and cfg.tta_translate)),
+                               cfg.tta_confidence)
         if views > 1 and views * view_s <= share * budget_s:
             return True, translate and cfg.tta_translate
     return False, cfg.tta_translate
@@ -369,7 +372,10 @@ def _plan_threads(cfg: TrainConfig, model: torch.nn.Module, ds: Dataset, device:
     # sums split over another number of threads round differently: --deterministic keeps one count, the cores
     if len(counts) > 1 and not cfg.deterministic:
         fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        x = torch.randn(min(cfg.batch_size, 32), ds.channels, ds.image_size, ds.image_size).contiguous(memory_format=fmt)
+        # a batch of the run's size up to THREAD_BATCH: parallel work as in training (at 32 images, airnet's
+        # steps were too short to gain from a second thread, and the fast recipe trained on one at batch 1,024)
+        x = torch.randn(min(cfg.batch_size, THREAD_BATCH), ds.channels, ds.image_size,
+                        ds.image_size).contiguous(memory_format=fmt)
         state = {k: v.clone() for k, v in model.state_dict().items()}  # batch-norm statistics are restored
 
         def step() -> None:
