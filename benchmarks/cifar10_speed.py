@@ -1,6 +1,6 @@
 """The fast recipe (configs/cifar10-fast.yaml) on the shared lossless PNG copy of CIFAR-10, n seeds.
 
-    python benchmarks/cifar10_speed.py [--seeds 3] [--config configs/cifar10-4min.yaml]
+    python benchmarks/cifar10_speed.py [--seeds 3] [--first-seed 0] [--config configs/cifar10-4min.yaml]
                                        [--epochs N | --time-budget 4m] [--set key=value ...]
 
 Per seed: test accuracy (plain and with TTA), training time (the epochs), final-evaluation time (TTA
@@ -29,6 +29,7 @@ from _common import ROOT, cifar10_folder, command, machine
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--config", default=str(ROOT / "configs" / "cifar10-fast.yaml"),
                         help="a config of the fast recipe (default: configs/cifar10-fast.yaml)")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
@@ -59,7 +60,7 @@ def main() -> None:
     precision = resolve_precision(cfg.precision, device, verbose=False)
 
     runs = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         snapshots: list[tuple[float, dict[str, Any]]] = []  # (cumulative training seconds, weights)
         hook_s = 0.0
         trained = 0.0

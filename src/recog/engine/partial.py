@@ -110,7 +110,7 @@ def fit_partial(training: Training, hooks: Hooks | None = None) -> LoopState:
             loss.backward()
             t.optimizer.step()
             hits, _ = t.task.hits(out.detach(), y)
-            loss_sum += loss.item() * len(idx)
+            loss_sum += loss.item() * len(y)
             correct += int(hits)
         seconds = time.perf_counter() - started
         row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / n, "train_acc": correct / n,
