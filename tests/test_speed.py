@@ -403,3 +403,15 @@ def test_a_model_too_small_for_the_first_size_is_refused_by_name(cifar_png: Path
     with pytest.raises(ConfigError, match="resize_from 0.5: airnet built for 32 px cannot take 16 px"):
         recog.train(data=str(cifar_png), model="airnet", model_args={"widths": [8, 8, 8, 8, 8]},
                     resize_from=0.5, epochs=1, project=str(tmp_path), verbose=False)
+
+
+def test_the_final_evaluation_is_planned_again_for_the_unsure_share_validation_measured() -> None:
+    from recog.engine.budget import Budget, Timings, size_steps
+
+    plan, _ = size_steps(100, Timings(0.1, 0.001, 0.0), steps_per_epoch=10, val_images=0, final_images=1000,
+                         final_views=2.5)  # 6 views, 30% unsure assumed: 2.5 s + 3 s
+    budget = Budget(100.0, started=0.0, verbose=False, clock=lambda: 0.0)
+    budget.adopt(plan)
+    assert budget.deadline == pytest.approx(100 - 5.5 - 3.0)
+    budget.expect_views(1 + 5 * 0.8)  # a short run's validation: 80% unsure -> 5 views, 5 s
+    assert budget.plan.final_eval_s == pytest.approx(8.0) and budget.deadline == pytest.approx(100 - 8.0 - 3.0)

@@ -10,6 +10,7 @@ tested with given step times and an injected clock.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import sys
 import time
@@ -92,6 +93,7 @@ class BudgetPlan:
     margin_s: float = 0.0
     freeze_step: int | None = None  # steps from here on cost ``frozen_step_s`` (in proportion, at every size)
     resize_until: float = 0.5  # progressive resizing: where the smaller sizes' phases end (a fraction)
+    final_images: int = 0  # the final evaluation's images
 
     @property
     def epochs_exact(self) -> float:
@@ -164,7 +166,7 @@ def size_steps(budget_s: float, timings: Timings, steps_per_epoch: int, val_imag
                         f"training {steps} steps")
     epochs = math.ceil(steps / steps_per_epoch)
     return BudgetPlan(steps, epochs, timings, epoch_s, final_eval_s, steps_per_epoch, margin, freeze_step,
-                      resize_until), warnings
+                      resize_until, final_images), warnings
 
 
 class Budget:
@@ -224,6 +226,14 @@ class Budget:
         timings = Timings(step_s, eval_image_s, self.clock() - self.started, frozen_step_s, tuple(size_step_s))
         return self.adopt(*size_steps(self.seconds, timings, freeze_step=freeze_step, resize_until=resize_until,
                                       **sizes))
+
+    def expect_views(self, views: float) -> None:
+        """The final evaluation planned again for ``views`` per image (selective TTA: the share of unsure
+        images the last validation measured); the deadline for training moves with it."""
+        plan = self.plan
+        final = plan.final_images * views * plan.timings.eval_image_s + 3.0
+        self.plan = dataclasses.replace(plan, final_eval_s=final)
+        self.deadline = self.started + self.seconds - final - plan.margin_s
 
     def replan(self, steps_done: int, step_s: float, val_s: float, steps_per_epoch: int, planned: int,
                measured_from: int | None = None) -> int:

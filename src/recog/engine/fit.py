@@ -23,6 +23,7 @@ from recog.engine.schedule import epochs_to_steps, lr_at
 from recog.engine.step import NonFiniteLoss, Stepper
 from recog.errors import TrainingError
 from recog.evaluation import collect_logits
+from recog.inference import tta_views
 from recog.report import write_metrics_csv
 from recog.weights import save_weights
 
@@ -62,6 +63,7 @@ def fit(training: Training, hooks: Hooks | None = None) -> LoopState:
             logits, targets = gathered(*collect_logits(t.eval_net, t.val_loader, t.device, cfg.precision, t.task))
             metrics, extra_meta = t.task.validate(logits, targets)
             row.update(metrics)
+            _expect_final_views(t, logits)
         row["seconds"] = row["train_seconds"] + time.perf_counter() - val_started
         _check_finite(t, row, epoch)  # a broken model is never saved, as best or at all
         state.history.append(row)
@@ -177,6 +179,17 @@ def _replan(t: Training, steps_done: int, step_s: float, val_s: float, measured_
     t.state.total_steps = dist.broadcast(t.budget.replan(steps_done, step_s, val_s, t.steps_per_epoch,
                                                          t.state.total_steps, measured_from) if is_main() else None)
     return t.state.total_steps
+
+
+def _expect_final_views(t: Training, logits: torch.Tensor) -> None:
+    """Selective TTA under a time budget: the final evaluation is planned for the share of images this
+    validation was unsure of (a short run's model is unsure of many more than a long one's)."""
+    cfg = t.config
+    if t.budget is None or t.budget.plan is None or not cfg.tta or cfg.tta_confidence is None or not len(logits):
+        return
+    views = len(tta_views(cfg.flip, cfg.translate, cfg.tta_translate))
+    unsure = (t.task.confidence(t.task.probabilities(logits)) < cfg.tta_confidence).float().mean().item()
+    t.budget.expect_views(1 + (views - 1) * unsure)
 
 
 def gathered(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,7 @@ fastest win (:func:`pick`). ``--threads N`` (or ``OMP_NUM_THREADS``) decides ins
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable
 
@@ -25,7 +26,7 @@ from recog.cores import usable_cores  # noqa: F401  (re-exported: the planner's 
 
 MARGIN = 0.10  # more threads must be this much faster to be chosen
 MAX_STEP_S = 0.5  # a step slower than this at full threads is not timed again (large models: the cost)
-MIN_TIMED_S = 0.05  # a faster step is timed as a run of steps this long
+MIN_TIMED_S = 0.1  # a faster step is timed as a run of steps this long
 
 
 def candidates(cores: int) -> list[int]:
@@ -39,15 +40,16 @@ def pick(times: dict[int, float]) -> int:
     return min(n for n, t in times.items() if t <= fastest * (1 + MARGIN))
 
 
-def measure(step: Callable[[], None], counts: list[int], repeats: int = 2) -> dict[int, float]:
-    """Seconds per ``step`` at each thread count (best of ``repeats`` after a warm-up), the counts
+def measure(step: Callable[[], None], counts: list[int], repeats: int = 3) -> dict[int, float]:
+    """Seconds per ``step`` at each thread count (the median of ``repeats`` after a warm-up: a busy
+    machine's lucky moment is not the run's speed, nor a quiet machine's stall), the counts
     interleaved so that a change in the machine's load falls on all of them; the thread count is left
     as it was. A step shorter than :data:`MIN_TIMED_S` is timed as a run of steps that long: a
     millisecond step can fall between another process's time slices and hide the waits that a
     thousand of them meet in training. A step over :data:`MAX_STEP_S` at the first count stops the
     measurement there."""
     before = torch.get_num_threads()
-    times: dict[int, float] = {}
+    samples: dict[int, list[float]] = {}
     runs = 1
     try:
         for n in counts:  # warm-up at each count (oneDNN builds its primitives per thread count)
@@ -62,12 +64,12 @@ def measure(step: Callable[[], None], counts: list[int], repeats: int = 2) -> di
                 started = time.perf_counter()
                 for _ in range(runs):
                     step()
-                times[n] = min(times.get(n, math.inf), (time.perf_counter() - started) / runs)
-                if round_ == 0 and n == counts[0] and times[n] > MAX_STEP_S:
-                    return {n: times[n]}  # a large model: the other counts are not worth their time
+                samples.setdefault(n, []).append((time.perf_counter() - started) / runs)
+                if round_ == 0 and n == counts[0] and samples[n][0] > MAX_STEP_S:
+                    return {n: samples[n][0]}  # a large model: the other counts are not worth their time
     finally:
         torch.set_num_threads(before)
-    return times
+    return {n: statistics.median(ts) for n, ts in samples.items()}
 
 
 def describe(chosen: int, times: dict[int, float], cores: int) -> str:
