@@ -79,6 +79,8 @@ class Training:
 
     def size_at(self, step: int, total_steps: int) -> int | None:
         """The side the images train at in ``step`` (None: as the loader gives them)."""
+        if self.config.resize_from is None:
+            return None
         sizes = self.train_sizes
         return None if len(sizes) == 1 else size_at(step, total_steps, sizes, self.config.resize_until)
 
