@@ -265,9 +265,9 @@ def test_tta_views_come_from_the_weights_so_a_flips_only_run_is_evaluated_with_f
     seen = []
     original = evaluation.tta_forward
 
-    def spy(model, task, views, batch):  # noqa: ANN001, ANN202
+    def spy(model, task, views, batch, confidence=None):  # noqa: ANN001, ANN202
         seen.append(len(views))
-        return original(model, task, views, batch)
+        return original(model, task, views, batch, confidence)
 
     monkeypatch.setattr(evaluation, "tta_forward", spy)
     recog.evaluate(run.path, tta=True, out=tmp_path / "eval", verbose=False)

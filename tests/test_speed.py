@@ -415,3 +415,14 @@ def test_the_final_evaluation_is_planned_again_for_the_unsure_share_validation_m
     assert budget.deadline == pytest.approx(100 - 5.5 - 3.0)
     budget.expect_views(1 + 5 * 0.8)  # a short run's validation: 80% unsure -> 5 views, 5 s
     assert budget.plan.final_eval_s == pytest.approx(8.0) and budget.deadline == pytest.approx(100 - 8.0 - 3.0)
+
+
+def test_a_commands_budget_counts_from_its_start_once() -> None:
+    import time
+
+    from recog.engine import budget
+
+    budget.count_from_process_start()
+    first = budget.budget_start()
+    assert first <= time.perf_counter() - budget.process_age() + 0.5  # the process's start, not now
+    assert abs(budget.budget_start() - time.perf_counter()) < 0.5  # the next run counts from its own call

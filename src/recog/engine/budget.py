@@ -37,8 +37,11 @@ def count_from_process_start() -> None:
 
 def budget_start() -> float:
     """When a budget starts counting, on the :func:`time.perf_counter` clock: the command's start when
-    it said so, else now (``recog.train`` called in a long-running process)."""
-    return _counted_from if _counted_from is not None else time.perf_counter()
+    it said so (once: the next run in this process, e.g. through the API, counts from its own call),
+    else now (``recog.train`` called in a long-running process)."""
+    global _counted_from
+    started, _counted_from = _counted_from, None
+    return started if started is not None else time.perf_counter()
 
 
 def process_age() -> float:
