@@ -422,7 +422,10 @@ def test_a_commands_budget_counts_from_its_start_once() -> None:
 
     from recog.engine import budget
 
-    budget.count_from_process_start()
-    first = budget.budget_start()
-    assert first <= time.perf_counter() - budget.process_age() + 0.5  # the process's start, not now
-    assert abs(budget.budget_start() - time.perf_counter()) < 0.5  # the next run counts from its own call
+    with budget.counting_from_process_start():
+        first = budget.budget_start()
+        assert first <= time.perf_counter() - budget.process_age() + 0.5  # the process's start, not now
+        assert abs(budget.budget_start() - time.perf_counter()) < 0.5  # the next run counts from its own call
+    with budget.counting_from_process_start():
+        pass  # a command that failed before its run counted
+    assert abs(budget.budget_start() - time.perf_counter()) < 0.5

@@ -259,14 +259,14 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
     if ns.nproc is not None:
         return _torchrun(ns.nproc, ns.argv)
-    from recog.engine.budget import count_from_process_start
+    from recog.engine.budget import counting_from_process_start
 
-    count_from_process_start()  # --time-budget: wall time from the command's start to its exit
     overrides = {f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(ns, f.name)}
     if overrides["model_args"] is not None:
         overrides["model_args"] = _parse_model_args(overrides["model_args"])
     try:
-        recog.train(ns.config, resume=ns.resume, **overrides)
+        with counting_from_process_start():  # --time-budget: wall time from the command's start to its exit
+            recog.train(ns.config, resume=ns.resume, **overrides)
     except KeyboardInterrupt:
         return 130
     return 0

@@ -9,6 +9,7 @@ tested with given step times and an injected clock.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -28,11 +29,17 @@ from recog.engine.schedule import phase_ends
 _counted_from: float | None = None  # the command line's start (set by ``recog train``): a budget counts from it
 
 
-def count_from_process_start() -> None:
-    """A time budget is wall time from the command's start to its exit: ``recog train`` calls this first,
-    so that the interpreter's start and the imports before it are inside the budget."""
+@contextlib.contextmanager
+def counting_from_process_start() -> Iterator[None]:
+    """A time budget is wall time from the command's start to its exit: ``recog train`` runs inside
+    this, so that the interpreter's start and the imports before it are inside the budget (a run that
+    fails before it counts leaves nothing behind for the next run in the process)."""
     global _counted_from
     _counted_from = time.perf_counter() - process_age()
+    try:
+        yield
+    finally:
+        _counted_from = None
 
 
 def budget_start() -> float:
