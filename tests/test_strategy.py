@@ -10,6 +10,7 @@ import torch
 
 import recog
 from recog.data.sources import Probe
+from recog.engine.plan import LADDER
 from recog.engine.strategy import FEATURE_SHARE, Costs, choose, fitting_size
 from recog.errors import ConfigError
 from recog.models import create_model, head
@@ -42,12 +43,12 @@ def test_the_rule_picks_the_most_capable_strategy_the_budget_affords() -> None:
 
 def test_an_explicit_probe_under_a_short_budget_lowers_the_resolution() -> None:
     many = photos(45_000, 5_000, 10_000)
-    assert fitting_size(photos(245), 120, COSTS, 224) == 224
-    size = fitting_size(many, 600, COSTS, 224)
+    assert fitting_size(photos(245), 120, COSTS, 224, True, LADDER) == 224
+    size = fitting_size(many, 600, COSTS, 224, True, LADDER)
     assert size < 224
     images = 45_000 * 2 + 5_000 + 10_000 * 2
     assert images * COSTS.forward_s * (size / 224) ** 2 <= FEATURE_SHARE * 600
-    assert fitting_size(many, 1, COSTS, 224) == 32  # nothing fits: the smallest
+    assert fitting_size(many, 1, COSTS, 224, True, LADDER) == 32  # nothing fits: the smallest
 
 
 @pytest.mark.parametrize("name", ["timm:tf_efficientnet_lite0", "tv:resnet18"])

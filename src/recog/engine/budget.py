@@ -76,6 +76,11 @@ def expected_views(views: int, confidence: float | None) -> float:
 UNSURE_SHARE = 0.3
 
 
+def final_eval_seconds(images: int, views: float, eval_image_s: float) -> float:
+    """The final evaluation: ``images`` x ``views`` forwards, plus 3 s for the report and its plots."""
+    return images * views * eval_image_s + 3.0
+
+
 def format_duration(seconds: float) -> str:
     m, s = divmod(round(seconds), 60)
     return f"{m}m{s:02d}s" if m else f"{s}s"
@@ -162,7 +167,7 @@ def size_steps(budget_s: float, timings: Timings, steps_per_epoch: int, val_imag
     resizing each phase costs its size's step (the phases stretch with the steps: the sum is solved for)."""
     step_s, eval_image_s = timings.step_s, timings.eval_image_s
     epoch_s = steps_per_epoch * step_s + val_images * eval_image_s
-    final_eval_s = final_images * final_views * eval_image_s + 3.0  # + report and plots
+    final_eval_s = final_eval_seconds(final_images, final_views, eval_image_s)
     margin = 0.03 * budget_s
     val_share = val_images * eval_image_s / steps_per_epoch
     available = budget_s - timings.setup_s - final_eval_s - margin
@@ -241,7 +246,7 @@ class Budget:
         """The final evaluation planned again for ``views`` per image (selective TTA: the share of unsure
         images the last validation measured); the deadline for training moves with it."""
         plan = self.plan
-        final = plan.final_images * views * plan.timings.eval_image_s + 3.0
+        final = final_eval_seconds(plan.final_images, views, plan.timings.eval_image_s)
         self.plan = dataclasses.replace(plan, final_eval_s=final)
         self.deadline = self.started + self.seconds - final - plan.margin_s
 
@@ -268,7 +273,7 @@ class Budget:
         ``total``), the first plan's step time beside the measured one, so that drift is visible."""
         line = (f"training and evaluation took {format_duration(self.clock() - self.started)} of the "
                 f"{format_duration(self.seconds)} budget")
-        if self.plan is None or steps < 1:
+        if self.first is None or steps < 1:
             return line
         estimate = self.first.seconds(0, steps, total or steps) / steps
         measured = train_s / steps

@@ -6,6 +6,7 @@ Nothing here decides: it builds what the config says, once.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from recog.engine.distributed import is_main
 from recog.engine.optim import Lookahead, make_optimizer, optimizer_options
 from recog.engine.plan import MemoryPlan
 from recog.engine.resolve import Prepared
-from recog.engine.schedule import resize_sizes, size_at
+from recog.engine.schedule import size_at, training_sizes
 from recog.engine.step import Stepper
 from recog.errors import ConfigError
 from recog.memory import reuse_freed_memory
@@ -70,17 +71,14 @@ class Training:
         average, and each rank evaluates its own part of the images)."""
         return self.model if dist.active() else self.net
 
-    @property
+    @functools.cached_property
     def train_sizes(self) -> list[int]:
         """Progressive resizing's sizes, the full size last (just the full size without ``resize_from``);
-        each a multiple of a strided stem's patch."""
-        c = self.config
-        return resize_sizes(c.image_size, c.resize_from, int(c.model_args.get("stem_stride", 1)))
+        each a multiple of a strided stem's patch. Worked out once: the loop asks at every step."""
+        return training_sizes(self.config)
 
     def size_at(self, step: int, total_steps: int) -> int | None:
         """The side the images train at in ``step`` (None: as the loader gives them)."""
-        if self.config.resize_from is None:
-            return None
         sizes = self.train_sizes
         return None if len(sizes) == 1 else size_at(step, total_steps, sizes, self.config.resize_until)
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from recog.device import autocast, eval_mode
-from recog.engine.budget import BudgetPlan, Timings, expected_views, time_eval
+from recog.engine.budget import BudgetPlan, Timings, expected_views, final_eval_seconds, time_eval
 from recog.engine.checkpoint import LoopState
 from recog.engine.distributed import is_main
 from recog.engine.optim import make_optimizer, optimizer_options
@@ -141,7 +141,8 @@ def _batch(train: list[torch.Tensor], labels: torch.Tensor, idx: torch.Tensor, v
            device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """A step's cached activations and labels: each image ``idx`` in the view ``view[idx]`` drew (one
     indexing per view, not per image)."""
-    parts = [(train[v][idx[view[idx] == v]], labels[idx[view[idx] == v]]) for v in range(len(train))]
+    drawn = view[idx]
+    parts = [(train[v][idx[drawn == v]], labels[idx[drawn == v]]) for v in range(len(train))]
     x = torch.cat([p[0] for p in parts]).to(device, dtype)
     return x, torch.cat([p[1] for p in parts]).to(device)
 
@@ -207,7 +208,7 @@ def _epochs(t: Training, tail: nn.Module, train: list[torch.Tensor], batch: int,
     step_s = statistics.median(times[1:])  # the first step builds the optimizer's state
     val_s = len(t.data.val or ()) * step_s / batch / 3  # a forward is about a third of a step
     final = len(t.data.eval_split[1]) if t.data.eval_split else 0
-    final_s = final * (fwd_s or 0.0) * expected_views(2 if cfg.tta else 1, cfg.tta_confidence) + 3.0  # + report
+    final_s = final_eval_seconds(final, expected_views(2 if cfg.tta else 1, cfg.tta_confidence), fwd_s or 0.0)
     left = t.budget.started + t.budget.seconds * 0.97 - time.perf_counter() - final_s
     fit = int(left // (spe * step_s + val_s))
     chosen = max(1, min(epochs, fit))

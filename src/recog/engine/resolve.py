@@ -122,9 +122,9 @@ def resolve(cfg: TrainConfig, saved: dict[str, Any] | None = None, run_dir: Path
 
 def _check_sizes(cfg: TrainConfig, model: torch.nn.Module, channels: int) -> None:
     """Progressive resizing's smallest size must pass through the model (its pooling fixed at the full size)."""
-    from recog.engine.schedule import resize_sizes
+    from recog.engine.schedule import training_sizes
 
-    sizes = resize_sizes(cfg.image_size, cfg.resize_from, int(cfg.model_args.get("stem_stride", 1)))
+    sizes = training_sizes(cfg)
     if len(sizes) == 1:
         return
     try:

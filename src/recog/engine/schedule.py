@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 
 def lr_at(
@@ -66,6 +67,12 @@ def resize_sizes(full: int, start: float | None, multiple: int = 1) -> list[int]
         if RESIZE_SMALLEST <= size < full and size not in sizes:
             sizes.append(size)
     return [*sizes, full]
+
+
+def training_sizes(cfg: Any) -> list[int]:
+    """:func:`resize_sizes` of a resolved config (``TrainConfig``): its image size, ``resize_from`` and
+    airnet's stem stride (the patch each size must be a multiple of)."""
+    return resize_sizes(cfg.image_size, cfg.resize_from, int(cfg.model_args.get("stem_stride", 1)))
 
 
 def phase_ends(total_steps: int, phases: int, until: float) -> list[int]:

@@ -131,8 +131,8 @@ def choose(probe: Probe, budget_s: float | None, costs: Costs | None, flip: bool
                                  f"even the last stage: a linear head on the features")
 
 
-def fitting_size(probe: Probe, budget_s: float, costs: Costs, size: int, flip: bool = True,
-                 ladder: tuple[int, ...] = (32, 48, 64, 96, 128, 160, 192, 224, 256)) -> int:
+def fitting_size(probe: Probe, budget_s: float, costs: Costs, size: int, flip: bool,
+                 ladder: tuple[int, ...]) -> int:
     """For an explicit probe or partial under a budget: the largest size on the planner's ladder, up to
     the weights' ``size``, at which the feature pass and the final evaluation take at most
     :data:`FEATURE_SHARE` of the budget (the forward's cost taken to scale with the pixels); the
