@@ -429,3 +429,10 @@ def test_a_commands_budget_counts_from_its_start_once() -> None:
     with budget.counting_from_process_start():
         pass  # a command that failed before its run counted
     assert abs(budget.budget_start() - time.perf_counter()) < 0.5
+
+
+def test_progressive_resizing_with_cached_transfer_is_refused_by_name(cifar_png: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="resize_from 0.75: transfer probe trains on activations cached at one size"):
+        recog.train(data=str(cifar_png), pretrained="efficientnet_lite0", transfer="probe", resize_from=0.75,
+                    project=str(tmp_path), verbose=False)
+    assert not any(tmp_path.iterdir())  # refused before a run folder was made
