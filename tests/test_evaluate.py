@@ -14,12 +14,16 @@ from recog.inference import tta_views
 from recog.tasks.classification import classification_report
 
 
-@pytest.mark.parametrize("num_classes", [3, 12])
-def test_report_figures_match_scikit_learn(num_classes: int) -> None:
+@pytest.mark.parametrize(("num_classes", "unseen"), [(3, False), (12, False), (12, True)])
+def test_report_figures_match_scikit_learn(num_classes: int, unseen: bool) -> None:
     gen = torch.Generator().manual_seed(num_classes)
     labels = torch.randint(0, num_classes, (500,), generator=gen)
     logits = torch.randn(500, num_classes, generator=gen)
     logits[torch.arange(500), labels] += 1.0  # better than chance, not perfect
+    if unseen:  # class 11 never true nor predicted (out of the macro mean); class 10 predicted, never true
+        labels[labels >= 10] = 0
+        logits[:, 11] = -100.0
+        logits[:5, 10] = 100.0
     classes = [f"c{i}" for i in range(num_classes)]
     rep = classification_report(logits, labels, classes)
     y, p = labels.numpy(), logits.argmax(1).numpy()

@@ -13,7 +13,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot  # noqa: E402,F401 - what every child would import again: imported once, here
 import sklearn.datasets  # noqa: E402,F401  # (pyflakes: imported for the children, on purpose)
-import torchmetrics.functional.classification  # noqa: E402,F401
 
 import recog.api  # noqa: E402 - torch and recog imported once, before forking (no torch op has run yet)
 
