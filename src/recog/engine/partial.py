@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from recog.engine.fit import Hooks
 
 CHUNK = 256  # activations run through the tail in chunks of this many (evaluation, pooled features)
+CALIBRATION_STEPS = 6  # a budget's timing of the tail's step: the first builds the optimizer's state, the
+#                        median of the other five is the estimate (two had drifted by +19% on busy cores)
 
 
 def stage_label(unfreeze: int) -> str:
@@ -100,18 +102,9 @@ def fit_partial(training: Training, hooks: Hooks | None = None) -> LoopState:
             lr = lr_at(epoch * spe + step, state.total_steps, cfg.lr, cfg.schedule, 0, cfg.final_lr)
             for group in t.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            with autocast(t.device, cfg.precision):
-                out = tail(x)
-            loss = t.task.loss(out, y)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} (lr {lr:.3g}) "
-                                    f"of the partial fine-tune; try a lower --lr")
-            t.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            t.optimizer.step()
-            hits, _ = t.task.hits(out.detach(), y)
-            loss_sum += loss.item() * len(y)
-            correct += int(hits)
+            loss, hits = _step(t, tail, x, y, f"epoch {epoch + 1}, step {step + 1} (lr {lr:.3g})")
+            loss_sum += loss * len(y)
+            correct += hits
         seconds = time.perf_counter() - started
         row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / n, "train_acc": correct / n,
                                "val_loss": math.nan, "val_acc": math.nan, **{c: math.nan for c in t.task.columns},
@@ -135,6 +128,22 @@ def fit_partial(training: Training, hooks: Hooks | None = None) -> LoopState:
     for p in t.model.parameters():
         p.requires_grad_(True)
     return state
+
+
+def _step(t: Training, tail: nn.Module, x: torch.Tensor, y: torch.Tensor, where: str) -> tuple[float, int]:
+    """One step of the tail (forward, loss, backward, update): the step's loss and hits. The loop and
+    the budget's timing of it both run this, so that the first estimate times what the loop does."""
+    with autocast(t.device, t.config.precision):
+        out = tail(x)
+    loss = t.task.loss(out, y)
+    value = loss.item()
+    if not math.isfinite(value):
+        raise TrainingError(f"loss became {value} at {where} of the partial fine-tune; try a lower --lr")
+    t.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    t.optimizer.step()
+    hits, _ = t.task.hits(out.detach(), y)
+    return value, int(hits)
 
 
 def _batch(train: list[torch.Tensor], labels: torch.Tensor, idx: torch.Tensor, view: torch.Tensor,
@@ -191,16 +200,12 @@ def _epochs(t: Training, tail: nn.Module, train: list[torch.Tensor], batch: int,
     n = len(t.data.train)
     _train_mode(tail)
     times = []
-    for _ in range(3):  # the loop's own step: the batch gathered from the cache, forward, backward, update
+    for _ in range(CALIBRATION_STEPS):  # the loop's own step: the batch gathered from the cache, then _step
         started = time.perf_counter()
         idx = torch.randperm(n, generator=generator)[:batch]
         x, y = _batch(train, t.data.train.labels, idx, torch.randint(len(train), (n,), generator=generator),
                       t.device, dtype)
-        with autocast(t.device, cfg.precision):
-            loss = t.task.loss(tail(x), y)
-        t.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        t.optimizer.step()
+        _step(t, tail, x, y, "the budget's timing step")
         times.append(time.perf_counter() - started)
     t.optimizer.zero_grad(set_to_none=True)
     tail.load_state_dict(saved)
