@@ -5,7 +5,7 @@ level; prints requests/s, p50/p95/p99 latency and errors per level, with dynamic
 images/s at batch 1 and 64 (in this process, before any server runs).
 
     python benchmarks/serve_load.py [--airnet RUN] [--resnet RUN] [--model airnet resnet]
-        [--backend torch onnx onnx-int8] [--requests 64] [--levels 1,8,32,128]
+        [--backend torch onnx onnx-int8] [--requests 64] [--levels 1,8,32,128] [--rounds 1]
 
 Models: `airnet` on CIFAR-10 (32 px; torch and ONNX fp32) with real CIFAR-10 test PNGs as requests,
 and torchvision's ResNet-18 at 224 px (`tv:resnet18`, 1.8 GMACs; torch in bf16 where the CPU has
@@ -13,7 +13,9 @@ it, else fp32; ONNX fp32 and int8) with the real ants/bees photos (JPEG, ~500x37
 Without --airnet / --resnet, short runs are trained first into a temporary folder (1 minute of
 airnet on the shared CIFAR-10 PNG copy; 1 epoch of tv:resnet18 on the shared photos): speed does not
 depend on how well they are trained (only the runs a selected model needs are trained). Each level
-sends ``--requests`` requests (at least 2 per connection) after a warm-up. The model alone is timed in
+sends ``--requests`` requests (at least 2 per connection) after a warm-up; both servers (batching on
+and off) are up together and take turns level by level, ``--rounds`` times (the median round is kept,
+every round printed), so that the machine's drift falls on both alike. The model alone is timed in
 a fresh process with the server's own inference policy (precision, TTA), as the server runs it. The
 client runs on the same cores as the server: on a 2-core machine it takes its share. For each level the
 ratio of batching on to off is printed beside the model alone's batch-64 / batch-1 speed ratio. Last
@@ -178,6 +180,8 @@ def main() -> None:
                         choices=["torch", "onnx", "onnx-int8"], help="onnx-int8: the ResNet only")
     parser.add_argument("--requests", type=int, default=64, help="requests per level (at least 2 per connection)")
     parser.add_argument("--levels", default="1,8,32,128")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure each level this many times, batching on and off alternating (the median)")
     args = parser.parse_args()
     levels = [int(c) for c in args.levels.split(",")]
     import onnxruntime
@@ -211,20 +215,29 @@ def main() -> None:
             engine = "onnx" if backend.startswith("onnx") else "torch"
             speed = model_speed(source, engine, files[model])
             results[f"{model}/{backend}/model"] = speed
-            for max_batch in (32, 1):
-                server = Server(source, engine, max_batch)
-                precision = server.card["precision"]
-                try:
+            servers = {max_batch: Server(source, engine, max_batch) for max_batch in (32, 1)}
+            try:
+                for server in servers.values():
                     asyncio.run(drive(server.url + "/v1/predict", requests[model], 4, 16))  # warm-up
+                samples: dict[tuple[int, int], list[dict]] = {(b, c): [] for b in servers for c in levels}
+                for r in range(args.rounds):  # on and off alternate, level by level: drift hits both alike
                     for c in levels:
-                        row = asyncio.run(drive(server.url + "/v1/predict", requests[model], c,
-                                                max(2 * c, args.requests)))
-                        batching = "on" if max_batch > 1 else "off"
-                        results[f"{model}/{backend}/{batching}/{c}"] = {**row, "precision": precision}
-                        print(f"{model:12} {backend:9} {precision:5} batching {batching:3} c={c:<4} "
-                              f"{row['rps']:7.1f} req/s  p50 {row['p50_ms']:7.1f}  p95 {row['p95_ms']:7.1f}  "
-                              f"p99 {row['p99_ms']:7.1f} ms  errors {row['errors'] or 0}", flush=True)
-                finally:
+                        for max_batch in ((32, 1) if r % 2 == 0 else (1, 32)):
+                            server = servers[max_batch]
+                            row = asyncio.run(drive(server.url + "/v1/predict", requests[model], c,
+                                                    max(2 * c, args.requests)))
+                            samples[(max_batch, c)].append(row)
+                            print(f"{model:12} {backend:9} {server.card['precision']:5} batching "
+                                  f"{'on' if max_batch > 1 else 'off':3} c={c:<4} round {r + 1}: "
+                                  f"{row['rps']:7.1f} req/s  p50 {row['p50_ms']:7.1f}  p95 {row['p95_ms']:7.1f}  "
+                                  f"p99 {row['p99_ms']:7.1f} ms  errors {row['errors'] or 0}", flush=True)
+                for (max_batch, c), rows in samples.items():  # each level's median round
+                    row = sorted(rows, key=lambda x: x["rps"])[len(rows) // 2]
+                    results[f"{model}/{backend}/{'on' if max_batch > 1 else 'off'}/{c}"] = {
+                        **row, "precision": servers[max_batch].card["precision"],
+                        "rounds_rps": [x["rps"] for x in rows]}
+            finally:
+                for server in servers.values():
                     server.close()
             c1 = results.get(f"{model}/{backend}/on/1")
             summary = {"on_over_off": {c: round(results[f"{model}/{backend}/on/{c}"]["rps"]
