@@ -18,7 +18,7 @@ and off) are up together and take turns level by level, ``--rounds`` times (the 
 every round printed), so that the machine's drift falls on both alike. The model alone is timed in
 a fresh process with the server's own inference policy (precision, TTA), as the server runs it. The
 client runs on the same cores as the server: on a 2-core machine it takes its share. For each level the
-ratio of batching on to off is printed beside the model alone's batch-64 / batch-1 speed ratio. Last
+ratio of batching on to off (the median of the rounds' paired ratios) is printed beside the model alone's batch-64 / batch-1 speed ratio. Last
 line JSON keyed "model/backend/batching/concurrency".
 """
 
@@ -29,6 +29,7 @@ import asyncio
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -171,6 +172,12 @@ def train_runs(tmp: Path, args: argparse.Namespace) -> dict[str, Path]:
     return runs
 
 
+def paired_ratio(on: list[float], off: list[float]) -> float:
+    """Batching on over off: the median of each round's ratio (a round's two runs are minutes apart at
+    most, the rounds are not: the machine's speed drifts between them)."""
+    return round(statistics.median(a / max(1e-9, b) for a, b in zip(on, off)), 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--airnet", metavar="RUN", help="a CIFAR-10 airnet run (default: train 1 minute)")
@@ -240,8 +247,8 @@ def main() -> None:
                 for server in servers.values():
                     server.close()
             c1 = results.get(f"{model}/{backend}/on/1")
-            summary = {"on_over_off": {c: round(results[f"{model}/{backend}/on/{c}"]["rps"]
-                                                / max(1e-9, results[f"{model}/{backend}/off/{c}"]["rps"]), 2)
+            summary = {"on_over_off": {c: paired_ratio(results[f"{model}/{backend}/on/{c}"]["rounds_rps"],
+                                                       results[f"{model}/{backend}/off/{c}"]["rounds_rps"])
                                        for c in levels},
                        "model_batch_gain": speed["batch_gain"],
                        "overhead_ms": round(c1["p50_ms"] - speed["b1_ms"], 1) if c1 else None}

@@ -139,6 +139,9 @@ def test_int8_export_of_a_run_reports_both_accuracies_and_predicts(digits_run, c
     test = load_dataset("digits", None, 0.0, 0, 8, 1, device="cpu").test
     agree = (int8.probabilities(test.images.numpy()).argmax(1) == fp32.probabilities(test.images.numpy()).argmax(1))
     assert agree.mean() > 0.95
+    from recog.serve import Predictor
+
+    assert Predictor(path).policy == "int8, no TTA (the exported graph)"  # what serve's model card says
 
 
 def test_int8_that_loses_accuracy_is_refused_with_the_numbers(digits_run, monkeypatch, tmp_path: Path) -> None:

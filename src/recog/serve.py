@@ -91,7 +91,8 @@ class Predictor:
             torch.set_num_threads(threads or usable_cores())  # a cgroup quota included: not every host core
             self.model = load(path, device, precision, tta, verbose=True)
             self.precision = self.model.policy.precision
-        self.policy = "fp32, no TTA (the exported graph)" if backend == "onnx" else self.model.policy.describe()
+        self.policy = (f"{self.precision}, no TTA (the exported graph)" if backend == "onnx"
+                       else self.model.policy.describe())
         self.meta = self.model.meta
         self.classes = list(self.meta["classes"])
         self.takes_text = "text" in self.meta.get("inputs", ())  # a fusion model: image + text
