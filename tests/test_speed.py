@@ -365,6 +365,24 @@ def test_budget_costs_each_resize_phase_at_its_own_step_time() -> None:
     assert "+20%" in budget.spent(steps, 1.2 * plan.seconds(0, steps, steps), steps)
 
 
+def test_the_summary_counts_the_steps_the_loop_ran_in_its_own_epochs() -> None:
+    """The partial fine-tune's epochs hold ceil(n / batch) steps where the image loader's drop the last
+    partial batch: the summary's measured step time must divide by the steps that ran (it read +14% for
+    the photos' 8-step epochs counted as 7)."""
+    from types import SimpleNamespace
+
+    from recog.api import _summary
+    from recog.engine.budget import Budget, BudgetPlan, Timings
+    from recog.engine.checkpoint import LoopState
+
+    budget = Budget(60.0, started=0.0, verbose=False, clock=lambda: 10.0)
+    budget.adopt(BudgetPlan(80, 10, Timings(0.05, 0.0, 0.0), 0.4, 0.0, steps_per_epoch=8))
+    state = LoopState(total_steps=80, steps_per_epoch=8)
+    state.history = [{"train_seconds": 0.4}] * 10  # 8 steps of 50 ms each
+    training = SimpleNamespace(budget=budget, steps_per_epoch=7, run_dir="run")
+    assert "50 ms first estimate, 50 ms measured (" in _summary({}, state, training)
+
+
 def test_progressive_resizing_trains_small_then_full_size_and_says_so(cifar_png: Path, tmp_path: Path, capsys,
                                                                       monkeypatch) -> None:
     from recog.engine import step as step_module

@@ -231,7 +231,8 @@ def _summary(report: dict[str, Any], state: LoopState, training: Training) -> st
     else:
         lines.append(f"{training.task.summary(report)} (best epoch {state.best_epoch}){few_images(report['num_images'])}")
     if training.budget is not None:
-        steps = min(state.total_steps, len(state.history) * training.steps_per_epoch)
+        per_epoch = state.steps_per_epoch or training.steps_per_epoch  # the partial fine-tune's own epochs
+        steps = min(state.total_steps, len(state.history) * per_epoch)
         lines.append(training.budget.spent(steps, sum(r["train_seconds"] for r in state.history), state.total_steps))
     lines.append(f"run folder: {training.run_dir}")
     return "\n".join(lines)
