@@ -68,3 +68,28 @@ def test_serve_refuses_a_bad_thread_count(digits_run, capsys) -> None:
 
     assert main(["serve", str(digits_run.path), "--threads", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --threads must be 1 to 1024, got 0"
+
+
+def test_threads_are_timed_on_a_batch_of_at_most_128_cifar_images_worth_of_pixels(monkeypatch) -> None:
+    """Parallel work per layer as in training, no more: 128 images at 32 px, 2 at 224 px (a batch of 32
+    there had taken 14 s of a 1-minute budget to time)."""
+    from types import SimpleNamespace
+
+    from recog.config import make_config
+    from recog.engine import resolve, threads
+
+    seen: list[int] = []
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 2))
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(threads, "measure", lambda step, counts: (step(), {n: 1.0 for n in counts})[1])
+    before = torch.get_num_threads()
+    try:
+        for side, batch in ((32, 1024), (224, 32), (28, 64), (8, 512)):
+            cfg = make_config(None, batch_size=batch, verbose=False)
+            resolve._plan_threads(cfg, model, SimpleNamespace(channels=3, image_size=side), torch.device("cpu"))
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [128, 2, 64, 128]

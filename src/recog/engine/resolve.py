@@ -46,7 +46,9 @@ from recog.weights import read_weights
 if TYPE_CHECKING:
     from recog.engine.build import Training
 
-THREAD_BATCH = 128  # images per step when the thread count is timed
+THREAD_BATCH = 128  # images per step when the thread count is timed, at most ...
+THREAD_PIXELS = THREAD_BATCH * 32 * 32  # ... and no more pixels than 128 CIFAR-sized images: at 224 px two
+#   images hold as much parallel work per layer, and a batch of 32 there had taken 14 s of a 1-minute budget
 TTA_RECIPES = ("small", "photos", "pretrained")  # ``tta`` unset: on with these recipes (as a time budget affords), else off
 
 
@@ -372,10 +374,11 @@ def _plan_threads(cfg: TrainConfig, model: torch.nn.Module, ds: Dataset, device:
     # sums split over another number of threads round differently: --deterministic keeps one count, the cores
     if len(counts) > 1 and not cfg.deterministic:
         fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        # a batch of the run's size up to THREAD_BATCH: parallel work as in training (at 32 images, airnet's
-        # steps were too short to gain from a second thread, and the fast recipe trained on one at batch 1,024)
-        x = torch.randn(min(cfg.batch_size, THREAD_BATCH), ds.channels, ds.image_size,
-                        ds.image_size).contiguous(memory_format=fmt)
+        # a batch of the run's size up to THREAD_BATCH images or THREAD_PIXELS: parallel work as in training
+        # (at 32 images, airnet's steps were too short to gain from a second thread, and the fast recipe
+        # trained on one at batch 1,024), no more
+        images = max(1, min(cfg.batch_size, THREAD_BATCH, THREAD_PIXELS // ds.image_size ** 2))
+        x = torch.randn(images, ds.channels, ds.image_size, ds.image_size).contiguous(memory_format=fmt)
         state = {k: v.clone() for k, v in model.state_dict().items()}  # batch-norm statistics are restored
 
         def step() -> None:
