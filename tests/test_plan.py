@@ -243,6 +243,28 @@ def test_a_budget_plan_inside_one_epoch_is_replanned_as_it_runs(tmp_path: Path, 
     assert yaml.safe_load((run.path / "config.yaml").read_text())["steps"] == run.config.steps == 20
 
 
+def test_a_budget_plan_over_several_epochs_is_replanned_inside_each_epoch(tmp_path: Path, monkeypatch) -> None:
+    """A machine that slows inside a long epoch is seen before the epoch ends: a plan of three epochs whose
+    deadline has already passed is cut at the first tenth of its steps, not at the end of epoch 1 (the
+    4-minute CIFAR run had ended 28 s late when its second epoch ran 17% slower than the first)."""
+    from recog.engine import budget as budget_module
+
+    def optimistic(self, *args, **kwargs) -> int:
+        spe = kwargs.get("sizes", args[6] if len(args) > 6 else {})["steps_per_epoch"]
+        timings = budget_module.Timings(step_s=1e-6, eval_image_s=1e-6, setup_s=0.0)
+        self.plan = budget_module.BudgetPlan(3 * spe, 3, timings, spe * 1e-6, 0.0, spe)
+        self.deadline = self.clock()  # no time left: the next re-plan ends the run
+        return 3 * spe
+
+    monkeypatch.setattr(budget_module.Budget, "calibrate", optimistic)
+    run = recog.train(data="digits", model="airnet_small", batch_size=8, time_budget="1m", project=str(tmp_path),
+                      verbose=False)
+    from recog.engine.checkpoint import load_state
+
+    loop = load_state(run.path / "weights" / "state.pt")["loop"]
+    assert len(run.metrics) == 1 and loop["total_steps"] <= 3 * loop["steps_per_epoch"] // 10 + 1
+
+
 def test_a_large_jpeg_decodes_at_a_reduced_scale_with_the_same_picture(tmp_path: Path) -> None:
     from recog.data.image import decode, open_image
 
