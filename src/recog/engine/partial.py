@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 CHUNK = 256  # activations run through the tail in chunks of this many (evaluation, pooled features)
 CALIBRATION_STEPS = 6  # a budget's timing of the tail's step: the first builds the optimizer's state, the
-#                        median of the other five is the estimate (two had drifted by +19% on busy cores)
+#                        median of the other five is the estimate (a median of two moved with one stall)
 
 
 def stage_label(unfreeze: int) -> str:
