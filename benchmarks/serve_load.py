@@ -18,8 +18,8 @@ and off) are up together and take turns level by level, ``--rounds`` times (the 
 every round printed), so that the machine's drift falls on both alike. The model alone is timed in
 a fresh process with the server's own inference policy (precision, TTA), as the server runs it. The
 client runs on the same cores as the server: on a 2-core machine it takes its share. For each level the
-ratio of batching on to off (the median of the rounds' paired ratios) is printed beside the model alone's batch-64 / batch-1 speed ratio. Last
-line JSON keyed "model/backend/batching/concurrency".
+ratio of batching on to off (the median of the rounds' paired ratios) is printed beside the model
+alone's batch-64 / batch-1 speed ratio. Last line JSON keyed "model/backend/batching/concurrency".
 """
 
 from __future__ import annotations
