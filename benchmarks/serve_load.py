@@ -190,6 +190,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure each level this many times, batching on and off alternating (the median)")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     levels = [int(c) for c in args.levels.split(",")]
     import onnxruntime
 
