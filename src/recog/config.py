@@ -8,6 +8,7 @@ closest valid name.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import types
@@ -343,7 +344,9 @@ def check_keys(keys: typing.Iterable[str], where: str) -> None:
             raise ConfigError(f"unknown config key {key!r} in {where}{hint}")
 
 
+@functools.cache
 def _field_types() -> dict[str, Any]:
+    # cached: get_type_hints evaluates every annotation anew, and coerce asks once per key
     return typing.get_type_hints(TrainConfig)
 
 

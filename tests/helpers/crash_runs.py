@@ -15,6 +15,7 @@ import matplotlib.pyplot  # noqa: E402,F401 - what every child would import agai
 import sklearn.datasets  # noqa: E402,F401  # (pyflakes: imported for the children, on purpose)
 
 import recog.api  # noqa: E402 - torch and recog imported once, before forking (no torch op has run yet)
+import torch._dynamo  # noqa: E402,F401 - imported by torch.optim's first optimizer (2 s): once, here
 
 project, first, last = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 for k in range(first, last + 1):
