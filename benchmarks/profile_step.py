@@ -21,7 +21,7 @@ from _common import ROOT, command, machine
 import recog
 from recog.config import make_config
 from recog.device import resolve_precision
-from recog.engine.memory import reuse_freed_memory
+from recog.memory import reuse_freed_memory
 from recog.engine.optim import make_optimizer
 from recog.engine.step import Stepper
 from recog.tasks import Classification
