@@ -29,6 +29,20 @@ def test_overrides_win_over_yaml_and_none_falls_through(tmp_path: Path) -> None:
     assert (c.epochs, c.lr, c.flip) == (5, 0.2, True)
 
 
+def test_the_api_takes_a_train_config_or_a_dict_as_its_config(tmp_path: Path) -> None:
+    import recog
+
+    run = recog.train(recog.TrainConfig(data="digits", model="seednet", epochs=1, verbose=False), epochs=2,
+                      project=str(tmp_path))
+    assert (run.config.model, run.config.epochs) == ("seednet", 2)  # the object's values, the keyword winning
+    run = recog.train({"data": "digits", "model": "seednet", "epochs": 1}, verbose=False, project=str(tmp_path))
+    assert (run.config.model, run.config.epochs, run.path.name) == ("seednet", 1, "train-2")
+    with pytest.raises(ConfigError, match="a recog.TrainConfig or a dict of config keys, not int"):
+        recog.train(3)
+    with pytest.raises(ConfigError, match="did you mean 'epochs'"):
+        recog.train({"epoch": 1})
+
+
 def test_values_are_coerced_and_checked(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("epochs: '4'\nflip: 'yes'\nmean: [0.5, 0.5, 0.5]\nstd: [0.5, 0.5, 0.5]\n")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recog.config import CACHED, TrainConfig, lr_is_auto, make_config, parse_duration
+from recog.config import CACHED, TrainConfig, config_and_overrides, lr_is_auto, make_config, parse_duration
 from recog.device import resolve_device
 from recog.engine import distributed as dist
 from recog.engine.budget import budget_start
@@ -42,18 +42,20 @@ __all__ = ["Classifier", "ConfigError", "DataError", "Run", "WeightsError", "cre
 
 
 def train(
-    config: str | os.PathLike | None = None,
+    config: str | os.PathLike | TrainConfig | dict[str, Any] | None = None,
     *,
     resume: str | os.PathLike | None = None,
     on_epoch_end: EpochHook | None = None,
     **overrides: Any,
 ) -> Run:
     """Train a classifier. Keyword arguments are the config keys (``data``, ``model``, ``epochs``…);
-    ``config`` is a YAML file of them. ``resume`` continues a run folder from its last epoch. ``on_epoch_end(row)``
-    is called with each epoch's metrics; returning True stops training.
+    ``config`` is a YAML file of them, a :class:`TrainConfig` or a dict of them (keywords win).
+    ``resume`` continues a run folder from its last epoch. ``on_epoch_end(row)`` is called with each
+    epoch's metrics; returning True stops training.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the processes train one model with DDP: rank 0's config
     is the run's, each rank steps on its slice of every batch, rank 0 writes; the hook runs on rank 0."""
+    config, overrides = config_and_overrides(config, overrides)
     if resume is None and lr_is_auto(config, overrides):
         overrides = lr_auto(config, overrides)
     given = _given(config, resume, overrides)

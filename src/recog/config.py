@@ -485,6 +485,24 @@ def recipe_layer(recipe: str | None, given: dict[str, Any]) -> dict[str, Any]:
 Planner = typing.Callable[[dict[str, Any]], tuple[str, dict[str, Any]]]
 
 
+def config_and_overrides(config: Any, overrides: dict[str, Any]) -> tuple[str | os.PathLike | None, dict[str, Any]]:
+    """What the API's ``config`` argument may be: a YAML file's path, a :class:`TrainConfig` (its values
+    that differ from the defaults count as given, as keywords would) or a dict of config keys. Returns
+    the path (or None) and the keywords, those given explicitly winning."""
+    if config is None or isinstance(config, (str, os.PathLike)):
+        return config, overrides
+    if isinstance(config, TrainConfig):
+        default = TrainConfig()
+        given = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)
+                 if getattr(config, f.name) != getattr(default, f.name)}
+    elif isinstance(config, dict):
+        given = dict(config)
+    else:
+        raise ConfigError(f"config must be a YAML file's path, a recog.TrainConfig or a dict of config keys, "
+                          f"not {type(config).__name__}")
+    return None, {**given, **{k: v for k, v in overrides.items() if v is not None}}
+
+
 def make_config(config: str | os.PathLike | None = None, plan: Planner | None = None, **overrides: Any) -> TrainConfig:
     """Defaults, then the recipe (and what ``plan`` chose for ``recipe: auto``), then the YAML file,
     then overrides (keys whose value is None are left out): what the user gives always wins."""

@@ -49,7 +49,7 @@ def lr_find(config: str | os.PathLike | None = None, start_lr: float = 1e-6, end
     """Run the range test for the run ``recog train`` would make of ``config`` and ``overrides`` (the
     training options; ``verbose=False`` prints nothing); writes ``lr_find.png`` and ``lr_find.csv``
     into a new ``PROJECT/lr-find`` folder."""
-    from recog.config import make_config
+    from recog.config import config_and_overrides, make_config
     from recog.engine.build import build, session
     from recog.engine.resolve import resolve
     from recog.engine.plan import plan
@@ -62,6 +62,7 @@ def lr_find(config: str | os.PathLike | None = None, start_lr: float = 1e-6, end
         raise ConfigError(f"--start-lr and --end-lr need 0 < start < end, got {start_lr} and {end_lr}")
     if scan_steps < 20:
         raise ConfigError(f"--scan-steps must be at least 20, got {scan_steps}")
+    config, overrides = config_and_overrides(config, overrides)
     verbose = overrides.pop("verbose", None) is not False
     cfg = make_config(config, plan=plan, **{k: v for k, v in overrides.items() if v is not None}, verbose=False)
     folder = next_run_dir(cfg.project, "lr-find")
