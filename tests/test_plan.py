@@ -265,6 +265,28 @@ def test_a_budget_plan_over_several_epochs_is_replanned_inside_each_epoch(tmp_pa
     assert len(run.metrics) == 1 and loop["total_steps"] <= 3 * loop["steps_per_epoch"] // 10 + 1
 
 
+def test_the_calibration_times_more_steps_where_they_are_cheap_and_a_stall_does_not_size_the_plan(monkeypatch) -> None:
+    import itertools
+
+    from recog.engine import budget
+
+    def timed(durations: list[float], steps: int, spend: float) -> tuple[float, int]:
+        clock = [0.0]
+        monkeypatch.setattr(budget.time, "perf_counter", lambda: clock[0])
+        left = iter(durations)
+
+        def step(batch: object) -> None:
+            clock[0] += next(left)
+
+        s = budget.time_steps(step, itertools.repeat(()), steps, spend)
+        return s, len(durations) - sum(1 for _ in left)
+
+    stalled = [1.0, 0.1, 0.9, 0.1, 0.1, 0.1, 0.1]  # warm-up, then a stall on the second step
+    assert timed(stalled, 2, spend=0.0) == (pytest.approx(0.5), 3)  # two steps: the stall is half of it
+    assert timed(stalled, 2, spend=2.0) == (pytest.approx(0.1), 6)  # five steps (the most): their median
+    assert timed([1.0, 0.3, 0.3, 0.3, 0.3, 0.3], 2, spend=1.0)[1] == 4  # three steps fit 1 s, a fourth would not
+
+
 def test_a_large_jpeg_decodes_at_a_reduced_scale_with_the_same_picture(tmp_path: Path) -> None:
     from recog.data.image import decode, open_image
 
