@@ -44,7 +44,7 @@ class LRFind:
     muon_ratio: float | None = None  # muon_lr / lr of the scan (optimizer muon)
 
 
-def lr_find(config: str | os.PathLike | None = None, start_lr: float = 1e-6, end_lr: float = 10.0,
+def lr_find(config: str | os.PathLike | dict[str, Any] | None = None, start_lr: float = 1e-6, end_lr: float = 10.0,
             scan_steps: int = 200, **overrides: Any) -> LRFind:
     """Run the range test for the run ``recog train`` would make of ``config`` and ``overrides`` (the
     training options; ``verbose=False`` prints nothing); writes ``lr_find.png`` and ``lr_find.csv``
