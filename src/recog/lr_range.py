@@ -19,10 +19,13 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recog.data.loader import cycle
 from recog.errors import ConfigError
+
+if TYPE_CHECKING:
+    from recog.config import TrainConfig
 
 SMOOTHING = 0.98
 DIVERGENCE = 4.0
@@ -44,8 +47,8 @@ class LRFind:
     muon_ratio: float | None = None  # muon_lr / lr of the scan (optimizer muon)
 
 
-def lr_find(config: str | os.PathLike | dict[str, Any] | None = None, start_lr: float = 1e-6, end_lr: float = 10.0,
-            scan_steps: int = 200, **overrides: Any) -> LRFind:
+def lr_find(config: str | os.PathLike | TrainConfig | dict[str, Any] | None = None, start_lr: float = 1e-6,
+            end_lr: float = 10.0, scan_steps: int = 200, **overrides: Any) -> LRFind:
     """Run the range test for the run ``recog train`` would make of ``config`` and ``overrides`` (the
     training options; ``verbose=False`` prints nothing); writes ``lr_find.png`` and ``lr_find.csv``
     into a new ``PROJECT/lr-find`` folder."""
