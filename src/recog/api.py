@@ -48,10 +48,9 @@ def train(
     on_epoch_end: EpochHook | None = None,
     **overrides: Any,
 ) -> Run:
-    """Train a classifier. Keyword arguments are the config keys (``data``, ``model``, ``epochs``…);
-    ``config`` is a YAML file of them, a :class:`TrainConfig` or a dict of them (keywords win).
-    ``resume`` continues a run folder from its last epoch. ``on_epoch_end(row)`` is called with each
-    epoch's metrics; returning True stops training.
+    """Train a classifier. Keyword arguments are the config keys (``data``, ``model``, ``epochs``…); ``config``
+    is a YAML file of them, a :class:`TrainConfig` or a dict (keywords win). ``resume`` continues a run folder
+    from its last epoch. ``on_epoch_end(row)`` is called with each epoch's metrics; returning True stops it.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the processes train one model with DDP: rank 0's config
     is the run's, each rank steps on its slice of every batch, rank 0 writes; the hook runs on rank 0."""
