@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import math
-import statistics
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +28,7 @@ import torch
 from torch import nn
 
 from recog.device import autocast, eval_mode
-from recog.engine.budget import BudgetPlan, Timings, expected_views, final_eval_seconds, time_eval
+from recog.engine.budget import BudgetPlan, Timings, expected_views, final_eval_seconds, time_eval, time_steps
 from recog.engine.checkpoint import LoopState
 from recog.engine.distributed import is_main
 from recog.engine.optim import make_optimizer, optimizer_options
@@ -40,12 +39,14 @@ from recog.models import head, headless
 from recog.models.split import split_model
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from recog.engine.build import Training
     from recog.engine.fit import Hooks
 
 CHUNK = 256  # activations run through the tail in chunks of this many (evaluation, pooled features)
-CALIBRATION_STEPS = 6  # a budget's timing of the tail's step: the first builds the optimizer's state, the
-#                        median of the other five is the estimate (a median of two moved with one stall)
+CALIBRATION_STEPS = 5  # a budget's timing of the tail's step: the median of five after a warm-up (a median
+#                        of two moved with one stall)
 
 
 def stage_label(unfreeze: int) -> str:
@@ -199,18 +200,18 @@ def _epochs(t: Training, tail: nn.Module, train: list[torch.Tensor], batch: int,
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     n = len(t.data.train)
     _train_mode(tail)
-    times = []
-    for _ in range(CALIBRATION_STEPS):  # the loop's own step: the batch gathered from the cache, then _step
-        started = time.perf_counter()
-        idx = torch.randperm(n, generator=generator)[:batch]
-        x, y = _batch(train, t.data.train.labels, idx, torch.randint(len(train), (n,), generator=generator),
-                      t.device, dtype)
-        _step(t, tail, x, y, "the budget's timing step")
-        times.append(time.perf_counter() - started)
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:  # the loop's own batches, gathered from the cache (inside the timing, as in the loop)
+            idx = torch.randperm(n, generator=generator)[:batch]
+            yield _batch(train, t.data.train.labels, idx, torch.randint(len(train), (n,), generator=generator),
+                         t.device, dtype)
+
+    # the loop's own step; the warm-up step builds the optimizer's state
+    step_s = time_steps(lambda xy: _step(t, tail, *xy, "the budget's timing step"), batches(), CALIBRATION_STEPS)
     t.optimizer.zero_grad(set_to_none=True)
     tail.load_state_dict(saved)
     t.optimizer.load_state_dict(saved_opt)
-    step_s = statistics.median(times[1:])  # the first step builds the optimizer's state
     val_s = len(t.data.val or ()) * step_s / batch / 3  # a forward is about a third of a step
     final = len(t.data.eval_split[1]) if t.data.eval_split else 0
     final_s = final_eval_seconds(final, expected_views(2 if cfg.tta else 1, cfg.tta_confidence), fwd_s or 0.0)
