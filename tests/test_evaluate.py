@@ -10,6 +10,7 @@ from sklearn import metrics as skm
 
 import recog
 from recog.cli import main
+from recog.errors import WeightsError
 from recog.inference import tta_views
 from recog.tasks.classification import classification_report
 
@@ -104,3 +105,38 @@ def test_tta_logits_are_the_mean_of_the_views_probabilities() -> None:
     assert torch.allclose(logits.exp(), expected, atol=1e-5)
     plain, _ = collect_logits(model, loader, torch.device("cpu"))
     assert not torch.equal(plain.softmax(1), logits.exp())
+
+
+def test_tta_of_a_model_sure_beyond_fp32_gives_finite_logits_and_a_report() -> None:
+    """A model trained on trivially separable images (one flat colour per class) can be so sure that
+    the other classes' probabilities underflow to 0: their log was -inf, and the check for broken
+    weights refused a model that had learnt its task (seen with one thread on flat-colour images)."""
+    from torch import nn
+
+    from recog.evaluation import collect_logits
+    from recog.inference import check_outputs
+
+    class Sure(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # class = the brightest channel, 1000 logits apart
+            return 1000.0 * x.mean((2, 3))
+
+    x = torch.zeros(3, 3, 8, 8)
+    for i in range(3):
+        x[i, i] = 1.0
+    targets = torch.arange(3)
+    for confidence in (None, 0.6, 1.1):  # every image given every view / the sure ones kept / none kept
+        logits, _ = collect_logits(Sure(), [(x, targets)], torch.device("cpu"), views=tta_views(True, 1),
+                                   confidence=confidence)
+        assert torch.isfinite(logits).all() and torch.equal(logits.argmax(1), targets), confidence
+        check_outputs(logits, None)  # no error: the weights are fine
+        report = classification_report(logits, targets, ["r", "g", "b"])
+        assert report["accuracy"] == 1.0
+
+    class Broken(nn.Module):  # NaN weights: still refused after the views are averaged
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean((2, 3)) * float("nan")
+
+    logits, _ = collect_logits(Broken(), [(x, targets)], torch.device("cpu"), views=tta_views(True, 1),
+                               confidence=0.6)
+    with pytest.raises(WeightsError, match="non-finite outputs"):
+        check_outputs(logits, None)

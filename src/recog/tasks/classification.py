@@ -31,7 +31,9 @@ class Classification(Task):
         return logits.float().softmax(1)
 
     def logits_of(self, probabilities: torch.Tensor) -> torch.Tensor:
-        return probabilities.log()
+        # a class a sure model gives less than fp32's smallest normal number underflows to 0: its log
+        # is that number's (-87.3), not -inf, which the output check would take for broken weights
+        return probabilities.clamp_min(torch.finfo(torch.float32).tiny).log()
 
     def confidence(self, probabilities: torch.Tensor) -> torch.Tensor:
         return probabilities.max(1).values  # the top class's probability
