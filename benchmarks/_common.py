@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import tarfile
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +45,22 @@ def machine_line(info: dict[str, object], **versions: str) -> str:
     extra = "".join(f", {name} {version}" for name, version in versions.items())
     return (f"machine: {info['cpu']}, {info['cores']} cores, AVX-512-BF16 {info['avx512_bf16']}, AMX {info['amx']}, "
             f"torch {info['torch']}{extra}")
+
+
+@contextlib.contextmanager
+def worktree(commit: str) -> Iterator[Path]:
+    """A ``git worktree`` of ``commit`` in a temporary folder, removed afterwards: a past commit's own code
+    (its ``src`` for PYTHONPATH), benchmarks and configs, to run beside today's."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "old"
+        added = subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), commit],
+                               capture_output=True, text=True)
+        if added.returncode:
+            sys.exit(f"no git worktree of {commit!r}: {added.stderr.strip().splitlines()[-1] if added.stderr else ''}")
+        try:
+            yield path
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], capture_output=True)
 
 
 def command() -> str:

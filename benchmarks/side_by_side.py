@@ -17,10 +17,9 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from _common import ROOT, command, machine, machine_line
+from _common import ROOT, command, machine, machine_line, worktree
 
 
 def run(root: Path, script: str, args: list[str]) -> tuple[str, dict[str, object] | None]:
@@ -47,19 +46,13 @@ def main() -> None:
     parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments, the same for both")
     args = parser.parse_args()
     results: dict[str, list[object]] = {"old": [], "new": []}
-    with tempfile.TemporaryDirectory() as folder:
-        old = Path(folder) / "old"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), args.start], check=True,
-                       capture_output=True)
-        try:
-            for repeat in range(args.repeats):
-                for which, root in (("old", old), ("new", ROOT)):
-                    text, result = run(root, args.script, args.args)
-                    results[which].append(result)
-                    label = args.start if which == "old" else "today"
-                    print(f"=== repeat {repeat}, {label}: {args.script} {' '.join(args.args)}\n{text}\n", flush=True)
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], capture_output=True)
+    with worktree(args.start) as old:
+        for repeat in range(args.repeats):
+            for which, root in (("old", old), ("new", ROOT)):
+                text, result = run(root, args.script, args.args)
+                results[which].append(result)
+                label = args.start if which == "old" else "today"
+                print(f"=== repeat {repeat}, {label}: {args.script} {' '.join(args.args)}\n{text}\n", flush=True)
     print(machine_line(machine()))
     print(f"command: {command()}")
     print(json.dumps({"benchmark": "side_by_side", "start": args.start, "script": args.script, "args": args.args,

@@ -14,10 +14,9 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from _common import ROOT, command, machine, machine_line
+from _common import ROOT, command, machine, machine_line, worktree
 
 SCRIPT = ROOT / "benchmarks" / "cifar10_speed.py"
 
@@ -38,21 +37,15 @@ def main() -> None:
     parser.add_argument("--config", default="configs/cifar10-fast.yaml", help="relative to each checkout")
     parser.add_argument("--set", nargs="*", default=[], help="overrides for today's runs only")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        old = Path(folder) / "old"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), args.start], check=True,
-                       capture_output=True)
-        try:
-            rows = {"old": [], "new": []}
-            for seed in range(args.seeds):
-                for which, root in (("old", old), ("new", ROOT)):
-                    r = one(root / "src", root / args.config, seed,
-                            ["--set", *args.set] if which == "new" and args.set else [])
-                    rows[which].append(r)
-                    print(f"seed {seed} {which}: TTA {r['tta_acc']:.4f} (plain {r['acc']:.4f}), train {r['train_s']} s, "
-                          f"eval {r['eval_s']} s, other {r['other_s']} s, total {r['total_s']} s", flush=True)
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], capture_output=True)
+    with worktree(args.start) as old:
+        rows = {"old": [], "new": []}
+        for seed in range(args.seeds):
+            for which, root in (("old", old), ("new", ROOT)):
+                r = one(root / "src", root / args.config, seed,
+                        ["--set", *args.set] if which == "new" and args.set else [])
+                rows[which].append(r)
+                print(f"seed {seed} {which}: TTA {r['tta_acc']:.4f} (plain {r['acc']:.4f}), train {r['train_s']} s, "
+                      f"eval {r['eval_s']} s, other {r['other_s']} s, total {r['total_s']} s", flush=True)
     summary = {}
     for which in ("old", "new"):
         rs = rows[which]
